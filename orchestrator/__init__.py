@@ -1,0 +1,6 @@
+"""fedray: distributed (Ray Train) and federated (Flower) training of transformer LMs.
+
+Public API: ``load_config``, ``pretrain`` and the config dataclasses; everything else is internal.
+"""
+
+__version__ = "0.1.0"

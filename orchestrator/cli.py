@@ -1,0 +1,110 @@
+"""The ``fedray`` command. Each subcommand: parse -> validate -> build -> run -> close.
+
+    fedray pretrain [CONFIG] [key=value ...] [--print-config] [--dry-run]
+
+CONFIG is a YAML file or a preset name (``fedray presets`` lists them). Exit codes: 0 success,
+2 bad configuration or input (nothing was launched), 1 a failure while running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from rich.console import Console
+
+from orchestrator.config.loader import ConfigError, load_dictconfig, preset_names, to_job, to_yaml
+
+EXIT_CONFIG = 2
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+# Subcommands added by other modules register here: name -> (schema, default preset, run, plan).
+Command = tuple[type, str, Callable[..., object], Callable[..., dict]]
+
+
+def _pretrain_command() -> Command:
+    from orchestrator.config.schema import PretrainJob
+    from orchestrator.pretrain import launch_plan, pretrain
+
+    def plan(job: PretrainJob) -> dict:
+        from orchestrator.data import prepare_text_data
+
+        return launch_plan(job, prepare_text_data(job.data))
+
+    return PretrainJob, "pretrain-tiny", pretrain, plan
+
+
+COMMANDS: dict[str, tuple[str, Callable[[], Command]]] = {
+    "pretrain": ("pretrain a causal LM with Ray Train (DDP or DeepSpeed)", _pretrain_command),
+}
+
+
+def _split_args(args: Sequence[str]) -> tuple[str | None, list[str]]:
+    """The optional leading CONFIG (no '=') and the key=value overrides."""
+    args = list(args)
+    if args and "=" not in args[0]:
+        return args[0], args[1:]
+    return None, args
+
+
+def run_job_command(name: str, argv: Sequence[str]) -> int:
+    help_text, factory = COMMANDS[name]
+    p = argparse.ArgumentParser(prog=f"fedray {name}", description=help_text)
+    p.add_argument(
+        "args", nargs="*", metavar="[CONFIG] key=value", help="YAML file or preset, then overrides"
+    )
+    p.add_argument("--print-config", action="store_true", help="print the merged config and exit")
+    p.add_argument(
+        "--dry-run", action="store_true", help="validate, print what would be launched, exit"
+    )
+    ns = p.parse_args(argv)
+    schema, default_preset, run, plan = factory()
+    source, overrides = _split_args(ns.args)
+    try:
+        merged = load_dictconfig(schema, source, overrides, default_preset=default_preset)
+        job = to_job(schema, merged)
+        if ns.print_config:
+            out.print(to_yaml(job), end="", markup=False)
+            return 0
+        if ns.dry_run:
+            out.print(to_yaml(job), end="", markup=False)
+            out.print("# launch plan", markup=False)
+            out.print(json.dumps(plan(job), indent=2), markup=False)
+            return 0
+        run(job)
+    except ConfigError as e:
+        err.print(f"[bold red]config error:[/] {e}", markup=True)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        err.print("interrupted; the run can be resumed by re-running with the same run.name")
+        return 130
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=os.environ.get("FEDRAY_LOG_LEVEL", "WARNING"))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not argv or argv[0] in ("-h", "--help"):
+        out.print("usage: fedray COMMAND [CONFIG] [key=value ...] [--print-config] [--dry-run]\n")
+        for name, (help_text, _) in COMMANDS.items():
+            out.print(f"  {name:<10} {help_text}")
+        out.print(f"  {'presets':<10} list the bundled config presets")
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "presets":
+        out.print("\n".join(preset_names()))
+        return 0
+    if cmd not in COMMANDS:
+        err.print(f"unknown command {cmd!r}; commands: {', '.join([*COMMANDS, 'presets'])}")
+        return EXIT_CONFIG
+    return run_job_command(cmd, rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Data: local sources, tokenizers, packing into blocks (cached), deterministic sharding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import PreTrainedTokenizerBase
+
+from orchestrator.config.schema import DataConfig
+from orchestrator.data.packing import PackedData, packed_dataset
+from orchestrator.data.sources import fingerprint, iter_texts, resolve_files
+from orchestrator.data.tokenizer import load_tokenizer, tokenizer_fingerprint, trained_tokenizer
+
+
+@dataclass
+class PreparedData:
+    """What the driver hands to training: the tokenizer and the packed blocks."""
+
+    tokenizer: PreTrainedTokenizerBase
+    packed: PackedData
+    files: list[Path]
+
+
+def prepare_text_data(cfg: DataConfig) -> PreparedData:
+    """Resolve files, get a tokenizer (load or train, cached) and pack blocks (cached)."""
+    files = resolve_files(cfg.paths)
+    corpus_fp = fingerprint(files)
+    if cfg.tokenizer.path:
+        tok = load_tokenizer(cfg.tokenizer.path)
+    else:
+        tok, _ = trained_tokenizer(
+            iter_texts(files, cfg.text_field), cfg.tokenizer.vocab_size, corpus_fp, cfg.cache_dir
+        )
+    key = f"{corpus_fp}-{tokenizer_fingerprint(tok)}"
+    packed = packed_dataset(
+        iter_texts(files, cfg.text_field), tok, cfg.block_size, cfg.val_fraction, key, cfg.cache_dir
+    )
+    return PreparedData(tokenizer=tok, packed=packed, files=files)
+
+
+__all__ = ["PackedData", "PreparedData", "prepare_text_data"]

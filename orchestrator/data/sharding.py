@@ -1,0 +1,51 @@
+"""Which sequences each worker sees at each step: pure functions, no processes.
+
+The global batch of step ``s`` is fixed by (seed, step) alone, whatever the number of workers:
+sample ``i = s * global_batch + j`` comes from epoch ``i // n`` in that epoch's permutation.
+Workers then take disjoint micro-batches of it. So the data position is fully described by the
+step number (resume is exact), and 1 worker x 2 accumulation steps sees the same global batch as
+2 workers x 1 step (DDP equivalence).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def epoch_permutation(n: int, epoch: int, seed: int) -> np.ndarray:
+    """The sample order of one epoch (deterministic in ``seed`` and ``epoch``)."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def global_batch_indices(step: int, global_batch: int, n: int, seed: int) -> np.ndarray:
+    """Indices (into ``n`` training sequences) of the global batch of ``step`` (0-based)."""
+    if n <= 0:
+        raise ValueError("no training sequences")
+    positions = np.arange(step * global_batch, (step + 1) * global_batch, dtype=np.int64)
+    epochs = positions // n
+    out = np.empty(global_batch, dtype=np.int64)
+    for e in np.unique(epochs):
+        mask = epochs == e
+        out[mask] = epoch_permutation(n, int(e), seed)[positions[mask] % n]
+    return out
+
+
+def micro_batches_for_rank(
+    batch: np.ndarray, rank: int, world_size: int, micro_batch: int, accum_steps: int
+) -> list[np.ndarray]:
+    """Split a global batch into this rank's ``accum_steps`` micro-batches (disjoint across ranks)."""
+    expected = world_size * micro_batch * accum_steps
+    if len(batch) != expected:
+        raise ValueError(
+            f"global batch of {len(batch)} != {world_size}x{micro_batch}x{accum_steps}"
+        )
+    out = []
+    for a in range(accum_steps):
+        start = (a * world_size + rank) * micro_batch
+        out.append(batch[start : start + micro_batch])
+    return out
+
+
+def eval_indices_for_rank(n_val: int, rank: int, world_size: int, limit: int) -> np.ndarray:
+    """This rank's validation sequences: a strided, disjoint slice, at most ``limit`` long."""
+    return np.arange(rank, n_val, world_size, dtype=np.int64)[:limit]

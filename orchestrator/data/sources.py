@@ -1,0 +1,115 @@
+"""Read local text data: plain text, JSONL/JSON, CSV and Parquet, or the bundled demo corpora.
+
+Nothing is downloaded: CSV/Parquet/JSON go through ``datasets`` on local paths only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from importlib import resources
+from pathlib import Path
+
+from orchestrator.config.loader import ConfigError
+
+TEXT_SUFFIXES = (".txt", ".md")
+TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+SUPPORTED = TEXT_SUFFIXES + TABLE_SUFFIXES
+
+
+def demo_path(name: str) -> Path:
+    """Path of a bundled demo file (``kjv_pentateuch.txt``, ``tweets_sentiment.csv``)."""
+    return Path(str(resources.files("orchestrator.data").joinpath("demo", name)))
+
+
+DEMO_PRETRAIN = "kjv_pentateuch.txt"
+DEMO_LABELLED = "tweets_sentiment.csv"
+
+
+def resolve_files(paths: Sequence[str], key: str = "data.paths") -> list[Path]:
+    """Expand files and directories into a sorted list of supported files (errors name ``key``)."""
+    if not paths:
+        return [demo_path(DEMO_PRETRAIN)]
+    files: list[Path] = []
+    for raw in paths:
+        p = Path(raw).expanduser()
+        if not p.exists():
+            raise ConfigError(
+                f"{key}: {raw!r} does not exist. Give existing local files or directories "
+                f"({', '.join(SUPPORTED)}), or leave {key} empty for the bundled demo corpus.",
+                key,
+            )
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in SUPPORTED)
+            if not found:
+                raise ConfigError(
+                    f"{key}: directory {raw!r} holds no {', '.join(SUPPORTED)} files.", key
+                )
+            files.extend(found)
+        elif p.suffix in SUPPORTED:
+            files.append(p)
+        else:
+            raise ConfigError(
+                f"{key}: {raw!r} has unsupported suffix {p.suffix!r}; "
+                f"supported: {', '.join(SUPPORTED)}.",
+                key,
+            )
+    return files
+
+
+def fingerprint(files: Sequence[Path]) -> str:
+    """Content hash of the files (cache key): changes whenever any byte changes."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _load_table(path: Path):
+    import datasets
+
+    kind = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}[path.suffix]
+    try:
+        return datasets.load_dataset(kind, data_files=str(path), split="train")
+    except Exception as e:  # datasets raises many types for malformed files
+        raise ConfigError(
+            f"data file {str(path)!r} could not be read as {kind}: {type(e).__name__}: {e}. "
+            "Check that the file is well-formed."
+        ) from e
+
+
+def iter_texts(files: Sequence[Path], text_field: str = "text") -> Iterator[str]:
+    """Yield documents: a whole ``.txt`` file is one document; tables yield one per row."""
+    for f in files:
+        if f.suffix in TEXT_SUFFIXES:
+            yield f.read_text(encoding="utf-8", errors="replace")
+            continue
+        ds = _load_table(f)
+        if text_field not in ds.column_names:
+            raise ConfigError(
+                f"data file {str(f)!r} has no column {text_field!r} "
+                f"(columns: {', '.join(ds.column_names)}). Set data.text_field to one of them.",
+                "data.text_field",
+            )
+        for value in ds[text_field]:
+            if value:
+                yield str(value)
+
+
+def load_labelled(
+    path: Path, text_field: str, label_field: str
+) -> tuple[list[str], list[str], dict[str, list[str]]]:
+    """Read a labelled table: texts, labels and every other column (for natural partitioning)."""
+    ds = _load_table(path)
+    for key, col in (("data.text_field", text_field), ("data.label_field", label_field)):
+        if col not in ds.column_names:
+            raise ConfigError(
+                f"data file {str(path)!r} has no column {col!r} "
+                f"(columns: {', '.join(ds.column_names)}). Set {key} to one of them.",
+                key,
+            )
+    cols = {c: [str(v) for v in ds[c]] for c in ds.column_names}
+    return cols[text_field], cols[label_field], cols

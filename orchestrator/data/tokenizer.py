@@ -1,0 +1,104 @@
+"""Tokenizers: load a local Hugging Face tokenizer directory, or train a byte-level BPE.
+
+Trained tokenizers are cached by (corpus fingerprint, vocab size), so every worker and every rerun
+gets the identical tokenizer; the run saves a copy next to its export.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from orchestrator.config.loader import ConfigError
+
+EOS = "<|endoftext|>"
+PAD = "<|pad|>"
+
+
+def load_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
+    """Load a tokenizer from a local directory (never from a hub)."""
+    from transformers import AutoTokenizer, GPT2TokenizerFast
+
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise ConfigError(
+            f"data.tokenizer.path: {str(path)!r} is not a local directory. Hub ids cannot be "
+            "downloaded here; point to a directory with tokenizer.json (or vocab.json + "
+            "merges.txt), or set data.tokenizer.path=null to train one.",
+            "data.tokenizer.path",
+        )
+    try:
+        if (p / "tokenizer.json").exists() or (p / "tokenizer_config.json").exists():
+            tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+        elif (p / "vocab.json").exists() and (p / "merges.txt").exists():
+            tok = GPT2TokenizerFast(
+                vocab_file=str(p / "vocab.json"), merges_file=str(p / "merges.txt")
+            )
+        else:
+            raise OSError("no tokenizer.json, tokenizer_config.json or vocab.json + merges.txt")
+    except OSError as e:
+        raise ConfigError(
+            f"data.tokenizer.path: could not load a tokenizer from {str(p)!r}: {e}",
+            "data.tokenizer.path",
+        ) from e
+    return ensure_special_tokens(tok)
+
+
+def ensure_special_tokens(tok: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Give the tokenizer an EOS (document separator) and a PAD token if it lacks them."""
+    if tok.eos_token is None:
+        tok.add_special_tokens({"eos_token": EOS})
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE (GPT-2 style) tokenizer on ``texts``."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(
+        texts,
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=[EOS, PAD],
+        show_progress=False,
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer, eos_token=EOS, bos_token=EOS, pad_token=PAD, unk_token=EOS
+    )
+    return tok
+
+
+def trained_tokenizer(
+    texts: Iterable[str], vocab_size: int, fingerprint: str, cache_dir: str | os.PathLike[str]
+) -> tuple[PreTrainedTokenizerFast, Path]:
+    """Train (or reuse from cache) a BPE for this corpus; returns it and its cache directory."""
+    target = Path(cache_dir).expanduser() / "tokenizers" / f"bpe-{fingerprint}-v{vocab_size}"
+    if (target / "tokenizer.json").exists():
+        return PreTrainedTokenizerFast.from_pretrained(str(target)), target
+    tok = train_bpe(texts, vocab_size)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Save to a temp dir and rename, so a concurrent reader never sees half a tokenizer.
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    tok.save_pretrained(str(tmp))
+    try:
+        os.rename(tmp, target)
+    except OSError:  # another process won the race; use its copy
+        shutil.rmtree(tmp, ignore_errors=True)
+    return PreTrainedTokenizerFast.from_pretrained(str(target)), target
+
+
+def tokenizer_fingerprint(tok: PreTrainedTokenizerBase) -> str:
+    """Stable hash of a tokenizer's vocabulary and merges (part of the packed-data cache key)."""
+    import hashlib
+
+    backend = getattr(tok, "backend_tokenizer", None)
+    payload = backend.to_str() if backend is not None else repr(sorted(tok.get_vocab().items()))
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]

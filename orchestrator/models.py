@@ -1,0 +1,90 @@
+"""Causal LMs: built from ``ModelConfig`` (GPT-2 or Llama family) or loaded from a local HF dir.
+
+Nothing is fetched from a model hub: ``path`` must be a local directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+
+from orchestrator.config.loader import ConfigError
+from orchestrator.config.schema import ModelConfig
+
+
+def hf_config(cfg: ModelConfig, vocab_size: int, block_size: int, eos_id: int) -> PretrainedConfig:
+    """The transformers config for a model built from scratch (or loaded from ``cfg.path``)."""
+    if cfg.path:
+        return AutoConfig.from_pretrained(str(check_model_dir(cfg.path)), local_files_only=True)
+    n_pos = cfg.max_position or block_size
+    if cfg.family == "gpt2":
+        from transformers import GPT2Config
+
+        return GPT2Config(
+            vocab_size=vocab_size,
+            n_positions=n_pos,
+            n_embd=cfg.d_model,
+            n_layer=cfg.n_layer,
+            n_head=cfg.n_head,
+            n_inner=cfg.d_ff,
+            resid_pdrop=cfg.dropout,
+            embd_pdrop=cfg.dropout,
+            attn_pdrop=cfg.dropout,
+            bos_token_id=eos_id,
+            eos_token_id=eos_id,
+            tie_word_embeddings=cfg.tie_embeddings,
+        )
+    from transformers import LlamaConfig
+
+    d_ff = cfg.d_ff or 64 * round(cfg.d_model * 8 / 3 / 64) or cfg.d_model * 2
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=cfg.d_model,
+        intermediate_size=d_ff,
+        num_hidden_layers=cfg.n_layer,
+        num_attention_heads=cfg.n_head,
+        num_key_value_heads=cfg.n_kv_head or cfg.n_head,
+        max_position_embeddings=n_pos,
+        attention_dropout=cfg.dropout,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        tie_word_embeddings=cfg.tie_embeddings,
+    )
+
+
+def check_model_dir(path: str) -> Path:
+    """A local HF model directory, or a ConfigError saying how to provide one."""
+    p = Path(path).expanduser()
+    if not (p / "config.json").is_file():
+        raise ConfigError(
+            f"model.path: {path!r} is not a local Hugging Face model directory (no config.json). "
+            "Hub ids cannot be downloaded here; export one with `fedray pretrain` (run_dir/export) "
+            "or `save_pretrained`, or set model.path=null to build from model.* fields.",
+            "model.path",
+        )
+    return p
+
+
+def build_model(
+    config: PretrainedConfig | dict[str, Any], path: str | None = None
+) -> PreTrainedModel:
+    """Instantiate a causal LM from a config (random init) or load weights from a local dir."""
+    if isinstance(config, dict):
+        config = AutoConfig.for_model(**config)
+    if path:
+        return AutoModelForCausalLM.from_pretrained(
+            str(check_model_dir(path)), local_files_only=True, dtype=torch.float32
+        )
+    return AutoModelForCausalLM.from_config(config)
+
+
+def count_params(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def flops_per_token(n_params: int, n_layer: int, d_model: int, seq_len: int) -> float:
+    """Training FLOPs per token (PaLM appendix B): 6N + 12 * L * d * T (attention)."""
+    return 6.0 * n_params + 12.0 * n_layer * d_model * seq_len

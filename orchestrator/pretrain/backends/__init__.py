@@ -1,0 +1,1 @@
+"""Parallelism backends behind one interface (see ``base.Backend``)."""

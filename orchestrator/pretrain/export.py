@@ -1,0 +1,52 @@
+"""Export a checkpoint as a Hugging Face model directory (safetensors + config + tokenizer) that
+``AutoModelForCausalLM.from_pretrained(dir)`` loads without fedray installed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import PretrainedConfig, PreTrainedTokenizerBase
+
+from orchestrator.models import build_model
+from orchestrator.pretrain.checkpoint import CheckpointInfo
+
+
+def checkpoint_model_state(info: CheckpointInfo) -> dict[str, torch.Tensor]:
+    """Full (unsharded) model weights of a verified checkpoint of either backend."""
+    if info.backend == "deepspeed":
+        from orchestrator.pretrain.backends.deepspeed import load_model_state as ds_state
+
+        return ds_state(info.path)
+    from orchestrator.pretrain.backends.ddp import load_model_state
+
+    return load_model_state(info.path)
+
+
+def export_hf(
+    state: dict[str, torch.Tensor],
+    hf_config: PretrainedConfig,
+    tokenizer: PreTrainedTokenizerBase | None,
+    out: Path,
+) -> Path:
+    """Write the model (+ tokenizer) to ``out`` atomically (temp dir, then rename)."""
+    model = build_model(hf_config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # Tied output embeddings may be absent from the state dict; anything else is a real mismatch.
+    missing = [k for k in missing if k not in ("lm_head.weight",)]
+    if missing or unexpected:
+        raise RuntimeError(
+            f"checkpoint does not match the model: missing={missing} unexpected={unexpected}"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-"))
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(tmp))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out

@@ -1,0 +1,269 @@
+"""The per-worker pretraining loop that Ray Train runs on every worker.
+
+Per step: the global batch for this step is fixed by (seed, step); this rank runs its
+micro-batches (gradient sync only on the last), the backend clips and steps, and rank 0 sends
+metrics to the driver's MetricsSink. Checkpoints every N steps go through ``ray.train.report``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from orchestrator.config.schema import PretrainJob
+from orchestrator.data.sharding import (
+    eval_indices_for_rank,
+    global_batch_indices,
+    micro_batches_for_rank,
+)
+from orchestrator.models import build_model, count_params, flops_per_token
+from orchestrator.pretrain.backends.base import Backend
+from orchestrator.pretrain.checkpoint import checkpoint_dir_name, latest_complete
+
+# Dense bf16 peak FLOP/s per GPU, for MFU. Unknown GPUs report no MFU rather than a wrong one.
+PEAK_FLOPS = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10G": 125e12,
+    "L4": 121e12,
+}
+FAULT_MARKER = ".fault-injected"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def all_reduce_mean(values: list[float], device: torch.device) -> list[float]:
+    """Mean of each value over ranks (identity when not distributed)."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+        t /= dist.get_world_size()
+    return t.tolist()
+
+
+def make_backend(job: PretrainJob, model: torch.nn.Module, rank: int, world: int) -> Backend:
+    if job.backend == "deepspeed":
+        from orchestrator.pretrain.backends.deepspeed import DeepSpeedBackend
+
+        return DeepSpeedBackend(model, job, rank, world)
+    from orchestrator.pretrain.backends.ddp import DDPBackend
+
+    return DDPBackend(model, job, rank, world)
+
+
+def autocast_context(
+    job: PretrainJob, device: torch.device
+) -> contextlib.AbstractContextManager[Any]:
+    if (
+        device.type == "cuda"
+        and job.train.precision in ("auto", "bf16", "fp16")
+        and job.backend == "ddp"
+    ):
+        dtype = torch.float16 if job.train.precision == "fp16" else torch.bfloat16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate(
+    module: torch.nn.Module,
+    val: np.ndarray,
+    job: PretrainJob,
+    rank: int,
+    world: int,
+    device: torch.device,
+) -> tuple[float, float]:
+    """Mean validation loss over all ranks' slices, and its perplexity."""
+    module.eval()
+    idx = eval_indices_for_rank(
+        len(val), rank, world, job.train.eval_batches * job.train.micro_batch_size
+    )
+    total, count = 0.0, 0
+    with autocast_context(job, device):
+        for start in range(0, len(idx), job.train.micro_batch_size):
+            x = torch.from_numpy(
+                val[idx[start : start + job.train.micro_batch_size]].astype(np.int64)
+            ).to(device)
+            total += float(module(input_ids=x, labels=x).loss) * len(x)
+            count += len(x)
+    module.train()
+    s, c = all_reduce_mean([total, float(count)], device)
+    loss = s / max(c, 1e-9)
+    return loss, float(np.exp(min(loss, 50.0)))
+
+
+def maybe_inject_fault(job: PretrainJob, step: int, rank: int, run_dir: Path) -> None:
+    """Fail once per run directory at ``fault.fail_at_step`` (rehearses recovery)."""
+    f = job.fault
+    if f.fail_at_step is None or step != f.fail_at_step or rank != f.rank:
+        return
+    marker = run_dir / FAULT_MARKER
+    if marker.exists():
+        return
+    marker.write_text(f"step={step} rank={rank} mode={f.mode}\n")
+    if f.mode == "kill":
+        os._exit(17)
+    raise RuntimeError(f"fedray fault injection: rank {rank} fails at step {step}")
+
+
+def quiet_ray_train_reports() -> None:
+    """Ray Train logs every ``report()`` payload at INFO under a logger named after its file;
+    our progress lines already show those metrics."""
+    import logging
+
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
+def train_loop_per_worker(cfg: dict[str, Any]) -> None:
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    quiet_ray_train_reports()
+    job: PretrainJob = cfg["job"]
+    run_dir = Path(cfg["run_dir"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.set_num_threads(max(1, job.scaling.cpus_per_worker))
+
+    train_blocks: np.ndarray = ray.get(cfg["train_ref"])
+    val_blocks: np.ndarray = ray.get(cfg["val_ref"])
+    sink = cfg["sink"]
+
+    seed_everything(job.train.seed)  # identical init on every rank
+    model = build_model(cfg["hf_config"], path=job.model.path)
+    n_params = count_params(model)
+    backend = make_backend(job, model, rank, world)
+
+    start_step = 0
+    ray_ckpt = ray.train.get_checkpoint()
+    prefer = None
+    with contextlib.ExitStack() as stack:
+        if ray_ckpt is not None:
+            prefer = Path(stack.enter_context(ray_ckpt.as_directory()))
+        info = latest_complete(run_dir, prefer=prefer)
+        if info is not None:
+            if info.world_size != world and job.backend == "deepspeed":
+                raise RuntimeError(
+                    f"checkpoint {info.path} was written by {info.world_size} DeepSpeed workers but "
+                    f"this run has {world}. Resume with scaling.num_workers={info.world_size}."
+                )
+            extra = backend.load(info.path)
+            start_step = int(extra["step"])
+            set_rng_state(
+                extra["rng"][min(rank, len(extra["rng"]) - 1)]
+                if isinstance(extra["rng"], list)
+                else extra["rng"]
+            )
+            if rank == 0:
+                sink.event.remote(f"resumed from {info.path.name} at step {start_step}")
+
+    t = job.train
+    accum = job.grad_accum_steps
+    tokens_per_step = t.global_batch_size * train_blocks.shape[1]
+    fpt = flops_per_token(
+        n_params, model.config.num_hidden_layers, model.config.hidden_size, train_blocks.shape[1]
+    )
+    peak = peak_flops(device)
+    amp = autocast_context(job, device)
+
+    for step in range(start_step, t.max_steps):
+        maybe_inject_fault(job, step, rank, run_dir)
+        t0 = time.perf_counter()
+        batch = global_batch_indices(step, t.global_batch_size, len(train_blocks), t.seed)
+        loss_sum = 0.0
+        for a, idx in enumerate(
+            micro_batches_for_rank(batch, rank, world, t.micro_batch_size, accum)
+        ):
+            x = torch.from_numpy(train_blocks[idx].astype(np.int64)).to(device)
+            with backend.no_sync(a < accum - 1), amp:
+                loss = backend.model(input_ids=x, labels=x).loss
+            backend.backward(loss / accum)
+            loss_sum += float(loss.detach())
+        lr = backend.lr()
+        grad_norm = backend.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        step_time = time.perf_counter() - t0
+        (loss_avg,) = all_reduce_mean([loss_sum / accum], device)
+        done = step + 1
+        rec: dict[str, Any] = {
+            "step": done,
+            "loss": loss_avg,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "step_time": step_time,
+            "tokens_per_s": tokens_per_step / step_time,
+        }
+        if peak:
+            rec["mfu"] = rec["tokens_per_s"] * fpt / (peak * world)
+        if done == t.max_steps or (t.eval_every and done % t.eval_every == 0):
+            rec["val_loss"], rec["val_ppl"] = evaluate(
+                backend.eval_module(), val_blocks, job, rank, world, device
+            )
+        if rank == 0:
+            sink.log.remote(rec)
+        if done == t.max_steps or done % job.checkpoint.every_steps == 0:
+            save_and_report(backend, job, done, rank, world, rec)
+
+
+def save_and_report(
+    backend: Backend, job: PretrainJob, step: int, rank: int, world: int, rec: dict[str, Any]
+) -> None:
+    import ray.train
+
+    with tempfile.TemporaryDirectory(prefix="fedray-ckpt-") as tmp:
+        d = Path(tmp)
+        # Every rank saves its RNG state (ranks differ only when dropout differs per rank).
+        backend.save(d, step, {"step": step, "rng": rng_state()})
+        has_files = any(d.iterdir())
+        checkpoint = ray.train.Checkpoint.from_directory(tmp) if has_files else None
+        ray.train.report(
+            {k: v for k, v in rec.items() if isinstance(v, (int, float))},
+            checkpoint=checkpoint,
+            checkpoint_dir_name=checkpoint_dir_name(step),
+        )

@@ -1,0 +1,112 @@
+"""Metrics: workers send records to a MetricsSink actor pinned to the driver's node, which appends
+them to the run's ``metrics.jsonl``; the driver tails that file to print progress."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from rich.console import Console
+
+
+@ray.remote(num_cpus=0)
+class MetricsSink:
+    """Appends one JSON object per line; one writer, so lines never interleave."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.t0 = time.time()
+
+    def log(self, record: dict[str, Any]) -> None:
+        record = {"time": round(time.time() - self.t0, 3), **record}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def event(self, message: str) -> None:
+        self.log({"event": message})
+
+
+def create_sink(path: Path) -> Any:
+    """A sink on this (the driver's) node, so metrics.jsonl lands in the local run directory."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    node = ray.get_runtime_context().get_node_id()
+    return MetricsSink.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False)
+    ).remote(str(path))
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """All records of a metrics.jsonl (skipping a possibly half-written last line)."""
+    out = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+def format_record(rec: dict[str, Any], max_steps: int) -> str:
+    if "event" in rec:
+        return f"[fedray] {rec['event']}"
+    parts = [
+        f"step {rec['step']:>6}/{max_steps}",
+        f"loss {rec['loss']:.4f}",
+        f"lr {rec['lr']:.2e}",
+        f"gnorm {rec['grad_norm']:.2f}",
+        f"{rec['tokens_per_s'] / 1e3:.1f}k tok/s",
+        f"{rec['step_time'] * 1e3:.0f} ms/step",
+    ]
+    if "mfu" in rec:
+        parts.append(f"MFU {rec['mfu'] * 100:.1f}%")
+    if "val_loss" in rec:
+        parts.append(f"val_loss {rec['val_loss']:.4f} ppl {rec['val_ppl']:.1f}")
+    return " | ".join(parts)
+
+
+class ProgressPrinter:
+    """Tails metrics.jsonl in a thread and prints every ``log_every``-th step, evals and events."""
+
+    def __init__(self, path: Path, max_steps: int, log_every: int, console: Console | None = None):
+        self.path, self.max_steps, self.log_every = path, max_steps, log_every
+        self.console = console or Console(highlight=False)
+        self._stop = threading.Event()
+        self._offset = path.stat().st_size if path.exists() else 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> ProgressPrinter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._drain()
+
+    def _drain(self) -> None:
+        if not self.path.exists():
+            return
+        with open(self.path) as f:
+            f.seek(self._offset)
+            data = f.read()
+        complete = data[: data.rfind("\n") + 1]
+        self._offset += len(complete.encode())
+        for line in complete.splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            step = rec.get("step", 0)
+            if "event" in rec or "val_loss" in rec or step % self.log_every == 0 or step == 1:
+                self.console.print(format_record(rec, self.max_steps), markup=False, soft_wrap=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self._drain()

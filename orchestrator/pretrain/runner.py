@@ -1,0 +1,181 @@
+"""``pretrain(job)``: prepare data on the driver, run Ray Train workers, export the final model.
+
+Launch commands (see README "Pretraining"):
+    fedray pretrain                                   # default preset, embedded Ray
+    fedray pretrain my.yaml scaling.num_workers=16 scaling.use_gpu=true cluster.address=auto
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from orchestrator.cluster import ray_cluster
+from orchestrator.config.loader import to_yaml
+from orchestrator.config.schema import PretrainJob
+from orchestrator.data import PreparedData, prepare_text_data
+from orchestrator.models import hf_config
+from orchestrator.pretrain.checkpoint import latest_complete
+from orchestrator.pretrain.export import checkpoint_model_state, export_hf
+from orchestrator.pretrain.metrics import ProgressPrinter, create_sink, read_metrics
+from orchestrator.runs import resolve_run_dir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PretrainResult:
+    run_dir: Path
+    export_dir: Path
+    final_step: int
+    metrics: list[dict[str, Any]]
+
+    @property
+    def losses(self) -> list[float]:
+        return [m["loss"] for m in self.metrics if "loss" in m]
+
+
+def launch_plan(job: PretrainJob, data: PreparedData | None = None) -> dict[str, Any]:
+    """What would be launched (``--dry-run``): Ray scaling, backend and its settings, data."""
+    s, t = job.scaling, job.train
+    plan: dict[str, Any] = {
+        "ray": {
+            "address": job.cluster.address or "embedded local Ray",
+            "scaling_config": {
+                "num_workers": s.num_workers,
+                "use_gpu": s.use_gpu,
+                "resources_per_worker": {
+                    "CPU": s.cpus_per_worker,
+                    **({"GPU": 1} if s.use_gpu else {}),
+                },
+            },
+            "torch_backend": "nccl" if s.use_gpu else "gloo",
+            "max_failures": job.run.max_failures,
+        },
+        "backend": job.backend,
+        "batch": {
+            "global_batch_size": t.global_batch_size,
+            "micro_batch_size": t.micro_batch_size,
+            "num_workers": s.num_workers,
+            "grad_accum_steps": job.grad_accum_steps,
+        },
+    }
+    if job.backend == "deepspeed":
+        from orchestrator.pretrain.backends.deepspeed import deepspeed_config
+
+        plan["deepspeed_config"] = deepspeed_config(job)
+    if data is not None:
+        plan["data"] = {
+            "files": [str(f) for f in data.files],
+            "vocab_size": len(data.tokenizer),
+            "train_blocks": len(data.packed.train),
+            "val_blocks": len(data.packed.val),
+            "block_size": data.packed.block_size,
+            "tokens_per_epoch": int(data.packed.train.size),
+        }
+    return plan
+
+
+def pretrain(job: PretrainJob, console: Console | None = None) -> PretrainResult:
+    """Run (or resume) a pretraining job and export the final model; returns its run directory."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    console = console or Console(highlight=False)
+    run_dir = resolve_run_dir(job.run, "pretrain")
+    t_start = time.time()
+
+    data = prepare_text_data(job.data)  # raises ConfigError before anything is launched
+    cfg = hf_config(
+        job.model, len(data.tokenizer), job.data.block_size, data.tokenizer.eos_token_id
+    )
+    if job.model.path and cfg.vocab_size < len(data.tokenizer):
+        from orchestrator.config.loader import ConfigError
+
+        raise ConfigError(
+            f"data.tokenizer: {len(data.tokenizer)} tokens but model.path's vocabulary has "
+            f"{cfg.vocab_size}. Use the model's own tokenizer (data.tokenizer.path=<model dir>).",
+            "data.tokenizer.path",
+        )
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(to_yaml(job))
+    data.tokenizer.save_pretrained(str(run_dir / "tokenizer"))
+    resumed_from = latest_complete(run_dir)
+    console.print(
+        f"[fedray] run {run_dir} | {job.backend} x {job.scaling.num_workers} workers"
+        f" ({'GPU/nccl' if job.scaling.use_gpu else 'CPU/gloo'}) | "
+        f"{len(data.packed.train)} train blocks x {job.data.block_size} tokens, vocab {len(data.tokenizer)}"
+        + (f" | resuming from step {resumed_from.step}" if resumed_from else ""),
+        markup=False,
+        soft_wrap=True,
+    )
+
+    with ray_cluster(job.cluster):
+        sink = create_sink(run_dir / "metrics.jsonl")
+        loop_cfg = {
+            "job": job,
+            "run_dir": str(run_dir),
+            "hf_config": cfg.to_dict(),
+            "train_ref": ray.put(data.packed.train),
+            "val_ref": ray.put(data.packed.val),
+            "sink": sink,
+        }
+        from orchestrator.pretrain.loop import train_loop_per_worker
+
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config=loop_cfg,
+            scaling_config=ScalingConfig(
+                num_workers=job.scaling.num_workers,
+                use_gpu=job.scaling.use_gpu,
+                resources_per_worker={
+                    "CPU": job.scaling.cpus_per_worker,
+                    **({"GPU": 1} if job.scaling.use_gpu else {}),
+                },
+            ),
+            torch_config=TorchConfig(backend="nccl" if job.scaling.use_gpu else "gloo"),
+            run_config=RunConfig(
+                name=run_dir.name,
+                storage_path=str(run_dir.parent),
+                failure_config=FailureConfig(max_failures=job.run.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=job.checkpoint.keep_last),
+            ),
+        )
+        with ProgressPrinter(
+            run_dir / "metrics.jsonl", job.train.max_steps, job.train.log_every, console
+        ):
+            trainer.fit()
+        ray.get(sink.event.remote("training finished"))
+
+    info = latest_complete(run_dir)
+    if info is None or info.step != job.train.max_steps:
+        raise RuntimeError(f"training ended without a complete final checkpoint in {run_dir}")
+    state = checkpoint_model_state(info)
+    export_dir = export_hf(state, cfg, data.tokenizer, run_dir / "export")
+    metrics = read_metrics(run_dir / "metrics.jsonl")
+    summary = {
+        "final_step": info.step,
+        "wall_s": round(time.time() - t_start, 1),
+        "export": str(export_dir),
+        "params": sum(v.numel() for v in state.values()),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    last = [m for m in metrics if "val_loss" in m]
+    console.print(
+        f"[fedray] done in {summary['wall_s']} s: step {info.step}"
+        + (f", val_loss {last[-1]['val_loss']:.4f} (ppl {last[-1]['val_ppl']:.1f})" if last else "")
+        + f"\n[fedray] Hugging Face export: {export_dir}",
+        markup=False,
+        soft_wrap=True,
+    )
+    return PretrainResult(
+        run_dir=run_dir, export_dir=export_dir, final_step=info.step, metrics=metrics
+    )
