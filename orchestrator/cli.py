@@ -39,9 +39,14 @@ def _pretrain_command() -> Command:
     return PretrainJob, "pretrain-tiny", pretrain, plan
 
 
+# Job commands share one shape: [CONFIG] key=value ... [--print-config] [--dry-run].
 COMMANDS: dict[str, tuple[str, Callable[[], Command]]] = {
     "pretrain": ("pretrain a causal LM with Ray Train (DDP or DeepSpeed)", _pretrain_command),
 }
+
+# Commands with their own flags (e.g. `fedray site --server HOST:PORT --data PATH`):
+# name -> (help, lazy loader returning main(argv) -> exit code).
+OTHER_COMMANDS: dict[str, tuple[str, Callable[[], Callable[[list[str]], int]]]] = {}
 
 
 def _split_args(args: Sequence[str]) -> tuple[str | None, list[str]]:
@@ -92,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not argv or argv[0] in ("-h", "--help"):
         out.print("usage: fedray COMMAND [CONFIG] [key=value ...] [--print-config] [--dry-run]\n")
-        for name, (help_text, _) in COMMANDS.items():
+        for name, (help_text, _) in {**COMMANDS, **OTHER_COMMANDS}.items():
             out.print(f"  {name:<10} {help_text}")
         out.print(f"  {'presets':<10} list the bundled config presets")
         return 0
@@ -100,8 +105,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cmd == "presets":
         out.print("\n".join(preset_names()))
         return 0
+    if cmd in OTHER_COMMANDS:
+        try:
+            return OTHER_COMMANDS[cmd][1]()(rest)
+        except ConfigError as e:
+            err.print(f"[bold red]config error:[/] {e}", markup=True)
+            return EXIT_CONFIG
     if cmd not in COMMANDS:
-        err.print(f"unknown command {cmd!r}; commands: {', '.join([*COMMANDS, 'presets'])}")
+        names = ", ".join([*COMMANDS, *OTHER_COMMANDS, "presets"])
+        err.print(f"unknown command {cmd!r}; commands: {names}")
         return EXIT_CONFIG
     return run_job_command(cmd, rest)
 
