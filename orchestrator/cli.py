@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 
 from orchestrator.config.loader import ConfigError, load_dictconfig, preset_names, to_job, to_yaml
 
@@ -47,6 +48,10 @@ COMMANDS: dict[str, tuple[str, Callable[[], Command]]] = {
 # Commands with their own flags (e.g. `fedray site --server HOST:PORT --data PATH`):
 # name -> (help, lazy loader returning main(argv) -> exit code).
 OTHER_COMMANDS: dict[str, tuple[str, Callable[[], Callable[[list[str]], int]]]] = {}
+
+
+def report_config_error(e: ConfigError) -> None:
+    err.print(f"[bold red]config error:[/] {escape(str(e))}", soft_wrap=True)
 
 
 def _split_args(args: Sequence[str]) -> tuple[str | None, list[str]]:
@@ -83,10 +88,10 @@ def run_job_command(name: str, argv: Sequence[str]) -> int:
             return 0
         run(job)
     except ConfigError as e:
-        err.print(f"[bold red]config error:[/] {e}", markup=True)
+        report_config_error(e)
         return EXIT_CONFIG
     except KeyboardInterrupt:
-        err.print("interrupted; the run can be resumed by re-running with the same run.name")
+        err.print("interrupted; re-run with the same run.name to resume from the last checkpoint")
         return 130
     return 0
 
@@ -96,7 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("FEDRAY_LOG_LEVEL", "WARNING"))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not argv or argv[0] in ("-h", "--help"):
-        out.print("usage: fedray COMMAND [CONFIG] [key=value ...] [--print-config] [--dry-run]\n")
+        out.print(
+            "usage: fedray COMMAND [CONFIG] [key=value ...] [--print-config] [--dry-run]\n",
+            markup=False,
+        )
         for name, (help_text, _) in {**COMMANDS, **OTHER_COMMANDS}.items():
             out.print(f"  {name:<10} {help_text}")
         out.print(f"  {'presets':<10} list the bundled config presets")
@@ -109,11 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return OTHER_COMMANDS[cmd][1]()(rest)
         except ConfigError as e:
-            err.print(f"[bold red]config error:[/] {e}", markup=True)
+            report_config_error(e)
             return EXIT_CONFIG
     if cmd not in COMMANDS:
         names = ", ".join([*COMMANDS, *OTHER_COMMANDS, "presets"])
-        err.print(f"unknown command {cmd!r}; commands: {names}")
+        err.print(f"unknown command {cmd!r}; commands: {names}", markup=False)
         return EXIT_CONFIG
     return run_job_command(cmd, rest)
 

@@ -36,9 +36,8 @@ def load_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
         if (p / "tokenizer.json").exists() or (p / "tokenizer_config.json").exists():
             tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
         elif (p / "vocab.json").exists() and (p / "merges.txt").exists():
-            tok = GPT2TokenizerFast(
-                vocab_file=str(p / "vocab.json"), merges_file=str(p / "merges.txt")
-            )
+            # GPT-2 style vocab.json + merges.txt without a tokenizer_config.json.
+            tok = GPT2TokenizerFast.from_pretrained(str(p), local_files_only=True)
         else:
             raise OSError("no tokenizer.json, tokenizer_config.json or vocab.json + merges.txt")
     except OSError as e:

@@ -1,0 +1,124 @@
+"""Model factory, lr schedule, checkpoint manifests and export: no Ray, no processes."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from orchestrator.config import ConfigError, ModelConfig
+from orchestrator.models import build_model, count_params, hf_config
+from orchestrator.pretrain.checkpoint import (
+    latest_complete,
+    list_checkpoints,
+    verify,
+    write_manifest,
+)
+from orchestrator.pretrain.export import export_hf
+from orchestrator.pretrain.schedule import lr_factor
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_build_from_config(family: str):
+    cfg = hf_config(ModelConfig(family=family, n_layer=2, n_head=4, d_model=64), 300, 32, eos_id=0)
+    model = build_model(cfg)
+    assert model.config.model_type == family
+    assert model.config.vocab_size == 300
+    x = torch.randint(0, 300, (2, 32))
+    out = model(input_ids=x, labels=x)
+    assert out.logits.shape == (2, 32, 300)
+    assert math.isfinite(float(out.loss))
+    assert count_params(model) > 0
+
+
+def test_llama_gqa_and_sizes():
+    cfg = hf_config(
+        ModelConfig(family="llama", n_layer=1, n_head=8, n_kv_head=2, d_model=64, d_ff=96),
+        500,
+        16,
+        0,
+    )
+    assert (
+        cfg.num_key_value_heads == 2
+        and cfg.intermediate_size == 96
+        and cfg.max_position_embeddings == 16
+    )
+
+
+def test_load_local_dir_and_refuse_hub_id(tmp_path: Path):
+    cfg = hf_config(ModelConfig(n_layer=1, n_head=2, d_model=32), 300, 16, 0)
+    build_model(cfg).save_pretrained(str(tmp_path / "m"))
+    loaded = build_model(
+        hf_config(ModelConfig(path=str(tmp_path / "m")), 0, 0, 0), path=str(tmp_path / "m")
+    )
+    assert loaded.config.n_embd == 32
+    with pytest.raises(ConfigError, match="not a local Hugging Face model directory"):
+        hf_config(ModelConfig(path="gpt2"), 0, 0, 0)
+
+
+def test_lr_schedule_warmup_then_cosine():
+    f = [lr_factor(s, warmup=10, max_steps=110, min_ratio=0.1) for s in range(110)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert f[10] == pytest.approx(1.0)
+    assert f[60] == pytest.approx(0.1 + 0.9 * 0.5)  # half-way through the cosine
+    assert lr_factor(110, 10, 110, 0.1) == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(f[10:], f[11:], strict=False))
+
+
+def _ckpt(root: Path, step: int, payload: bytes = b"x" * 100) -> Path:
+    d = root / f"checkpoint_{step:08d}"
+    d.mkdir(parents=True)
+    (d / "state.pt").write_bytes(payload)
+    write_manifest(d, step, world_size=2, backend="ddp")
+    return d
+
+
+def test_manifest_verification_and_fallback(tmp_path: Path):
+    _ckpt(tmp_path, 10)
+    newest = _ckpt(tmp_path, 20)
+    assert [p.name for p in list_checkpoints(tmp_path)] == [
+        "checkpoint_00000020",
+        "checkpoint_00000010",
+    ]
+    assert verify(newest).step == 20
+    # truncated file -> refused, previous complete checkpoint used
+    (newest / "state.pt").write_bytes(b"x" * 50)
+    with pytest.raises(ValueError, match="has 50 bytes, manifest says 100"):
+        verify(newest)
+    assert latest_complete(tmp_path).step == 10
+    # missing file and missing manifest
+    (newest / "state.pt").unlink()
+    with pytest.raises(ValueError, match="missing state.pt"):
+        verify(newest)
+    (newest / "manifest.json").unlink()
+    with pytest.raises(ValueError, match="never completed"):
+        verify(newest)
+    (tmp_path / "checkpoint_00000010" / "manifest.json").write_text("{not json")
+    assert latest_complete(tmp_path) is None
+
+
+def test_manifest_records_sizes(tmp_path: Path):
+    d = _ckpt(tmp_path, 5)
+    m = json.loads((d / "manifest.json").read_text())
+    assert m["files"] == {"state.pt": 100} and m["world_size"] == 2 and m["backend"] == "ddp"
+
+
+def test_export_roundtrip_with_plain_transformers(tmp_path: Path):
+    from orchestrator.data.tokenizer import train_bpe
+
+    tok = train_bpe(["hello world, hello export.\n" * 50], vocab_size=280)
+    cfg = hf_config(ModelConfig(n_layer=1, n_head=2, d_model=32), len(tok), 16, tok.eos_token_id)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    out = export_hf(model.state_dict(), cfg, tok, tmp_path / "export")
+    assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
+    again = AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True).eval()
+    x = torch.randint(0, len(tok), (1, 16))
+    assert torch.allclose(model(x).logits, again(x).logits, atol=1e-6)
+    bad = {k: v for k, v in model.state_dict().items() if "h.0.attn" not in k}
+    with pytest.raises(RuntimeError, match="does not match the model"):
+        export_hf(bad, cfg, tok, tmp_path / "export2")
