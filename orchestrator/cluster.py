@@ -37,7 +37,10 @@ def ray_cluster(cfg: ClusterConfig, runtime_env: dict | None = None) -> Iterator
     try:
         # The dashboard also serves the state API that Ray Train's placement-group cleaner polls;
         # without it that actor logs a warning every few seconds.
+        # address="local" forces a new instance: with None, Ray would join the cluster recorded in
+        # /tmp/ray/ray_current_cluster by any earlier `ray start` on this machine (even a dead one).
         ctx = ray.init(
+            address="local",
             num_cpus=cfg.num_cpus,
             include_dashboard=True,
             dashboard_host="127.0.0.1",

@@ -52,7 +52,8 @@ def ray_local() -> Iterator[None]:
     import ray
 
     os.environ.pop("RAY_ADDRESS", None)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # "local": never attach to a cluster recorded in /tmp/ray/ray_current_cluster by `ray start`.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield
     finally:

@@ -93,7 +93,7 @@ def test_sources_errors_name_the_problem(tmp_path: Path):
     with pytest.raises(ConfigError, match="holds no"):
         resolve_files([str(empty)])
     (tmp_path / "t.jsonl").write_text('{"content": "x"}\n')
-    with pytest.raises(ConfigError, match="data.text_field"):
+    with pytest.raises(ConfigError, match=r"data\.text_field"):
         list(iter_texts([tmp_path / "t.jsonl"], "text"))
     (tmp_path / "broken.jsonl").write_text('{"text": "x"\n{{{\n')
     with pytest.raises(ConfigError, match="could not be read"):

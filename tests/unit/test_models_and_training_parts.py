@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -66,7 +67,7 @@ def test_lr_schedule_warmup_then_cosine():
     assert f[10] == pytest.approx(1.0)
     assert f[60] == pytest.approx(0.1 + 0.9 * 0.5)  # half-way through the cosine
     assert lr_factor(110, 10, 110, 0.1) == pytest.approx(0.1)
-    assert all(a >= b for a, b in zip(f[10:], f[11:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(f[10:]))
 
 
 def _ckpt(root: Path, step: int, payload: bytes = b"x" * 100) -> Path:
@@ -92,7 +93,7 @@ def test_manifest_verification_and_fallback(tmp_path: Path):
     assert latest_complete(tmp_path).step == 10
     # missing file and missing manifest
     (newest / "state.pt").unlink()
-    with pytest.raises(ValueError, match="missing state.pt"):
+    with pytest.raises(ValueError, match=r"missing state\.pt"):
         verify(newest)
     (newest / "manifest.json").unlink()
     with pytest.raises(ValueError, match="never completed"):
