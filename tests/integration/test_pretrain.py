@@ -96,7 +96,9 @@ def test_two_workers_equal_one_worker_with_accumulation(
         assert a[step] == pytest.approx(b[step], rel=1e-4, abs=1e-5), (step, a[step], b[step])
 
 
-def test_resume_after_stop_matches_uninterrupted(two_workers: PretrainResult, runs: Path, cache_dir: Path):
+def test_resume_after_stop_matches_uninterrupted(
+    two_workers: PretrainResult, runs: Path, cache_dir: Path
+):
     """Stop after step 4 (no retries), then re-run the same run name: resumes at step 4 exactly."""
     import ray.train
 
@@ -106,16 +108,27 @@ def test_resume_after_stop_matches_uninterrupted(two_workers: PretrainResult, ru
     assert info is not None and info.step == 4
     resumed = pretrain(tiny_job(runs, cache_dir, "resume"))
     assert resumed.final_step == STEPS
-    assert any("resumed from checkpoint_00000004 at step 4" in m.get("event", "") for m in resumed.metrics)
+    assert any(
+        "resumed from checkpoint_00000004 at step 4" in m.get("event", "") for m in resumed.metrics
+    )
     ref, got = step_losses(two_workers), step_losses(resumed)
     for step in range(1, STEPS + 1):
         assert got[step] == pytest.approx(ref[step], rel=1e-5, abs=1e-6), step
 
 
-def test_killed_worker_restarts_from_checkpoint(two_workers: PretrainResult, runs: Path, cache_dir: Path):
+def test_killed_worker_restarts_from_checkpoint(
+    two_workers: PretrainResult, runs: Path, cache_dir: Path
+):
     """Rank 1 dies (os._exit) before step 7; Ray restarts the group from checkpoint 4."""
     result = pretrain(
-        tiny_job(runs, cache_dir, "killed", "fault.fail_at_step=6", "fault.mode=kill", "run.max_failures=1")
+        tiny_job(
+            runs,
+            cache_dir,
+            "killed",
+            "fault.fail_at_step=6",
+            "fault.mode=kill",
+            "run.max_failures=1",
+        )
     )
     assert result.final_step == STEPS
     assert (result.run_dir / ".fault-injected").read_text().startswith("step=6 rank=1 mode=kill")
@@ -174,7 +187,13 @@ def test_cli_against_existing_ray_cluster(tmp_path: Path, cache_dir: Path):
         deadline = time.time() + 60
         while time.time() < deadline:
             probe = subprocess.run(
-                [sys.executable, "-m", "ray.scripts.scripts", "status", f"--address=127.0.0.1:{port}"],
+                [
+                    sys.executable,
+                    "-m",
+                    "ray.scripts.scripts",
+                    "status",
+                    f"--address=127.0.0.1:{port}",
+                ],
                 capture_output=True,
                 env=env,
             )
