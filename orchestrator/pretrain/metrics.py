@@ -23,7 +23,8 @@ class MetricsSink:
         self.t0 = time.time()
 
     def log(self, record: dict[str, Any]) -> None:
-        record = {"time": round(time.time() - self.t0, 3), **record}
+        now = time.time()
+        record = {"time": round(now - self.t0, 3), "wall_time": round(now, 3), **record}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
