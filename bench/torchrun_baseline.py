@@ -38,7 +38,8 @@ def main() -> None:
         torch.set_num_threads(1)
     train = np.load(a.data)["train"]
     torch.manual_seed(0)
-    cfg = AutoConfig.for_model(**json.load(open(a.config)))
+    with open(a.config) as f:
+        cfg = AutoConfig.for_model(**json.load(f))
     model = AutoModelForCausalLM.from_config(cfg).to(device)
     ddp = torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if gpu else None
@@ -46,7 +47,7 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if gpu else contextlib.nullcontext()
     rng = np.random.default_rng(0)
-    out = open(a.out, "w") if rank == 0 else None
+    out = open(a.out, "w") if rank == 0 else None  # noqa: SIM115 (closed at exit; rank 0 only)
     for step in range(a.steps):
         t0 = time.perf_counter()
         for i in range(a.accum):
@@ -68,6 +69,8 @@ def main() -> None:
             rec = {"step": step + 1, "loss": loss_value, "step_time": time.perf_counter() - t0}
             out.write(json.dumps({**rec, "wall_time": time.time()}) + "\n")
             out.flush()
+    if out:
+        out.close()
     dist.destroy_process_group()
 
 
