@@ -39,15 +39,13 @@ def ray_cluster(cfg: ClusterConfig, runtime_env: dict | None = None) -> Iterator
         # without it that actor logs a warning every few seconds.
         # address="local" forces a new instance: with None, Ray would join the cluster recorded in
         # /tmp/ray/ray_current_cluster by any earlier `ray start` on this machine (even a dead one).
-        ctx = ray.init(
+        ray.init(
             address="local",
             num_cpus=cfg.num_cpus,
             include_dashboard=True,
             dashboard_host="127.0.0.1",
             runtime_env=env,
         )
-        if ctx.dashboard_url:
-            log.warning("embedded Ray started; dashboard at http://%s", ctx.dashboard_url)
         try:
             yield
         finally:
