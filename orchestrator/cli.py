@@ -1,6 +1,7 @@
 """The ``fedray`` command. Each subcommand: parse -> validate -> build -> run -> close.
 
     fedray pretrain [CONFIG] [key=value ...] [--print-config] [--dry-run]
+    fedray simulate [CONFIG] [key=value ...] [--print-config] [--dry-run]
 
 CONFIG is a YAML file or a preset name (``fedray presets`` lists them). Exit codes: 0 success,
 2 bad configuration or input (nothing was launched), 1 a failure while running.
@@ -40,9 +41,17 @@ def _pretrain_command() -> Command:
     return PretrainJob, "pretrain-tiny", pretrain, plan
 
 
+def _simulate_command() -> Command:
+    from orchestrator.config.federated import FederatedJob
+    from orchestrator.federated.simulate import simulate, simulation_plan
+
+    return FederatedJob, "simulate-demo", simulate, simulation_plan
+
+
 # Job commands share one shape: [CONFIG] key=value ... [--print-config] [--dry-run].
 COMMANDS: dict[str, tuple[str, Callable[[], Command]]] = {
     "pretrain": ("pretrain a causal LM with Ray Train (DDP or DeepSpeed)", _pretrain_command),
+    "simulate": ("federated fine-tuning, sites simulated on Ray (Flower)", _simulate_command),
 }
 
 # Commands with their own flags (e.g. `fedray site --server HOST:PORT --data PATH`):

@@ -1,0 +1,66 @@
+"""Aggregation strategies (Flower ``Strategy`` subclasses) whose math lives in ``strategies.math``.
+
+Sites send weight updates; every strategy folds them into a streaming weighted mean, rejects
+malformed replies (``strategies.validation``) and applies its server step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from strategies.base import DeltaStrategy, RoundReport, SiteReport, stream_replies
+from strategies.fedavg import FedAvg, FedProx
+from strategies.fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
+
+if TYPE_CHECKING:
+    from orchestrator.config.federated import FederatedJob
+
+log = logging.getLogger(__name__)
+
+STRATEGIES: dict[str, type[DeltaStrategy]] = {
+    "fedavg": FedAvg,
+    "fedprox": FedProx,
+    "fedadam": FedAdam,
+    "fedyogi": FedYogi,
+    "fedadagrad": FedAdagrad,
+}
+
+
+def build_strategy(job: FederatedJob, update_keys: Iterable[str] | None = None) -> DeltaStrategy:
+    """The strategy named by ``job.strategy`` with the federation's sampling settings."""
+    s, f = job.strategy, job.federation
+    common = dict(
+        eta=s.eta,
+        sites_per_round=f.sites_per_round,
+        fraction=f.fraction,
+        min_sites=f.min_sites,
+        min_available_sites=f.sampled_sites,
+        update_keys=update_keys,
+        seed=f.seed,
+        wait_for_sites_s=f.round_timeout_s,
+    )
+    if s.name == "fedprox":
+        if s.proximal_mu == 0:
+            log.warning("strategy.proximal_mu=0: FedProx without its proximal term is FedAvg")
+        return FedProx(proximal_mu=s.proximal_mu, **common)
+    if s.name in ("fedadam", "fedyogi", "fedadagrad"):
+        return STRATEGIES[s.name](beta1=s.beta1, beta2=s.beta2, tau=s.tau, **common)
+    return FedAvg(**common)
+
+
+__all__ = [
+    "STRATEGIES",
+    "DeltaStrategy",
+    "FedAdagrad",
+    "FedAdam",
+    "FedAvg",
+    "FedOpt",
+    "FedProx",
+    "FedYogi",
+    "RoundReport",
+    "SiteReport",
+    "build_strategy",
+    "stream_replies",
+]

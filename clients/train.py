@@ -1,0 +1,183 @@
+"""A site's local work: encode its examples, train for E steps/epochs, evaluate on held-out rows.
+
+Pure torch, no Flower: the ClientApp wires these to messages, and tests call them directly
+(e.g. one site under FedAvg vs centralized training with the same functions).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedTokenizerBase
+
+
+@dataclass
+class Encoded:
+    """Token ids, attention mask and (classification) label ids of a set of examples."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor | None
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def batch(self, idx: torch.Tensor) -> Encoded:
+        return Encoded(
+            self.input_ids[idx],
+            self.attention_mask[idx],
+            None if self.labels is None else self.labels[idx],
+        )
+
+
+def encode(
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    max_length: int,
+    labels: Sequence[str] | None = None,
+    label_names: Sequence[str] = (),
+) -> Encoded:
+    """Tokenize (truncate + right-pad to ``max_length``) and map class names to ids."""
+    enc = tokenizer(
+        list(texts),
+        max_length=max_length,
+        truncation=True,
+        padding="max_length",
+        return_tensors="pt",
+    )
+    label_ids = None
+    if labels is not None:
+        index = {name: i for i, name in enumerate(label_names)}
+        unknown = sorted(set(labels) - set(index))
+        if unknown:
+            raise ValueError(
+                f"labels {unknown[:5]} are not among the federation's classes {list(label_names)}"
+            )
+        label_ids = torch.tensor([index[x] for x in labels], dtype=torch.long)
+    return Encoded(enc["input_ids"], enc["attention_mask"], label_ids)
+
+
+def batch_order(
+    n: int, batch_size: int, seed: int, steps: int | None, epochs: int
+) -> Iterator[torch.Tensor]:
+    """Index batches: shuffled epochs from a seeded generator; ``steps`` cycles epochs as needed."""
+    g = torch.Generator().manual_seed(seed)
+    per_epoch = max(1, math.ceil(n / batch_size))
+    total = steps if steps is not None else epochs * per_epoch
+    done = 0
+    while done < total:
+        perm = torch.randperm(n, generator=g)
+        for start in range(0, n, batch_size):
+            if done == total:
+                return
+            yield perm[start : start + batch_size]
+            done += 1
+
+
+def task_loss(
+    model: torch.nn.Module, batch: Encoded, task: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean loss and logits of one batch."""
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    logits = out.logits
+    if task == "classification":
+        assert batch.labels is not None
+        return F.cross_entropy(logits, batch.labels), logits
+    # Next-token loss; padded positions are masked via the attention mask, so a tokenizer whose
+    # pad token equals its EOS token still trains on real EOS tokens.
+    targets = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
+    loss = F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), targets[:, 1:].reshape(-1), ignore_index=-100
+    )
+    return loss, logits
+
+
+def proximal_term(
+    params: Mapping[str, torch.Tensor], global_params: Mapping[str, torch.Tensor], mu: float
+) -> torch.Tensor:
+    """FedProx: ``mu/2 * sum_i ||w_i - w_global_i||^2`` over the trainable tensors."""
+    total = sum(((params[k] - global_params[k]) ** 2).sum() for k in global_params)
+    return 0.5 * mu * torch.as_tensor(total)
+
+
+@dataclass
+class LocalTrainConfig:
+    task: str
+    batch_size: int
+    lr: float
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    grad_clip: float = 0.0
+    seed: int = 0
+    steps: int | None = None
+    epochs: int = 1
+    proximal_mu: float = 0.0
+
+
+def local_train(model: torch.nn.Module, data: Encoded, cfg: LocalTrainConfig) -> dict[str, float]:
+    """Train the trainable parameters in place with a fresh AdamW; returns train metrics.
+
+    A fresh optimizer per round is the FedAvg convention (sites keep no state between rounds),
+    which is what makes one site x E steps equal E centralized steps.
+    """
+    model.train()
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    anchor = {n: p.detach().clone() for n, p in params.items()} if cfg.proximal_mu > 0 else {}
+    opt = torch.optim.AdamW(
+        params.values(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay
+    )
+    losses: list[float] = []
+    for idx in batch_order(len(data), cfg.batch_size, cfg.seed, cfg.steps, cfg.epochs):
+        loss, _ = task_loss(model, data.batch(idx), cfg.task)
+        total = loss + proximal_term(params, anchor, cfg.proximal_mu) if anchor else loss
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params.values(), cfg.grad_clip)
+        opt.step()
+        losses.append(loss.item())
+    return {
+        "train-loss": sum(losses) / max(1, len(losses)),
+        "train-loss-last": losses[-1] if losses else float("nan"),
+        "train-steps": float(len(losses)),
+    }
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module, data: Encoded, task: str, batch_size: int, num_labels: int = 0
+) -> dict[str, float | list[int]]:
+    """Held-out metrics: loss, accuracy, macro-F1 and the confusion matrix (classification),
+    or loss and perplexity (causal LM)."""
+    model.eval()
+    loss_sum, count = 0.0, 0
+    confusion = torch.zeros(num_labels, num_labels, dtype=torch.long) if num_labels else None
+    for start in range(0, len(data), batch_size):
+        batch = data.batch(torch.arange(start, min(start + batch_size, len(data))))
+        loss, logits = task_loss(model, batch, task)
+        if task == "classification":
+            n = len(batch)
+            assert confusion is not None and batch.labels is not None
+            pred = logits.argmax(-1)
+            confusion += torch.bincount(
+                batch.labels * num_labels + pred, minlength=num_labels * num_labels
+            ).reshape(num_labels, num_labels)
+        else:
+            n = int(batch.attention_mask[:, 1:].sum())
+        loss_sum += loss.item() * n
+        count += n
+    loss = loss_sum / max(1, count)
+    out: dict[str, float | list[int]] = {"eval-loss": loss}
+    if confusion is not None:
+        from strategies.base import classification_metrics
+
+        out.update(classification_metrics(confusion.numpy()))
+        out["confusion"] = confusion.reshape(-1).tolist()
+    else:
+        out["perplexity"] = math.exp(min(loss, 50.0))
+    return out

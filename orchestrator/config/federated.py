@@ -1,0 +1,241 @@
+"""Typed configuration of a federated fine-tuning job (``fedray simulate``, later ``fedray server``).
+
+``FederatedJob`` reuses the shared ``model``, ``data``, ``train`` and ``run`` sections of
+:mod:`orchestrator.config.schema` and adds the federated ones: ``task``, ``finetune``,
+``strategy``, ``federation`` and ``partition``. Validation style is the same as schema.py: a
+:class:`FieldError` in ``__post_init__``; the loader adds the key path and exits with code 2.
+
+Which ``train.*`` fields apply to a site's local training: ``micro_batch_size`` (local batch),
+``lr``, ``weight_decay``, ``beta1``, ``beta2``, ``grad_clip`` and ``seed``. The step schedule
+(``max_steps``, ``warmup_steps``, ...) is pretraining-only; local work per round is set by
+``finetune.local_epochs`` / ``finetune.local_steps``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from orchestrator.config.schema import (
+    DataConfig,
+    FieldError,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    _require,
+)
+
+TASKS = ("classification", "causal_lm")
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad")
+PARTITIONS = ("natural", "dirichlet", "iid")
+
+
+@dataclass
+class TaskConfig:
+    """What the sites fine-tune the model for."""
+
+    kind: str = "classification"
+    """``classification`` (sequence classification: accuracy, macro-F1) or ``causal_lm``
+    (next-token loss, perplexity)."""
+    labels: list[str] = field(default_factory=list)
+    """Class names, in label-id order (classification). Empty = the sorted distinct values of
+    ``data.label_field`` in the data the server can read (the demo data or ``data.paths``).
+    Real sites must all use these names; a site row with an unknown label is an error."""
+    max_length: int = 64
+    """Tokens per example; longer texts are truncated, shorter ones padded."""
+
+    def __post_init__(self) -> None:
+        _require(self.kind in TASKS, self, "kind", "'classification' or 'causal_lm'")
+        _require(self.max_length >= 4, self, "max_length", "an integer >= 4")
+        if self.labels:
+            _require(
+                len(set(self.labels)) == len(self.labels) and len(self.labels) >= 2,
+                self,
+                "labels",
+                "at least 2 distinct class names (or [] to read them from the data)",
+            )
+
+
+@dataclass
+class FinetuneConfig:
+    """How each site trains in a round: full fine-tuning or LoRA adapters (peft)."""
+
+    mode: str = "full"
+    """``full`` (every parameter trains; the update is the delta of all of them) or ``lora``
+    (the base is frozen; the update holds only the adapters and, for classification, the head)."""
+    local_epochs: int = 1
+    """Passes over the site's training split per round (ignored when ``local_steps`` is set)."""
+    local_steps: int | None = None
+    """Optimizer steps per round (cycling through the site's data); ``None`` = use epochs."""
+    lora_r: int = 8
+    """LoRA rank."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator (the update is scaled by ``alpha / r``)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA branch."""
+    lora_target_modules: list[str] = field(default_factory=list)
+    """Module names that get adapters. Empty = by architecture: gpt2 ``c_attn``, llama
+    ``q_proj``/``v_proj``."""
+
+    def __post_init__(self) -> None:
+        _require(self.mode in ("full", "lora"), self, "mode", "'full' or 'lora'")
+        _require(self.local_epochs >= 1, self, "local_epochs", "an integer >= 1")
+        if self.local_steps is not None:
+            _require(self.local_steps >= 1, self, "local_steps", "an integer >= 1 or null")
+        _require(self.lora_r >= 1, self, "lora_r", "an integer >= 1")
+        _require(self.lora_alpha >= 1, self, "lora_alpha", "an integer >= 1")
+        _require(0.0 <= self.lora_dropout < 1.0, self, "lora_dropout", "a float in [0, 1)")
+
+
+@dataclass
+class StrategyConfig:
+    """Server-side aggregation (see docs/federated.md, "Strategies")."""
+
+    name: str = "fedavg"
+    """``fedavg`` | ``fedprox`` (FedAvg + proximal term at the sites) | ``fedadam`` |
+    ``fedyogi`` | ``fedadagrad`` (server optimizer on the averaged update)."""
+    proximal_mu: float = 0.01
+    """FedProx: sites add ``mu/2 * ||w - w_global||^2`` to their loss (only with ``fedprox``)."""
+    server_lr: float | None = None
+    """Server learning rate (eta) applied to the averaged update. ``None`` = 1.0 for
+    fedavg/fedprox (plain averaging) and 0.01 for the adaptive optimizers."""
+    beta1: float = 0.9
+    """First-moment decay of fedadam/fedyogi (fedadagrad uses it too, as in Reddi et al. 2021)."""
+    beta2: float = 0.99
+    """Second-moment decay of fedadam/fedyogi."""
+    tau: float = 1e-3
+    """Adaptivity (epsilon) of the adaptive optimizers: ``eta * m / (sqrt(v) + tau)``."""
+
+    def __post_init__(self) -> None:
+        _require(self.name in STRATEGIES, self, "name", " | ".join(STRATEGIES))
+        _require(self.proximal_mu >= 0, self, "proximal_mu", "a float >= 0")
+        if self.server_lr is not None:
+            _require(self.server_lr > 0, self, "server_lr", "a float > 0 or null")
+        _require(0 <= self.beta1 < 1, self, "beta1", "a float in [0, 1)")
+        _require(0 <= self.beta2 < 1, self, "beta2", "a float in [0, 1)")
+        _require(self.tau > 0, self, "tau", "a float > 0")
+
+    @property
+    def eta(self) -> float:
+        if self.server_lr is not None:
+            return self.server_lr
+        return 1.0 if self.name in ("fedavg", "fedprox") else 0.01
+
+
+@dataclass
+class FederationConfig:
+    """Sites, rounds, sampling and per-site resources."""
+
+    num_sites: int = 4
+    """Simulated sites (SuperNodes); each gets one data partition."""
+    num_rounds: int = 3
+    """Federated rounds (each: sample sites, local training, aggregate, evaluate)."""
+    sites_per_round: int | None = None
+    """Sites sampled for training per round; ``None`` = ``fraction`` x available sites."""
+    fraction: float = 1.0
+    """Fraction of available sites sampled per round when ``sites_per_round`` is null."""
+    min_sites: int = 1
+    """Accepted replies needed to update the model in a round; fewer = the round is skipped
+    (logged), the global model stays as it was."""
+    round_timeout_s: float = 600.0
+    """Seconds to wait for replies in a round; late replies are dropped."""
+    cpus_per_site: float = 1.0
+    """CPU cores reserved per simulated site (Ray actor resources)."""
+    gpus_per_site: float = 0.0
+    """GPUs (fraction allowed) per simulated site; 0 = CPU only."""
+    num_cpus: int | None = None
+    """CPUs given to the embedded Ray of a simulation; ``None`` = all cores of this machine."""
+    seed: int = 0
+    """Seeds site sampling and data partitioning (same seed = same sites, same partitions)."""
+
+    def __post_init__(self) -> None:
+        _require(self.num_sites >= 1, self, "num_sites", "an integer >= 1")
+        _require(self.num_rounds >= 1, self, "num_rounds", "an integer >= 1")
+        if self.sites_per_round is not None:
+            _require(
+                1 <= self.sites_per_round <= self.num_sites,
+                self,
+                "sites_per_round",
+                f"an integer in [1, federation.num_sites={self.num_sites}] or null",
+            )
+        _require(0.0 < self.fraction <= 1.0, self, "fraction", "a float in (0, 1]")
+        _require(
+            1 <= self.min_sites <= self.sampled_sites,
+            self,
+            "min_sites",
+            f"an integer in [1, sites sampled per round = {self.sampled_sites}]",
+            "Lower federation.min_sites or sample more sites per round.",
+        )
+        _require(self.round_timeout_s > 0, self, "round_timeout_s", "a float > 0")
+        _require(self.cpus_per_site > 0, self, "cpus_per_site", "a float > 0")
+        _require(self.gpus_per_site >= 0, self, "gpus_per_site", "a float >= 0")
+        if self.num_cpus is not None:
+            _require(self.num_cpus >= 1, self, "num_cpus", "an integer >= 1 or null")
+
+    @property
+    def sampled_sites(self) -> int:
+        if self.sites_per_round is not None:
+            return self.sites_per_round
+        return max(1, int(self.num_sites * self.fraction))
+
+
+@dataclass
+class PartitionConfig:
+    """How one labelled dataset is split into simulated sites (real sites bring their own file)."""
+
+    kind: str = "natural"
+    """``natural`` (one site per value of ``column``, values grouped when there are more values
+    than sites), ``dirichlet`` (label mix per site ~ Dirichlet(alpha)) or ``iid``."""
+    column: str = "topic"
+    """Column that defines natural sites (the demo tweets have ``topic``)."""
+    alpha: float = 0.5
+    """Dirichlet concentration: small (0.1) = very skewed label mixes, large (100) = near IID."""
+    eval_fraction: float = 0.2
+    """Fraction of each site's examples held out for its local evaluation."""
+    max_examples_per_site: int | None = None
+    """Cap on a site's examples (after partitioning), to bound demo/test time; ``None`` = all."""
+
+    def __post_init__(self) -> None:
+        _require(self.kind in PARTITIONS, self, "kind", "'natural', 'dirichlet' or 'iid'")
+        _require(bool(self.column), self, "column", "a column name")
+        _require(self.alpha > 0, self, "alpha", "a float > 0")
+        _require(0.0 < self.eval_fraction < 1.0, self, "eval_fraction", "a float in (0, 1)")
+        if self.max_examples_per_site is not None:
+            _require(
+                self.max_examples_per_site >= 2,
+                self,
+                "max_examples_per_site",
+                "an integer >= 2 or null",
+            )
+
+
+@dataclass
+class FederatedJob:
+    """``fedray simulate``: federated fine-tuning with Flower (simulated sites on Ray)."""
+
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        if len(self.data.paths) > 1:
+            raise FieldError(
+                self.data,
+                "paths",
+                self.data.paths,
+                "at most one labelled file (csv/jsonl/parquet) to partition into sites",
+                "Concatenate the files, or give each real site its own file (issue: fedray site).",
+            )
+        if self.train.precision in ("bf16", "fp16") and self.federation.gpus_per_site <= 0:
+            raise FieldError(
+                self.train,
+                "precision",
+                self.train.precision,
+                "'auto' or 'fp32' for CPU sites",
+                "Mixed precision needs federation.gpus_per_site > 0.",
+            )

@@ -1,0 +1,69 @@
+"""Console output of a federated run: the partition summary and one table row per round."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+
+_out = Console(highlight=False)
+
+
+def print_partition(rows: Sequence[dict[str, Any]], kind: str, console: Console = _out) -> None:
+    """Per-site size and label mix, e.g. ``site-0  1000  negative 62% neutral 21% positive 16%``."""
+    console.print(f"[bold]partition[/] ({kind}): {len(rows)} sites")
+    for r in rows:
+        size = int(r["size"])
+        mix = "  ".join(
+            f"{name} {count / max(1, size):4.0%}" for name, count in r["labels"].items()
+        )
+        console.print(f"  site-{r['site']:<3} {size:6d} rows   {mix}", markup=False)
+
+
+def _fmt(v: Any, spec: str = ".3f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+class RoundTable:
+    """Prints a header, then one line per round and an indented line per site."""
+
+    def __init__(self, task: str, console: Console = _out) -> None:
+        self.task = task
+        self.console = console
+        self.metric = "accuracy" if task == "classification" else "perplexity"
+
+    def header(self) -> None:
+        second = "macro-F1" if self.task == "classification" else "eval-loss"
+        self.console.print(
+            f"{'round':>5} {'train-loss':>10} {'eval-loss':>9} {self.metric:>10} {second:>9} "
+            f"{'sites':>5} {'rej':>3} {'up MB':>8} {'down MB':>8} {'time s':>7}",
+            style="bold",
+            markup=False,
+        )
+
+    def row(self, rec: dict[str, Any]) -> None:
+        ev, tr = rec.get("eval", {}), rec.get("train", {})
+        second = ev.get("macro-f1") if self.task == "classification" else ev.get("eval-loss")
+        self.console.print(
+            f"{rec['round']:>5} {_fmt(tr.get('train-loss'), '10.4f')} "
+            f"{_fmt(ev.get('eval-loss'), '9.4f')} {_fmt(ev.get(self.metric), '10.4f')} "
+            f"{_fmt(second, '9.4f')} {int(tr.get('sites-accepted', 0)):>5} "
+            f"{int(tr.get('sites-rejected', 0)):>3} {rec.get('bytes_up', 0) / 1e6:8.2f} "
+            f"{rec.get('bytes_down', 0) / 1e6:8.2f} {rec.get('round_time_s', 0.0):7.1f}"
+            + ("   (skipped: too few updates)" if rec.get("skipped") else ""),
+            markup=False,
+        )
+        for name, s in sorted(rec.get("sites", {}).items()):
+            parts = [f"{name:>12}:"]
+            if "train-loss" in s:
+                parts.append(f"train-loss {s['train-loss']:.4f}")
+            if self.metric in s:
+                parts.append(f"{self.metric} {s[self.metric]:.4f}")
+            if "macro-f1" in s:
+                parts.append(f"macro-F1 {s['macro-f1']:.4f}")
+            if "num-examples" in s:
+                parts.append(f"n={int(s['num-examples'])}")
+            if s.get("rejected"):
+                parts.append(f"REJECTED: {s['rejected']}")
+            self.console.print("      " + "  ".join(parts), markup=False, style="dim")

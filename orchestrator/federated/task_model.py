@@ -1,0 +1,165 @@
+"""The model a federation fine-tunes, built identically on the server and at every site.
+
+The server sends sites a JSON description (HF config, task, LoRA settings); both sides build the
+same module tree from it, so a state dict keyed by parameter name moves between them. Transport
+uses :func:`model_state` (tied weights once, e.g. GPT-2's ``lm_head`` = ``wte``) and
+:func:`trainable_names` (what a site's update holds: every parameter, or only LoRA adapters and
+the classification head).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    PretrainedConfig,
+    PreTrainedTokenizerBase,
+)
+
+# LoRA targets by architecture when finetune.lora_target_modules is empty.
+DEFAULT_LORA_TARGETS = {"gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"]}
+
+
+@dataclass
+class ModelSpec:
+    """Everything a site needs to rebuild the model (sent as JSON in the message config)."""
+
+    task: str
+    """``classification`` or ``causal_lm``."""
+    hf_config: dict[str, Any]
+    """``PretrainedConfig.to_dict()`` (includes num_labels/id2label for classification)."""
+    finetune: str = "full"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelSpec:
+        return cls(**json.loads(text))
+
+    def config(self) -> PretrainedConfig:
+        return AutoConfig.for_model(**self.hf_config)
+
+
+def classification_config(
+    config: PretrainedConfig, labels: Sequence[str], pad_token_id: int | None
+) -> PretrainedConfig:
+    """Turn a causal-LM config into a sequence-classification one (new head, named labels)."""
+    config.num_labels = len(labels)
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {name: i for i, name in enumerate(labels)}
+    # GPT-2/Llama classifiers pool the last non-pad token: they need to know the pad id.
+    config.pad_token_id = pad_token_id
+    return config
+
+
+def build(spec: ModelSpec, weights_dir: str | None = None) -> torch.nn.Module:
+    """The task model (random init, or weights from a local HF dir), LoRA-wrapped if asked."""
+    auto = (
+        AutoModelForSequenceClassification
+        if spec.task == "classification"
+        else AutoModelForCausalLM
+    )
+    config = spec.config()
+    if weights_dir:
+        model = auto.from_pretrained(
+            weights_dir, config=config, local_files_only=True, dtype=torch.float32
+        )
+    else:
+        model = auto.from_config(config)
+    if spec.finetune == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        targets = spec.lora_targets or DEFAULT_LORA_TARGETS.get(config.model_type, [])
+        if not targets:
+            raise ValueError(
+                f"no default LoRA targets for model type {config.model_type!r}; "
+                "set finetune.lora_target_modules"
+            )
+        lora = LoraConfig(
+            r=spec.lora_r,
+            lora_alpha=spec.lora_alpha,
+            lora_dropout=spec.lora_dropout,
+            target_modules=targets,
+            task_type="SEQ_CLS" if spec.task == "classification" else "CAUSAL_LM",
+            # GPT-2 stores its projections as Conv1D (in x out), transposed vs nn.Linear.
+            fan_in_fan_out=config.model_type == "gpt2",
+        )
+        model = get_peft_model(model, lora)
+    return model
+
+
+def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter (tied ones once) and persistent buffer, by name, detached."""
+    state = {n: p.detach() for n, p in model.named_parameters()}
+    persistent = model.state_dict(keep_vars=True)
+    for n, b in model.named_buffers():
+        if n in persistent:
+            state[n] = b.detach()
+    return state
+
+
+def trainable_names(model: torch.nn.Module) -> list[str]:
+    """The tensors a site's update holds (``requires_grad``), in module order."""
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def load_state(model: torch.nn.Module, arrays: Mapping[str, np.ndarray | torch.Tensor]) -> None:
+    """Copy received arrays into the model; the key sets must match exactly."""
+    state = model_state(model)
+    missing, extra = set(state) - set(arrays), set(arrays) - set(state)
+    if missing or extra:
+        raise ValueError(
+            f"received weights do not match the model: missing={sorted(missing)[:3]} "
+            f"extra={sorted(extra)[:3]}"
+        )
+    with torch.no_grad(), warnings.catch_warnings():
+        # Received arrays are read-only views of the message bytes; we only read them, so
+        # torch's "non-writable array" warning does not apply.
+        warnings.simplefilter("ignore", UserWarning)
+        for name, tensor in state.items():
+            src = arrays[name]
+            src_t = src if isinstance(src, torch.Tensor) else torch.from_numpy(np.asarray(src))
+            tensor.copy_(src_t.reshape(tensor.shape))
+
+
+def merged_for_export(model: torch.nn.Module) -> torch.nn.Module:
+    """A plain transformers model: LoRA adapters merged into the base weights."""
+    if hasattr(model, "merge_and_unload"):
+        return model.merge_and_unload()
+    return model
+
+
+def export(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase | None, out: Path) -> Path:
+    """Write the model (LoRA merged) + tokenizer as a HF directory, atomically (temp + rename).
+
+    ``AutoModelForSequenceClassification`` / ``AutoModelForCausalLM.from_pretrained(out)`` load it
+    with plain transformers.
+    """
+    plain = merged_for_export(model)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-"))
+    plain.save_pretrained(str(tmp), safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(tmp))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out

@@ -1,0 +1,329 @@
+"""``DeltaStrategy``: the shared machinery of fedray's strategies (a Flower ``Strategy``).
+
+Sites reply with weight *updates* (``w_site - w_global`` of the trainable tensors). The strategy
+keeps the global arrays it sent in ``configure_train``, folds each valid reply into a running
+weighted sum as it is iterated (so memory holds one update-sized sum, not K replies), then lets
+the subclass turn the mean update into the next global model (:meth:`server_update`).
+
+It runs under Flower's stock ``Strategy.start`` (a plain ``ServerApp``), and streams for real
+when fed by :func:`stream_replies`, which yields replies as the grid delivers them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from strategies.math import Arrays, RunningSum, apply_sgd
+from strategies.records import from_numpy, nbytes, to_numpy
+from strategies.validation import RejectedReply, check_update, reply_parts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SiteReport:
+    """One site's reply in a round, as the server table shows it."""
+
+    node_id: int
+    site: str
+    accepted: bool
+    metrics: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+    bytes: int = 0
+
+
+@dataclass
+class RoundReport:
+    """What happened in the last train or evaluate step."""
+
+    sites: list[SiteReport] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> int:
+        return sum(s.accepted for s in self.sites)
+
+    @property
+    def rejected(self) -> int:
+        return sum(not s.accepted for s in self.sites)
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.bytes for s in self.sites)
+
+
+def stream_replies(grid: Grid, messages: Iterable[Message], timeout: float) -> Iterator[Message]:
+    """Push ``messages`` and yield each reply as soon as the grid has it (until ``timeout``).
+
+    ``Grid.send_and_receive`` returns only once every reply is in and keeps them all; yielding
+    lets the strategy fold and drop each reply on arrival.
+    """
+    pending = set(grid.push_messages(messages))
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        got = False
+        for reply in grid.pull_messages(list(pending)):
+            pending.discard(reply.metadata.reply_to_message_id)
+            got = True
+            yield reply
+        if not got:
+            time.sleep(0.1)
+    if pending:
+        log.warning("round timeout after %.0f s: %d site(s) did not reply", timeout, len(pending))
+
+
+class DeltaStrategy(Strategy):
+    """FedAvg over updates weighted by ``num-examples``, then ``w + eta * mean_update``."""
+
+    name = "fedavg"
+
+    def __init__(
+        self,
+        *,
+        eta: float = 1.0,
+        sites_per_round: int | None = None,
+        fraction: float = 1.0,
+        min_sites: int = 1,
+        min_available_sites: int = 1,
+        update_keys: Iterable[str] | None = None,
+        seed: int = 0,
+        wait_for_sites_s: float = 600.0,
+        weighted_by_key: str = "num-examples",
+        arrayrecord_key: str = "arrays",
+        configrecord_key: str = "config",
+    ) -> None:
+        self.eta = eta
+        self.sites_per_round = sites_per_round
+        self.fraction = fraction
+        self.min_sites = min_sites
+        self.min_available_sites = max(min_available_sites, min_sites)
+        # None = learn them from the first accepted reply (stock ServerApp use).
+        self.update_keys: set[str] | None = set(update_keys) if update_keys is not None else None
+        self.rng = random.Random(seed)
+        self.wait_for_sites_s = wait_for_sites_s
+        self.weighted_by_key = weighted_by_key
+        self.arrayrecord_key = arrayrecord_key
+        self.configrecord_key = configrecord_key
+        self._global: Arrays = {}
+        self.last_train = RoundReport()
+        self.last_evaluate = RoundReport()
+
+    # ---- the server step (subclasses override) ---------------------------------------------
+
+    def server_update(self, global_: Arrays, delta: Arrays, server_round: int) -> Arrays:
+        return apply_sgd(global_, delta, self.eta)
+
+    def extra_train_config(self) -> dict[str, Any]:
+        """Entries added to every train message's config (FedProx sends ``proximal-mu``)."""
+        return {}
+
+    # ---- state, for checkpoints and resume ---------------------------------------------------
+
+    def state_arrays(self) -> Arrays:
+        """Optimizer state tensors (FedAdam's m and v); empty for FedAvg."""
+        return {}
+
+    def state_meta(self) -> dict[str, Any]:
+        """JSON-able state: the sampling RNG (so a resumed run samples the same sites)."""
+        version, internal, gauss = self.rng.getstate()
+        return {"strategy": self.name, "rng": [version, list(internal), gauss]}
+
+    def load_state(self, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        if meta.get("strategy") != self.name:
+            raise ValueError(
+                f"checkpoint was written by strategy {meta.get('strategy')!r}, not {self.name!r}"
+            )
+        version, internal, gauss = meta["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+
+    # ---- sampling ----------------------------------------------------------------------------
+
+    def sample(self, grid: Grid, k: int | None) -> list[int]:
+        """Wait for enough connected sites, then draw ``k`` of them (all when ``k`` is None)."""
+        deadline = time.monotonic() + self.wait_for_sites_s
+        while len(nodes := sorted(grid.get_node_ids())) < self.min_available_sites:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"only {len(nodes)} site(s) connected after {self.wait_for_sites_s:.0f} s; "
+                    f"need {self.min_available_sites}"
+                )
+            time.sleep(1.0)
+        if k is None:
+            return nodes
+        # Sorted first: the seeded RNG then picks the same positions in every run.
+        return self.rng.sample(nodes, min(k, len(nodes)))
+
+    def _train_sample_size(self, n_nodes: int) -> int:
+        if self.sites_per_round is not None:
+            return self.sites_per_round
+        return max(self.min_sites, int(n_nodes * self.fraction))
+
+    def _messages(
+        self, arrays: ArrayRecord, config: ConfigRecord, nodes: list[int], kind: str
+    ) -> list[Message]:
+        content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return [Message(content=content, dst_node_id=n, message_type=kind) for n in nodes]
+
+    # ---- Flower Strategy API -----------------------------------------------------------------
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._global = to_numpy(arrays)
+        n_nodes = len(list(grid.get_node_ids()))
+        nodes = self.sample(grid, self._train_sample_size(max(n_nodes, self.min_available_sites)))
+        cfg = ConfigRecord(dict(config))
+        cfg["server-round"] = server_round
+        for k, v in self.extra_train_config().items():
+            cfg[k] = v
+        log.info("round %d: training on %d site(s)", server_round, len(nodes))
+        return self._messages(arrays, cfg, nodes, MessageType.TRAIN)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        if not self._global:
+            raise RuntimeError("aggregate_train before configure_train: no global arrays")
+        acc = RunningSum()
+        metric_sums: dict[str, float] = {}
+        report = RoundReport()
+        for msg in replies:
+            site = _site_name(msg)
+            try:
+                record, metrics, n = reply_parts(msg, self.weighted_by_key)
+                keys = self.update_keys or self._infer_keys(record)
+                update = check_update(record, keys, self._global)
+            except RejectedReply as e:
+                log.warning("round %d: rejected reply from site %s: %s", server_round, site, e)
+                report.sites.append(
+                    SiteReport(msg.metadata.src_node_id, site, False, reason=str(e))
+                )
+                continue
+            acc.fold(update, n)
+            if self.update_keys is None:
+                self.update_keys = set(update)
+            scalars = {k: float(v) for k, v in metrics.items() if not isinstance(v, list)}
+            for k, v in scalars.items():
+                if k != self.weighted_by_key:
+                    metric_sums[k] = metric_sums.get(k, 0.0) + n * v
+            report.sites.append(
+                SiteReport(msg.metadata.src_node_id, site, True, scalars, bytes=nbytes(record))
+            )
+        self.last_train = report
+        out = MetricRecord({k: v / acc.total_weight for k, v in metric_sums.items()})
+        out["sites-accepted"] = report.accepted
+        out["sites-rejected"] = report.rejected
+        out["bytes-received"] = report.bytes
+        if acc.count < self.min_sites:
+            log.warning(
+                "round %d: %d accepted update(s) < min_sites=%d; the global model is unchanged",
+                server_round,
+                acc.count,
+                self.min_sites,
+            )
+            return None, out
+        new = self.server_update(self._global, acc.mean(), server_round)
+        return from_numpy(new), out
+
+    def _infer_keys(self, record: ArrayRecord) -> set[str]:
+        keys = set(record.keys())
+        unknown = keys - set(self._global)
+        if unknown:
+            raise RejectedReply(f"keys not in the global model: {sorted(unknown)[:3]}")
+        return keys
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        cfg = ConfigRecord(dict(config))
+        cfg["server-round"] = server_round
+        # Every site evaluates: the per-site table needs all of them, and evaluation is cheap.
+        return self._messages(arrays, cfg, self.sample(grid, None), MessageType.EVALUATE)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        report = RoundReport()
+        sums: dict[str, float] = {}
+        confusion: np.ndarray | None = None
+        total = 0.0
+        for msg in replies:
+            site = _site_name(msg)
+            if msg.has_error() or len(msg.content.metric_records) != 1:
+                reason = msg.error.reason if msg.has_error() else "expected 1 MetricRecord"
+                log.warning(
+                    "round %d: evaluation failed at site %s: %s", server_round, site, reason
+                )
+                report.sites.append(
+                    SiteReport(msg.metadata.src_node_id, site, False, reason=reason)
+                )
+                continue
+            metrics = next(iter(msg.content.metric_records.values()))
+            n = float(metrics.get(self.weighted_by_key, 0) or 0)
+            scalars = {k: float(v) for k, v in metrics.items() if not isinstance(v, list)}
+            if "confusion" in metrics:
+                c = np.asarray(metrics["confusion"], dtype=np.int64)
+                confusion = c if confusion is None else confusion + c
+                scalars.update(classification_metrics(c))
+            report.sites.append(SiteReport(msg.metadata.src_node_id, site, True, scalars))
+            total += n
+            for k, v in scalars.items():
+                if k != self.weighted_by_key:
+                    sums[k] = sums.get(k, 0.0) + n * v
+        self.last_evaluate = report
+        if total <= 0:
+            return None
+        out = MetricRecord({k: v / total for k, v in sums.items()})
+        if confusion is not None:
+            # Pooled over all sites' held-out examples (a mean of per-site F1s is not an F1).
+            out.update(classification_metrics(confusion))
+        out[self.weighted_by_key] = int(total)
+        return out
+
+    def summary(self) -> None:
+        log.info(
+            "%s: eta=%s sites_per_round=%s fraction=%s min_sites=%d",
+            type(self).__name__,
+            self.eta,
+            self.sites_per_round,
+            self.fraction,
+            self.min_sites,
+        )
+
+
+def classification_metrics(confusion: np.ndarray) -> dict[str, float]:
+    """Accuracy and macro-F1 from a flattened or square confusion matrix (rows = true class).
+
+    Classes absent from both truth and predictions are left out of the macro average.
+    """
+    c = np.asarray(confusion, dtype=np.float64)
+    k = math.isqrt(c.size)
+    c = c.reshape(k, k)
+    tp = np.diag(c)
+    support, predicted = c.sum(axis=1), c.sum(axis=0)
+    present = (support + predicted) > 0
+    f1 = np.where(present, 2 * tp / np.maximum(support + predicted, 1e-12), 0.0)
+    total = c.sum()
+    return {
+        "accuracy": float(tp.sum() / total) if total else 0.0,
+        "macro-f1": float(f1[present].mean()) if present.any() else 0.0,
+    }
+
+
+def _site_name(msg: Message) -> str:
+    """The site's self-reported name (a ``site`` ConfigRecord), else its node id."""
+    if not msg.has_error():
+        rec = msg.content.config_records.get("site")
+        if rec is not None and "name" in rec:
+            return str(rec["name"])
+    return str(msg.metadata.src_node_id)
