@@ -26,7 +26,7 @@ from flwr.serverapp.strategy import Strategy
 
 from strategies.math import Arrays, RunningSum, apply_sgd
 from strategies.records import from_numpy, nbytes, to_numpy
-from strategies.validation import RejectedReply, check_update, reply_parts
+from strategies.validation import RejectedReply, check_update, records_of, reply_parts
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +259,8 @@ class DeltaStrategy(Strategy):
         total = 0.0
         for msg in replies:
             site = _site_name(msg)
-            if msg.has_error() or len(msg.content.metric_records) != 1:
+            found = [] if msg.has_error() else records_of(msg.content, MetricRecord)
+            if len(found) != 1:
                 reason = msg.error.reason if msg.has_error() else "expected 1 MetricRecord"
                 log.warning(
                     "round %d: evaluation failed at site %s: %s", server_round, site, reason
@@ -268,7 +269,7 @@ class DeltaStrategy(Strategy):
                     SiteReport(msg.metadata.src_node_id, site, False, reason=reason)
                 )
                 continue
-            metrics = next(iter(msg.content.metric_records.values()))
+            metrics = found[0]
             n = float(metrics.get(self.weighted_by_key, 0) or 0)
             scalars = {k: float(v) for k, v in metrics.items() if not isinstance(v, list)}
             if "confusion" in metrics:
@@ -323,7 +324,7 @@ def classification_metrics(confusion: np.ndarray) -> dict[str, float]:
 def _site_name(msg: Message) -> str:
     """The site's self-reported name (a ``site`` ConfigRecord), else its node id."""
     if not msg.has_error():
-        rec = msg.content.config_records.get("site")
-        if rec is not None and "name" in rec:
+        rec = msg.content.get("site")
+        if isinstance(rec, ConfigRecord) and "name" in rec:
             return str(rec["name"])
     return str(msg.metadata.src_node_id)

@@ -7,12 +7,25 @@ is excluded with a reason; the round goes on with the others.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from typing import TypeVar
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
 from strategies.math import is_finite
 from strategies.records import to_numpy
+
+R = TypeVar("R")
+
+
+def records_of(content: RecordDict, cls: type[R]) -> list[R]:
+    """The records of one type in a message.
+
+    Not ``RecordDict.array_records`` & co: those build a view that forms a reference cycle with
+    the message, so a folded reply would stay in memory until the cyclic GC runs, and memory
+    would grow with the number of replies.
+    """
+    return [v for v in content.values() if isinstance(v, cls)]
 
 
 class RejectedReply(ValueError):
@@ -23,13 +36,13 @@ def reply_parts(msg: Message, weighted_by_key: str) -> tuple[ArrayRecord, Metric
     """The update, the metrics and the weight of a train reply, or :class:`RejectedReply`."""
     if msg.has_error():
         raise RejectedReply(f"site reported an error: {msg.error.reason}")
-    content = msg.content
-    if len(content.array_records) != 1:
-        raise RejectedReply(f"expected 1 ArrayRecord, got {len(content.array_records)}")
-    if len(content.metric_records) != 1:
-        raise RejectedReply(f"expected 1 MetricRecord, got {len(content.metric_records)}")
-    arrays = next(iter(content.array_records.values()))
-    metrics = next(iter(content.metric_records.values()))
+    arrays_found = records_of(msg.content, ArrayRecord)
+    metrics_found = records_of(msg.content, MetricRecord)
+    if len(arrays_found) != 1:
+        raise RejectedReply(f"expected 1 ArrayRecord, got {len(arrays_found)}")
+    if len(metrics_found) != 1:
+        raise RejectedReply(f"expected 1 MetricRecord, got {len(metrics_found)}")
+    arrays, metrics = arrays_found[0], metrics_found[0]
     n = metrics.get(weighted_by_key)
     if isinstance(n, list) or n is None or not np.isfinite(n) or n <= 0:
         raise RejectedReply(f"metric {weighted_by_key!r} must be a number > 0, got {n!r}")

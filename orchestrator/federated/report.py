@@ -40,6 +40,7 @@ class RoundTable:
             f"{'sites':>5} {'rej':>3} {'up MB':>8} {'down MB':>8} {'time s':>7}",
             style="bold",
             markup=False,
+            soft_wrap=True,
         )
 
     def row(self, rec: dict[str, Any]) -> None:
@@ -53,6 +54,7 @@ class RoundTable:
             f"{rec.get('bytes_down', 0) / 1e6:8.2f} {rec.get('round_time_s', 0.0):7.1f}"
             + ("   (skipped: too few updates)" if rec.get("skipped") else ""),
             markup=False,
+            soft_wrap=True,
         )
         for name, s in sorted(rec.get("sites", {}).items()):
             parts = [f"{name:>12}:"]
@@ -66,4 +68,4 @@ class RoundTable:
                 parts.append(f"n={int(s['num-examples'])}")
             if s.get("rejected"):
                 parts.append(f"REJECTED: {s['rejected']}")
-            self.console.print("      " + "  ".join(parts), markup=False, style="dim")
+            self.console.print("      " + "  ".join(parts), markup=False, style="dim", soft_wrap=True)

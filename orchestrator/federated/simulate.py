@@ -88,6 +88,8 @@ def simulate(job: FederatedJob, setup: ServerSetup | None = None) -> FederatedRe
     from clients.client_app import app as client_app
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Flower has its own console handler; propagating too would print every line twice.
+    logging.getLogger("flwr").propagate = False
     run_dir = resolve_run_dir(job.run, "simulate")
     print_partition(partition_summary(job), job.partition.kind)
     setup = setup or prepare(job)

@@ -1,0 +1,289 @@
+"""Strategy math with hand-worked values, equivalence with Flower's FedAvg, streaming memory and
+reply validation. No Ray, no processes: replies are built as Flower Messages in this process."""
+
+from __future__ import annotations
+
+import tracemalloc
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+
+from clients.train import proximal_term
+from orchestrator.federated.local_grid import ensure_task_identity
+from strategies import FedAdagrad, FedAdam, FedAvg, FedProx, FedYogi
+from strategies.math import RunningSum, adaptive_step, fold_into, update_moments, weighted_mean
+from strategies.records import from_numpy, to_numpy
+
+ensure_task_identity()
+
+
+def reply(update: dict[str, np.ndarray], n: float, node: int = 1, **extra_metrics: float) -> Message:
+    """A train reply as a site would send it (the instruction it answers is made up here)."""
+    ins = Message(
+        content=RecordDict({"config": ConfigRecord({})}),
+        dst_node_id=node,
+        message_type=MessageType.TRAIN,
+    )
+    ins.metadata.__dict__["_message_id"] = f"ins-{node}"
+    content = RecordDict(
+        {
+            "arrays": from_numpy(update),
+            "metrics": MetricRecord({"num-examples": n, **extra_metrics}),
+        }
+    )
+    return Message(content=content, reply_to=ins)
+
+
+def start(strategy, global_: dict[str, np.ndarray]) -> None:
+    """What configure_train records: the global arrays the updates are relative to."""
+    strategy._global = to_numpy(from_numpy(global_))
+
+
+# ---- pure math, by hand ------------------------------------------------------------------------
+
+
+def test_weighted_mean_by_hand():
+    acc = RunningSum()
+    acc.fold({"a": np.array([1.0, 2.0], np.float32)}, 1)
+    acc.fold({"a": np.array([3.0, 6.0], np.float32)}, 3)
+    # (1*[1,2] + 3*[3,6]) / 4 = [10/4, 20/4]
+    np.testing.assert_allclose(acc.mean()["a"], [2.5, 5.0])
+
+
+def test_fold_into_chunked_matches_naive():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal(300_001).astype(np.float32)  # > one chunk, ragged tail
+    b = rng.standard_normal(300_001).astype(np.float32)
+    expected = a + np.float32(0.37) * b
+    fold_into(a, b, 0.37)
+    np.testing.assert_allclose(a, expected, rtol=1e-6)
+
+
+def test_fedavg_strategy_by_hand():
+    s = FedAvg()
+    start(s, {"w": np.array([1.0, 1.0], np.float32), "frozen": np.zeros(3, np.float32)})
+    replies = [
+        reply({"w": np.array([1.0, 2.0], np.float32)}, 1, node=1, **{"train-loss": 2.0}),
+        reply({"w": np.array([3.0, 6.0], np.float32)}, 3, node=2, **{"train-loss": 1.0}),
+    ]
+    arrays, metrics = s.aggregate_train(1, replies)
+    out = to_numpy(arrays)
+    np.testing.assert_allclose(out["w"], [1 + 2.5, 1 + 5.0])  # w + mean update
+    np.testing.assert_array_equal(out["frozen"], 0)  # keys without updates are unchanged
+    assert metrics["train-loss"] == pytest.approx((1 * 2.0 + 3 * 1.0) / 4)
+    assert metrics["sites-accepted"] == 2 and metrics["sites-rejected"] == 0
+
+
+def test_server_lr_scales_the_update():
+    s = FedAvg(eta=0.5)
+    start(s, {"w": np.array([1.0], np.float32)})
+    arrays, _ = s.aggregate_train(1, [reply({"w": np.array([2.0], np.float32)}, 10)])
+    np.testing.assert_allclose(to_numpy(arrays)["w"], [2.0])  # 1 + 0.5 * 2
+
+
+def test_fedadam_step_by_hand():
+    # delta = 0.5, b1 = 0.9, b2 = 0.99, eta = 0.1, tau = 0.01, m0 = v0 = 0:
+    # m = 0.1 * 0.5 = 0.05; v = 0.01 * 0.25 = 0.0025; sqrt(v) = 0.05
+    # w = 1 + 0.1 * 0.05 / (0.05 + 0.01) = 1 + 0.083333
+    s = FedAdam(eta=0.1, beta1=0.9, beta2=0.99, tau=0.01)
+    start(s, {"w": np.array([1.0], np.float32)})
+    arrays, _ = s.aggregate_train(1, [reply({"w": np.array([0.5], np.float32)}, 4)])
+    np.testing.assert_allclose(to_numpy(arrays)["w"], [1 + 0.1 * 0.05 / 0.06], rtol=1e-6)
+    np.testing.assert_allclose(s.m["w"], [0.05])
+    np.testing.assert_allclose(s.v["w"], [0.0025])
+    # Second round, delta = -0.5: m = 0.9*0.05 - 0.05 = -0.005; v = 0.99*0.0025 + 0.0025
+    m, v = update_moments("fedadam", s.m["w"], s.v["w"], np.array([-0.5], np.float32), 0.9, 0.99)
+    np.testing.assert_allclose(m, [-0.005], atol=1e-7)
+    np.testing.assert_allclose(v, [0.99 * 0.0025 + 0.0025], rtol=1e-6)
+
+
+def test_fedyogi_and_fedadagrad_second_moments_by_hand():
+    d = np.array([0.5], np.float32)
+    v_prev = np.array([1.0], np.float32)
+    # Yogi: v - (1-b2) d^2 sign(v - d^2) = 1 - 0.01 * 0.25 * sign(0.75) = 0.9975
+    _, v = update_moments("fedyogi", None, v_prev, d, 0.9, 0.99)
+    np.testing.assert_allclose(v, [0.9975], rtol=1e-6)
+    # Adagrad: v + d^2 = 1.25
+    _, v = update_moments("fedadagrad", None, v_prev, d, 0.9, 0.99)
+    np.testing.assert_allclose(v, [1.25], rtol=1e-6)
+    # Step: 1 + 0.1 * 0.05 / (sqrt(1.25) + 0.01)
+    out = adaptive_step(np.array([1.0], np.float32), np.array([0.05], np.float32), v, 0.1, 0.01)
+    np.testing.assert_allclose(out, [1 + 0.005 / (np.sqrt(1.25) + 0.01)], rtol=1e-6)
+    for cls in (FedYogi, FedAdagrad):
+        s = cls(eta=0.1, tau=0.01)
+        start(s, {"w": np.array([1.0], np.float32)})
+        arrays, _ = s.aggregate_train(1, [reply({"w": d}, 1)])
+        assert np.isfinite(to_numpy(arrays)["w"]).all()
+
+
+def test_adaptive_state_roundtrip_continues_identically():
+    g = {"w": np.array([1.0, -1.0], np.float32)}
+    d1, d2 = np.array([0.5, 0.1], np.float32), np.array([-0.2, 0.3], np.float32)
+    a = FedAdam(eta=0.1)
+    start(a, g)
+    arrays, _ = a.aggregate_train(1, [reply({"w": d1}, 1)])
+    b = FedAdam(eta=0.1)
+    b.load_state(a.state_meta(), a.state_arrays())  # what a resumed server does
+    g2 = to_numpy(arrays)
+    start(a, g2)
+    start(b, g2)
+    out_a, _ = a.aggregate_train(2, [reply({"w": d2}, 1)])
+    out_b, _ = b.aggregate_train(2, [reply({"w": d2}, 1)])
+    np.testing.assert_array_equal(to_numpy(out_a)["w"], to_numpy(out_b)["w"])
+    assert a.rng.random() == b.rng.random()  # sampling RNG restored too
+
+
+def test_fedprox_term_by_hand_and_its_gradient():
+    w = {"a": torch.tensor([1.0, 2.0], requires_grad=True)}
+    g = {"a": torch.tensor([0.0, 0.0])}
+    term = proximal_term(w, g, mu=0.5)
+    assert term.item() == pytest.approx(0.5 / 2 * (1 + 4))  # mu/2 * ||w - w_g||^2 = 1.25
+    term.backward()
+    torch.testing.assert_close(w["a"].grad, torch.tensor([0.5, 1.0]))  # mu * (w - w_g)
+
+
+def test_fedprox_sends_mu_to_sites():
+    from orchestrator.federated.local_grid import LocalGrid
+
+    seen: list[float] = []
+
+    def client(msg: Message, ctx) -> Message:
+        seen.append(msg.content["config"]["proximal-mu"])
+        return msg
+
+    grid = LocalGrid(client, [{}, {}])  # type: ignore[arg-type]
+    msgs = FedProx(proximal_mu=0.25).configure_train(
+        3, from_numpy({"w": np.zeros(2, np.float32)}), ConfigRecord({}), grid
+    )
+    for m in msgs:
+        assert m.content["config"]["proximal-mu"] == 0.25
+        assert m.content["config"]["server-round"] == 3
+
+
+# ---- equivalence with Flower's own FedAvg ------------------------------------------------------
+
+
+def test_same_global_model_as_flowers_fedavg():
+    from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
+
+    rng = np.random.default_rng(1)
+    shapes = {"emb": (50, 8), "w": (8, 8), "b": (8,)}
+    global_ = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+    locals_ = [
+        {k: (v + 0.1 * rng.standard_normal(v.shape)).astype(np.float32) for k, v in global_.items()}
+        for _ in range(5)
+    ]
+    ns = [10, 200, 35, 1, 77]
+    # Flower's FedAvg averages the sites' full models...
+    flower_arrays, _ = FlowerFedAvg().aggregate_train(
+        1, [reply(m, n, node=i) for i, (m, n) in enumerate(zip(locals_, ns, strict=True))]
+    )
+    # ...ours averages their updates and adds the mean to the global model.
+    ours = FedAvg()
+    start(ours, global_)
+    deltas = [{k: m[k] - global_[k] for k in m} for m in locals_]
+    our_arrays, _ = ours.aggregate_train(
+        1, [reply(d, n, node=i) for i, (d, n) in enumerate(zip(deltas, ns, strict=True))]
+    )
+    flower_np, ours_np = to_numpy(flower_arrays), to_numpy(our_arrays)
+    for k in shapes:
+        np.testing.assert_allclose(ours_np[k], flower_np[k], rtol=1e-5, atol=1e-6)
+
+
+# ---- streaming memory --------------------------------------------------------------------------
+
+
+def _peak_bytes_aggregating(k: int, numel: int) -> int:
+    """tracemalloc peak while K replies arrive one at a time and are folded (numpy buffers and
+    message bytes are both traced)."""
+    s = FedAvg()
+    start(s, {"w": np.zeros(numel, np.float32)})
+
+    def arriving() -> Iterator[Message]:
+        for i in range(k):
+            yield reply({"w": np.full(numel, float(i), np.float32)}, 1 + i, node=i)
+
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    try:
+        arrays, _ = s.aggregate_train(1, arriving())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert arrays is not None
+    return peak
+
+
+def test_streaming_peak_memory_does_not_grow_with_replies():
+    numel = 1_000_000  # 4 MB per update
+    peak_2 = _peak_bytes_aggregating(2, numel)
+    peak_32 = _peak_bytes_aggregating(32, numel)
+    model = numel * 4
+    # Holding all 32 replies would add ~30 models; streaming stays within one model of K=2.
+    assert peak_32 < peak_2 + model, (peak_2 / model, peak_32 / model)
+    assert peak_32 < 8 * model
+
+
+# ---- malformed replies ---------------------------------------------------------------------------
+
+
+def test_malformed_replies_are_rejected_and_the_round_completes(caplog):
+    g = {"w": np.zeros((2, 2), np.float32), "b": np.zeros(2, np.float32)}
+    good = {"w": np.ones((2, 2), np.float32), "b": np.ones(2, np.float32)}
+    s = FedAvg(update_keys=["w", "b"])
+    start(s, g)
+    bad = {
+        "missing key": {"w": good["w"]},
+        "extra key": {**good, "x": np.ones(1, np.float32)},
+        "wrong shape": {**good, "w": np.ones((3, 2), np.float32)},
+        "wrong dtype": {**good, "w": np.ones((2, 2), np.float64)},
+        "nan": {**good, "b": np.array([np.nan, 0], np.float32)},
+        "inf": {**good, "w": np.full((2, 2), np.inf, np.float32)},
+    }
+    replies = [reply(good, 10, node=0)]
+    replies += [reply(u, 10, node=i + 1) for i, u in enumerate(bad.values())]
+    replies.append(reply(good, 0, node=99))  # no usable example count
+    err = Message(
+        content=RecordDict({"config": ConfigRecord({})}), dst_node_id=7, message_type="train"
+    )
+    err.metadata.__dict__["_message_id"] = "x"
+    from flwr.app import Error
+
+    replies.append(Message(error=Error(code=0, reason="site crashed"), reply_to=err))
+    with caplog.at_level("WARNING"):
+        arrays, metrics = s.aggregate_train(1, replies)
+    assert arrays is not None  # the round went on with the one good reply
+    np.testing.assert_array_equal(to_numpy(arrays)["w"], 1.0)
+    assert metrics["sites-accepted"] == 1
+    assert metrics["sites-rejected"] == len(bad) + 2
+    reasons = " | ".join(r.reason for r in s.last_train.sites if not r.accepted)
+    for needle in ("missing=", "extra=", "shape", "dtype", "NaN or Inf", "num-examples", "crashed"):
+        assert needle in reasons, reasons
+
+
+def test_too_few_valid_replies_keep_the_global_model():
+    s = FedAvg(min_sites=2)
+    start(s, {"w": np.zeros(2, np.float32)})
+    arrays, metrics = s.aggregate_train(1, [reply({"w": np.ones(2, np.float32)}, 5)])
+    assert arrays is None and metrics["sites-accepted"] == 1
+
+
+def test_weighted_mean_reference_agrees_with_streaming():
+    rng = np.random.default_rng(2)
+    ups = [{"a": rng.standard_normal(10).astype(np.float32)} for _ in range(4)]
+    ws = [1.0, 2.0, 3.0, 4.0]
+    acc = RunningSum()
+    for u, w in zip(ups, ws, strict=True):
+        acc.fold(u, w)
+    np.testing.assert_allclose(acc.mean()["a"], weighted_mean(ups, ws)["a"], rtol=1e-5, atol=1e-7)
+
+
+def test_arrayrecord_roundtrip_is_a_view():
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    rec = ArrayRecord({"a": from_numpy({"a": a})["a"]})
+    v = to_numpy(rec)["a"]
+    np.testing.assert_array_equal(v, a)
+    assert not v.flags.writeable  # a view of the message bytes, not a copy
