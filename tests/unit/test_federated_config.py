@@ -1,0 +1,51 @@
+"""The federated job config: preset, overrides, validation with key paths, CLI exit codes."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.cli import main
+from orchestrator.config import ConfigError, load_config
+from orchestrator.config.federated import FederatedJob
+
+
+def load(*overrides: str) -> FederatedJob:
+    return load_config(FederatedJob, None, list(overrides), default_preset="simulate-demo")
+
+
+def test_preset_and_overrides():
+    job = load("strategy.name=fedadam", "federation.num_sites=6", "partition.kind=dirichlet")
+    assert job.task.kind == "classification"
+    assert job.strategy.eta == 0.01  # adaptive default server lr
+    assert load().strategy.eta == 1.0
+    assert job.federation.num_sites == 6 and job.partition.kind == "dirichlet"
+    assert job.model.family == "gpt2" and job.train.micro_batch_size == 32  # shared sections
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("strategy.name=fedsgd", "strategy.name"),
+        ("task.kind=regression", "task.kind"),
+        ("finetune.mode=qlora", "finetune.mode"),
+        ("federation.min_sites=9", "federation.min_sites"),
+        ("federation.sites_per_round=9", "federation.sites_per_round"),
+        ("partition.alpha=0", "partition.alpha"),
+        ("partition.eval_fraction=1.5", "partition.eval_fraction"),
+        ("data.paths=[a.csv,b.csv]", "data.paths"),
+        ("federation.bogus=1", "federation.bogus"),
+    ],
+)
+def test_bad_values_name_the_key(override, key):
+    with pytest.raises(ConfigError) as e:
+        load(override)
+    assert key in str(e.value)
+
+
+def test_cli_print_config_dry_run_and_exit_code(capsys):
+    assert main(["simulate", "--print-config"]) == 0
+    assert "strategy:" in capsys.readouterr().out
+    assert main(["simulate", "federation.num_sites=3", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert '"num_supernodes": 3' in out and '"partition"' in out
+    assert main(["simulate", "strategy.name=nope"]) == 2
