@@ -222,9 +222,11 @@ class DeepSpeedConfig:
     zero_stage: int = 2
     """ZeRO stage: 0 (plain data parallel), 1 (optimizer states), 2 (+ gradients), 3 (+ parameters)."""
     offload_optimizer: bool = False
-    """Keep optimizer states on CPU (ZeRO >= 1; builds DeepSpeed's cpu_adam op on first use)."""
+    """Keep optimizer states (and the optimizer step) on CPU. Needs ``zero_stage`` >= 1: DeepSpeed
+    offloads the ZeRO partitions. With ``optimizer=deepspeed`` this builds cpu_adam on first use
+    (~2 min, ~10 GB RAM); with ``torch`` AdamW steps the offloaded states (no build, slower)."""
     offload_params: bool = False
-    """Keep parameters on CPU (ZeRO-3 only)."""
+    """Keep parameters on CPU (ZeRO-3 only: only stage 3 partitions parameters)."""
     optimizer: str = "torch"
     """``torch`` (torch.optim.AdamW given to DeepSpeed; no JIT build) or ``deepspeed`` (DeepSpeed's
     own fused/CPU Adam, JIT-compiled on first use)."""
@@ -236,6 +238,20 @@ class DeepSpeedConfig:
         _require(self.zero_stage in (0, 1, 2, 3), self, "zero_stage", "0, 1, 2 or 3")
         _require(
             self.optimizer in ("torch", "deepspeed"), self, "optimizer", "'torch' or 'deepspeed'"
+        )
+        _require(
+            not self.offload_optimizer or self.zero_stage >= 1,
+            self,
+            "offload_optimizer",
+            f"false with deepspeed.zero_stage={self.zero_stage} (offload moves ZeRO partitions)",
+            "Set deepspeed.zero_stage=1, 2 or 3, or deepspeed.offload_optimizer=false.",
+        )
+        _require(
+            not self.offload_params or self.zero_stage == 3,
+            self,
+            "offload_params",
+            f"false with deepspeed.zero_stage={self.zero_stage} (only ZeRO-3 partitions parameters)",
+            "Set deepspeed.zero_stage=3, or deepspeed.offload_params=false.",
         )
 
 

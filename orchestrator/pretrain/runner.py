@@ -21,7 +21,7 @@ from orchestrator.config.loader import to_yaml
 from orchestrator.config.schema import PretrainJob
 from orchestrator.data import PreparedData, prepare_text_data
 from orchestrator.models import hf_config
-from orchestrator.pretrain.checkpoint import latest_complete
+from orchestrator.pretrain.checkpoint import CheckpointInfo, latest_complete
 from orchestrator.pretrain.export import checkpoint_model_state, export_hf
 from orchestrator.pretrain.metrics import ProgressPrinter, create_sink, read_metrics
 from orchestrator.runs import resolve_run_dir
@@ -82,6 +82,30 @@ def launch_plan(job: PretrainJob, data: PreparedData | None = None) -> dict[str,
     return plan
 
 
+def check_resumable(job: PretrainJob, info: CheckpointInfo | None) -> None:
+    """A run can resume only a checkpoint of its own backend, and DeepSpeed only with the world
+    size that wrote it (each rank loads its own ZeRO partition); say so before launching."""
+    from orchestrator.config.loader import ConfigError
+
+    if info is None:
+        return
+    if info.backend != job.backend:
+        raise ConfigError(
+            f"backend={job.backend!r}, but this run's latest checkpoint {info.path} was written by "
+            f"backend={info.backend!r}. Resume with backend={info.backend}, or start a new run "
+            "(another run.name) from its weights with model.path=<HF export of this run>.",
+            "backend",
+        )
+    if job.backend == "deepspeed" and info.world_size != job.scaling.num_workers:
+        raise ConfigError(
+            f"scaling.num_workers={job.scaling.num_workers}, but checkpoint {info.path} holds ZeRO "
+            f"shards of {info.world_size} workers. Resume with scaling.num_workers="
+            f"{info.world_size}, or start a new run (another run.name) from its weights with "
+            "model.path=<HF export of this run> (optimizer state is not carried over).",
+            "scaling.num_workers",
+        )
+
+
 def pretrain(job: PretrainJob, console: Console | None = None) -> PretrainResult:
     """Run (or resume) a pretraining job and export the final model; returns its run directory."""
     import ray
@@ -105,10 +129,15 @@ def pretrain(job: PretrainJob, console: Console | None = None) -> PretrainResult
             "data.tokenizer.path",
         )
 
+    if job.backend == "deepspeed":
+        from orchestrator.pretrain.backends.deepspeed import deepspeed_config
+
+        deepspeed_config(job)  # user JSON conflicts are a ConfigError before anything starts
+    resumed_from = latest_complete(run_dir)
+    check_resumable(job, resumed_from)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(job))
     data.tokenizer.save_pretrained(str(run_dir / "tokenizer"))
-    resumed_from = latest_complete(run_dir)
     console.print(
         f"[fedray] run {run_dir} | {job.backend} x {job.scaling.num_workers} workers"
         f" ({'GPU/nccl' if job.scaling.use_gpu else 'CPU/gloo'}) | "
