@@ -59,6 +59,28 @@ COMMANDS: dict[str, tuple[str, Callable[[], Command]]] = {
 OTHER_COMMANDS: dict[str, tuple[str, Callable[[], Callable[[list[str]], int]]]] = {}
 
 
+def _federated_command(name: str) -> Callable[[], Callable[[list[str]], int]]:
+    def load() -> Callable[[list[str]], int]:
+        from orchestrator.federated import commands
+
+        return getattr(commands, f"{name}_main")
+
+    return load
+
+
+OTHER_COMMANDS.update(
+    {
+        "server": (
+            "federated job across real sites (Flower SuperLink)",
+            _federated_command("server"),
+        ),
+        "site": ("join a federation as a site (Flower SuperNode)", _federated_command("site")),
+        "certs": ("create a test CA + server certificate", _federated_command("certs")),
+        "site-key": ("create a site's key pair", _federated_command("site_key")),
+    }
+)
+
+
 def report_config_error(e: ConfigError) -> None:
     err.print(f"[bold red]config error:[/] {escape(str(e))}", soft_wrap=True)
 

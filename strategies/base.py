@@ -111,6 +111,7 @@ class DeltaStrategy(Strategy):
         self.update_keys: set[str] | None = set(update_keys) if update_keys is not None else None
         self.rng = random.Random(seed)
         self.wait_for_sites_s = wait_for_sites_s
+        self._federation_seen = False
         self.weighted_by_key = weighted_by_key
         self.arrayrecord_key = arrayrecord_key
         self.configrecord_key = configrecord_key
@@ -150,14 +151,18 @@ class DeltaStrategy(Strategy):
 
     def sample(self, grid: Grid, k: int | None) -> list[int]:
         """Wait for enough connected sites, then draw ``k`` of them (all when ``k`` is None)."""
+        # The first sampling waits for the whole expected federation; later ones go on with
+        # whoever is connected as long as min_sites are (real sites drop out and come back).
+        need = self.min_sites if self._federation_seen else self.min_available_sites
         deadline = time.monotonic() + self.wait_for_sites_s
-        while len(nodes := sorted(grid.get_node_ids())) < self.min_available_sites:
+        while len(nodes := sorted(grid.get_node_ids())) < need:
             if time.monotonic() > deadline:
                 raise TimeoutError(
                     f"only {len(nodes)} site(s) connected after {self.wait_for_sites_s:.0f} s; "
-                    f"need {self.min_available_sites}"
+                    f"need {need}"
                 )
             time.sleep(1.0)
+        self._federation_seen = True
         if k is None:
             return nodes
         # Sorted first: the seeded RNG then picks the same positions in every run.

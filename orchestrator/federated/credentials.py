@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -157,8 +158,7 @@ def make_site_key(path: str | Path, overwrite: bool = False) -> SiteKey:
     private = Path(path).expanduser()
     if private.suffix == ".pub":
         raise ValueError(
-            f"{private} ends in .pub; give the private key's path (the public key goes to "
-            "PATH.pub)"
+            f"{private} ends in .pub; give the private key's path (the public key goes to PATH.pub)"
         )
     key = ec.generate_private_key(ec.SECP384R1())
     _write_private(
@@ -185,7 +185,7 @@ def load_site_public_key(path: str | Path) -> ec.EllipticCurvePublicKey:
         raise FileNotFoundError(f"site public key {p} does not exist")
     try:
         key = serialization.load_ssh_public_key(p.read_bytes())
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
         raise ValueError(
             f"{p} is not an OpenSSH public key ({e}); create site keys with `fedray site-key`"
         ) from e

@@ -56,6 +56,12 @@ class RoundTable:
             markup=False,
             soft_wrap=True,
         )
+        if rec.get("dropped"):  # sampled sites that sent no update (crashed, timed out)
+            self.console.print(
+                f"      no reply before the round timeout: {', '.join(rec['dropped'])}",
+                markup=False,
+                soft_wrap=True,
+            )
         for name, s in sorted(rec.get("sites", {}).items()):
             parts = [f"{name:>12}:"]
             if "train-loss" in s:
@@ -68,4 +74,6 @@ class RoundTable:
                 parts.append(f"n={int(s['num-examples'])}")
             if s.get("rejected"):
                 parts.append(f"REJECTED: {s['rejected']}")
-            self.console.print("      " + "  ".join(parts), markup=False, style="dim", soft_wrap=True)
+            self.console.print(
+                "      " + "  ".join(parts), markup=False, style="dim", soft_wrap=True
+            )

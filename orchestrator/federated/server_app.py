@@ -10,6 +10,7 @@ Run config keys read by ``app`` (``context.run_config``, from ``[tool.flwr.app.c
 
     config      YAML file path or preset name (default "simulate-demo")
     overrides   space-separated key=value overrides, e.g. "strategy.name=fedadam federation.num_rounds=5"
+    config-yaml the whole config as YAML text (wins over ``config``; what ``fedray server`` sends)
     run-dir     run directory (wins over run.dir / run.root + run.name); "" = from the config
 
 What a run does (``run_federated``): build the starting model (``model.path`` = a local HF dir,
@@ -245,9 +246,18 @@ def run_federated(
     timeout = fed.round_timeout_s
     t_run = time.monotonic()
 
+    # node id -> site name, to name sites that stop replying (real sites drop out).
+    site_names: dict[int, str] = {}
+
+    def remember_names() -> None:
+        for s in [*strategy.last_train.sites, *strategy.last_evaluate.sites]:
+            if s.accepted:
+                site_names[s.node_id] = s.site
+
     def evaluate(server_round: int, arrays: ArrayRecord) -> tuple[dict[str, Any], int]:
         msgs = list(strategy.configure_evaluate(server_round, arrays, eval_cfg, grid))
         ev = strategy.aggregate_evaluate(server_round, stream_replies(grid, msgs, timeout))
+        remember_names()
         out = {k: v for k, v in (ev or {}).items() if not isinstance(v, list)}
         return out, nbytes(arrays) * len(msgs)
 
@@ -270,20 +280,27 @@ def run_federated(
         t0 = time.monotonic()
         msgs = list(strategy.configure_train(server_round, arrays, setup.site_config, grid))
         bytes_down = nbytes(arrays) * len(msgs)
+        sampled = [m.metadata.dst_node_id for m in msgs]
         new_arrays, train_metrics = strategy.aggregate_train(
             server_round, stream_replies(grid, msgs, timeout)
         )
         del msgs
+        replied = {s.node_id for s in strategy.last_train.sites}
+        dropped = [site_names.get(n, f"node-{n}") for n in sampled if n not in replied]
+        remember_names()
         skipped = new_arrays is None
         if new_arrays is not None:
             arrays = new_arrays
         ev, down = evaluate(server_round, arrays)
         train = dict(train_metrics or {})
+        train["sites-sampled"] = len(sampled)
+        train["sites-dropped"] = len(dropped)
         rec = {
             "round": server_round,
             "train": train,
             "eval": ev,
             "sites": _site_rows(strategy),
+            "dropped": dropped,
             "bytes_up": int(train.get("bytes-received", 0)),
             "bytes_down": bytes_down + down,
             "skipped": skipped,
@@ -334,7 +351,16 @@ def job_from_run_config(run_config: dict[str, Any]) -> tuple[FederatedJob, Path]
     """The job and run directory named by a ``context.run_config`` (keys in the module doc)."""
     source = str(run_config.get("config", "") or DEFAULT_CONFIG)
     overrides = shlex.split(str(run_config.get("overrides", "") or ""))
-    job = load_config(FederatedJob, source, overrides, default_preset=DEFAULT_CONFIG)
+    config_yaml = str(run_config.get("config-yaml", "") or "")
+    if config_yaml:
+        # The whole resolved job, sent by `fedray server` (the SuperLink may be on another host).
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "job.yaml").write_text(config_yaml)
+            job = load_config(FederatedJob, str(Path(d) / "job.yaml"), overrides)
+    else:
+        job = load_config(FederatedJob, source, overrides, default_preset=DEFAULT_CONFIG)
     run_dir_s = str(run_config.get("run-dir", "") or "")
     run_dir = (
         Path(run_dir_s).expanduser().absolute()

@@ -1,0 +1,385 @@
+"""``fedray server``, ``fedray site``, ``fedray certs``, ``fedray site-key``: argument parsing only.
+
+    fedray certs certs/ --host fl.example.org
+    fedray site-key keys/hospital-a
+    fedray server job.yaml --certs certs/ --site-keys keys/ --host 0.0.0.0 --port 9092
+    fedray server --resume runs/server-20260101-120000 --certs certs/ --site-keys keys/
+    fedray site --server fl.example.org:9092 --data /data/a.csv --key keys/hospital-a \\
+        --root-cert certs/ca.pem
+
+The work is done by :mod:`orchestrator.federated.deploy` and
+:mod:`orchestrator.federated.credentials`; each ``*_main(argv)`` returns an exit code
+(0 ok, 1 failed while running, 2 bad input, 130 interrupted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+REFUSED = re.compile(r"Failed to activate SuperNode|Exit Code: 30[25]")
+
+
+def _err(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------------
+# fedray certs / fedray site-key
+
+
+def certs_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fedray certs",
+        description="Create a test CA and a SuperLink server certificate (ca.pem, ca.key, "
+        "server.pem, server.key). Sites get ca.pem only.",
+    )
+    p.add_argument("out_dir", type=Path, help="directory to write the four files into")
+    p.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        help="DNS name or IP address sites use to reach the server (repeatable); "
+        "localhost, 127.0.0.1 and ::1 are always included",
+    )
+    p.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
+    return p
+
+
+def certs_main(argv: Sequence[str]) -> int:
+    from orchestrator.federated.credentials import make_test_pki
+
+    ns = certs_parser().parse_args(list(argv))
+    try:
+        pki = make_test_pki(ns.out_dir, ns.host, ns.days, overwrite=ns.force)
+    except (FileExistsError, ValueError) as e:
+        _err(str(e))
+        return EXIT_USAGE
+    print(f"CA certificate (give to sites):  {pki.ca_cert}")
+    print(f"CA private key (keep offline):   {pki.ca_key}")
+    print(f"server certificate / key:        {pki.server_cert} / {pki.server_key}")
+    return EXIT_OK
+
+
+def site_key_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fedray site-key",
+        description="Create a site's key pair: PATH (private, stays at the site) and PATH.pub "
+        "(send to the server operator, who registers it).",
+    )
+    p.add_argument("path", type=Path, help="private key path, e.g. keys/hospital-a")
+    p.add_argument("--force", action="store_true", help="overwrite an existing key")
+    return p
+
+
+def site_key_main(argv: Sequence[str]) -> int:
+    from orchestrator.federated.credentials import make_site_key
+
+    ns = site_key_parser().parse_args(list(argv))
+    try:
+        key = make_site_key(ns.path, overwrite=ns.force)
+    except (FileExistsError, ValueError) as e:
+        _err(str(e))
+        return EXIT_USAGE
+    print(f"private key (keep at the site, --key):  {key.private}")
+    print(f"public key (register on the server):    {key.public}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# fedray server
+
+
+def server_parser() -> argparse.ArgumentParser:
+    from orchestrator.federated.deploy import DEFAULT_PORT
+
+    p = argparse.ArgumentParser(
+        prog="fedray server",
+        description="Run a federated job across real sites: start a Flower SuperLink (TLS and "
+        "site authentication by default), submit the run, stream the round table.",
+    )
+    p.add_argument(
+        "args",
+        nargs="*",
+        metavar="[CONFIG] key=value",
+        help="YAML file or preset (same format as `fedray simulate`), then overrides",
+    )
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a stopped run")
+    p.add_argument(
+        "--superlink",
+        metavar="HOST:PORT",
+        help="submit to an already running SuperLink instead of starting one",
+    )
+    p.add_argument("--root-cert", type=Path, help="CA to verify --superlink with")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 = all)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="SuperLink HTTPS port")
+    p.add_argument(
+        "--certs",
+        type=Path,
+        help="directory with ca.pem, server.pem, server.key (default: test certificates "
+        "created in RUN_DIR/tls)",
+    )
+    p.add_argument(
+        "--site-keys",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="PUB",
+        help="sites' public keys to register: .pub files or directories of them",
+    )
+    p.add_argument(
+        "--no-site-auth",
+        action="store_true",
+        help="let any SuperNode join (logs a warning)",
+    )
+    p.add_argument(
+        "--insecure", action="store_true", help="plain HTTP, no site auth (logs a warning)"
+    )
+    p.add_argument("--print-config", action="store_true", help="print the merged config, exit")
+    p.add_argument(
+        "--dry-run", action="store_true", help="validate, print the commands to run, exit"
+    )
+    return p
+
+
+def server_main(argv: Sequence[str]) -> int:
+    from orchestrator.cli import _split_args
+    from orchestrator.config.federated import FederatedJob
+    from orchestrator.config.loader import load_config, to_yaml
+    from orchestrator.federated import deploy
+    from orchestrator.runs import resolve_run_dir
+
+    ns = server_parser().parse_args(list(argv))
+    if ns.resume is not None:
+        if ns.args:
+            _err(
+                "--resume RUN_DIR takes the config from RUN_DIR/config.yaml; drop CONFIG/overrides"
+            )
+            return EXIT_USAGE
+        cfg = ns.resume / "config.yaml"
+        if not cfg.is_file():
+            _err(f"{cfg} not found: --resume needs the directory of a run started by fedray")
+            return EXIT_USAGE
+        job = load_config(FederatedJob, str(cfg))
+        run_dir = ns.resume.absolute()
+    else:
+        source, overrides = _split_args(ns.args)
+        job = load_config(FederatedJob, source, overrides, default_preset="simulate-demo")
+        run_dir = resolve_run_dir(job.run, "server")
+    if ns.print_config:
+        print(to_yaml(job), end="")
+        return EXIT_OK
+    if ns.insecure and ns.site_keys:
+        _err("--site-keys needs TLS: Flower authenticates sites only over TLS; drop --insecure")
+        return EXIT_USAGE
+    opts = deploy.ServerOptions(
+        host=ns.host,
+        port=ns.port,
+        insecure=ns.insecure,
+        certs=ns.certs,
+        site_keys=list(ns.site_keys),
+        site_auth=not (ns.no_site_auth or ns.insecure),
+        superlink=ns.superlink,
+        root_cert=ns.root_cert,
+    )
+    if ns.dry_run:
+        print(to_yaml(job), end="")
+        print("# launch plan")
+        print(json.dumps(server_plan(job, opts, run_dir), indent=2))
+        return EXIT_OK
+    try:
+        result = deploy.serve(job, opts, run_dir, resume=ns.resume is not None)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        _err(str(e))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _err(f"interrupted; continue with: fedray server --resume {run_dir}")
+        return EXIT_INTERRUPTED
+    except (RuntimeError, TimeoutError) as e:
+        _err(str(e))
+        return EXIT_FAILED
+    print(f"run {result.run_id}: {result.status}\nrun directory: {run_dir}")
+    if not result.ok:
+        _err(
+            f"the run did not complete ({result.status}); see {run_dir}/server/logs. "
+            f"Continue from the last complete round with: fedray server --resume {run_dir}"
+        )
+        return EXIT_FAILED
+    print(f"export: {result.export_dir}")
+    return EXIT_OK
+
+
+def server_plan(job: object, opts: object, run_dir: Path) -> dict[str, object]:
+    """What ``--dry-run`` prints: the SuperLink command, the app, a site command."""
+    from orchestrator.federated import deploy
+
+    assert isinstance(opts, deploy.ServerOptions)
+    tls = (
+        None
+        if opts.insecure
+        else deploy.ServerTLS(
+            *(Path("<certs>") / n for n in ("ca.pem", "server.pem", "server.key"))
+        )
+    )
+    if opts.certs is not None and not opts.insecure:
+        d = opts.certs.absolute()
+        tls = deploy.ServerTLS(d / "ca.pem", d / "server.pem", d / "server.key")
+    address = opts.superlink or deploy.format_address(opts.host, opts.port)
+    return {
+        "run_dir": str(run_dir),
+        "superlink": None
+        if opts.superlink
+        else deploy.superlink_argv(
+            opts.host,
+            opts.port,
+            tls,
+            opts.site_auth and tls is not None,
+            database=run_dir / "server" / "superlink.db",
+        ),
+        "register": [
+            f"flwr supernode register {k}" for k in deploy.site_public_keys(opts.site_keys)
+        ],
+        "submit": f"flwr run {run_dir}/server/app {deploy.CONNECTION} --run-config "
+        f"{run_dir}/server/run-config.toml --stream",
+        "app_components": {"serverapp": deploy.SERVERAPP, "clientapp": deploy.CLIENTAPP},
+        "site_example": deploy.supernode_argv(
+            address,
+            {"data-path": "/path/to/site.csv"},
+            root_cert=None if opts.insecure else Path("ca.pem"),
+            insecure=opts.insecure,
+            key=None if not opts.site_auth or opts.insecure else Path("site.key"),
+            port=9094,
+        ),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# fedray site
+
+
+def site_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fedray site",
+        description="Join a federation as a site: start a Flower SuperNode whose ClientApp "
+        "trains on --data only. Only weight updates leave this machine.",
+    )
+    p.add_argument("--server", required=True, metavar="HOST:PORT", help="the SuperLink")
+    p.add_argument("--data", required=True, type=Path, help="this site's labelled file")
+    p.add_argument("--name", help="name in the server's round table (default: file stem)")
+    p.add_argument("--key", type=Path, help="this site's private key (fedray site-key)")
+    p.add_argument("--root-cert", type=Path, help="CA that signed the server certificate")
+    p.add_argument("--insecure", action="store_true", help="plain HTTP (logs a warning)")
+    p.add_argument("--port", type=int, default=9094, help="local ClientApp API port")
+    p.add_argument("--num-threads", type=int, help="torch threads for local training")
+    p.add_argument(
+        "--state-dir", type=Path, help="FLWR_HOME and logs (default: a temporary directory)"
+    )
+    p.add_argument(
+        "--retry-refused-s",
+        type=float,
+        default=90.0,
+        help="keep retrying for this long when the server refuses this site (a crashed site's "
+        "old session stays online on the server for up to ~60 s); 0 = fail at once",
+    )
+    return p
+
+
+def site_options(ns: argparse.Namespace) -> object:
+    from orchestrator.federated.deploy import SiteOptions
+
+    def absolute(p: Path | None) -> Path | None:
+        return None if p is None else p.expanduser().absolute()
+
+    return SiteOptions(
+        server=ns.server,
+        data=ns.data.expanduser().absolute(),
+        name=ns.name,
+        key=absolute(ns.key),
+        root_cert=absolute(ns.root_cert),
+        insecure=ns.insecure,
+        port=ns.port,
+        num_threads=ns.num_threads,
+    )
+
+
+def _follow(path: Path, pos: int) -> int:
+    """Print what was appended to ``path`` since byte ``pos``; return the new position."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(pos)
+            data = f.read()
+    except FileNotFoundError:
+        return pos
+    if data:
+        sys.stdout.write(data.decode(errors="replace"))
+        sys.stdout.flush()
+    return pos + len(data)
+
+
+def site_main(argv: Sequence[str]) -> int:
+    from orchestrator.federated import deploy
+
+    ns = site_parser().parse_args(list(argv))
+    opts = site_options(ns)
+    assert isinstance(opts, deploy.SiteOptions)
+    try:
+        opts.validate()
+    except (FileNotFoundError, ValueError) as e:
+        _err(str(e))
+        return EXIT_USAGE
+    if not opts.insecure and opts.key is None:
+        log.warning(
+            "no --key: this site does not authenticate; a server with site authentication "
+            "(the default) refuses it"
+        )
+    state_dir = ns.state_dir or Path(tempfile.mkdtemp(prefix="fedray-site-"))
+    deadline = time.monotonic() + ns.retry_refused_s
+    attempt = 0
+    while True:
+        attempt += 1
+        log_path = state_dir / "logs" / f"supernode-{attempt}.log"
+        proc = deploy.site_process(opts, log_path, state_dir)
+        pos = 0
+        try:
+            proc.start()
+            print(f"site {opts.name or opts.data.stem}: {' '.join(proc.argv)}", flush=True)
+            while proc.alive():
+                pos = _follow(log_path, pos)
+                time.sleep(0.5)
+            _follow(log_path, pos)
+        except KeyboardInterrupt:
+            proc.stop()
+            return EXIT_INTERRUPTED
+        finally:
+            proc.stop()
+        code = proc.returncode
+        refused = bool(REFUSED.search(proc.log_tail(60)))
+        if code == 0:
+            return EXIT_OK
+        if not refused:
+            _err(f"flower-supernode exited with code {code}; log: {log_path}")
+            return EXIT_FAILED
+        if time.monotonic() >= deadline:
+            _err(deploy.refused_message(opts))
+            return EXIT_FAILED
+        print(
+            "the server refused this site (key not registered yet, or this site's previous "
+            "session is still marked online); retrying in 10 s",
+            file=sys.stderr,
+            flush=True,
+        )
+        time.sleep(10)
+
+
+__all__ = ["certs_main", "server_main", "server_plan", "site_key_main", "site_main"]

@@ -1,0 +1,330 @@
+"""Real-site plumbing without a federation: certificates, site keys, the exact Flower commands
+(parsed by Flower's own argument parsers), the Flower CLI files, the CLI, process stopping."""
+
+from __future__ import annotations
+
+import ipaddress
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+
+from orchestrator.federated import commands, credentials, deploy
+from orchestrator.federated.processes import ManagedProcess, ProcessFailed, wait_until
+
+# ---- certificates and keys ---------------------------------------------------------------
+
+
+def test_test_pki_server_cert_has_sans_and_is_signed_by_ca(tmp_path: Path) -> None:
+    pki = credentials.make_test_pki(tmp_path, hosts=["fl.example.org", "10.0.0.5"])
+    ca = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    srv = x509.load_pem_x509_certificate(pki.server_cert.read_bytes())
+    san = srv.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(san.get_values_for_type(x509.DNSName)) == {"localhost", "fl.example.org"}
+    assert set(san.get_values_for_type(x509.IPAddress)) == {
+        ipaddress.ip_address("127.0.0.1"),
+        ipaddress.ip_address("::1"),
+        ipaddress.ip_address("10.0.0.5"),
+    }
+    srv.verify_directly_issued_by(ca)  # raises if not signed by the CA
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert not srv.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    for key in (pki.ca_key, pki.server_key):
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+
+
+def test_test_pki_refuses_to_overwrite_keys(tmp_path: Path) -> None:
+    credentials.make_test_pki(tmp_path)
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        credentials.make_test_pki(tmp_path)
+    credentials.make_test_pki(tmp_path, overwrite=True)
+
+
+def test_site_key_is_what_flower_reads(tmp_path: Path) -> None:
+    from flwr.cli.supernode.register import try_load_public_key
+
+    key = credentials.make_site_key(tmp_path / "keys" / "hospital-a")
+    assert key.public == tmp_path / "keys" / "hospital-a.pub"
+    assert stat.S_IMODE(key.private.stat().st_mode) == 0o600
+    # SuperNode side: --auth-supernode-private-key is loaded like this (flower_supernode.py)
+    private = load_ssh_private_key(key.private.read_bytes(), None)
+    assert isinstance(private, ec.EllipticCurvePrivateKey)
+    assert private.curve.name == "secp384r1"
+    # Server side: `flwr supernode register KEY.pub` accepts it
+    assert try_load_public_key(key.public)
+    assert credentials.load_site_public_key(key.public).public_numbers() == (
+        private.public_key().public_numbers()
+    )
+    with pytest.raises(FileExistsError):
+        credentials.make_site_key(key.private)
+    with pytest.raises(ValueError, match=r"\.pub"):
+        credentials.make_site_key(tmp_path / "x.pub")
+
+
+def test_public_key_check_names_the_fix(tmp_path: Path) -> None:
+    bad = tmp_path / "rsa.pub"
+    bad.write_text("not a key\n")
+    with pytest.raises(ValueError, match="fedray site-key"):
+        credentials.load_site_public_key(bad)
+    with pytest.raises(FileNotFoundError):
+        credentials.load_site_public_key(tmp_path / "missing.pub")
+
+
+# ---- commands, parsed by Flower's own parsers ----------------------------------------------
+
+
+def test_node_config_round_trips_through_flower_parser() -> None:
+    from flwr.common.config import parse_config_args
+
+    cfg = {
+        "data-path": "/data/site a/x.csv",
+        "site-name": "bank-a",
+        "num-threads": 2,
+        "weird": "C:\\data\\it's.csv",
+    }
+    text = deploy.format_node_config(cfg)
+    assert parse_config_args([text]) == cfg
+    with pytest.raises(ValueError, match="key"):
+        deploy.format_node_config({"bad key": 1})
+
+
+def test_superlink_command_parses_with_flower(tmp_path: Path) -> None:
+    from flwr.superlink.cli.flower_superlink import _parse_args_run_superlink
+
+    tls = deploy.ServerTLS(tmp_path / "ca.pem", tmp_path / "s.pem", tmp_path / "s.key")
+    argv = deploy.superlink_argv("0.0.0.0", 9092, tls, True, database=tmp_path / "db")
+    assert argv[0] == "flower-superlink"
+    ns = _parse_args_run_superlink().parse_args(argv[1:])
+    assert ns.enable_supernode_auth and not ns.insecure
+    assert (ns.ssl_certfile, ns.ssl_keyfile, ns.ssl_ca_certfile) == tuple(
+        str(p) for p in (tls.server_cert, tls.server_key, tls.ca_cert)
+    )
+    assert ns.port == 9092 and ns.host == "0.0.0.0"
+    assert ns.runtime_dependency_install is False
+    insecure = deploy.superlink_argv("127.0.0.1", 9092, None, False)
+    assert _parse_args_run_superlink().parse_args(insecure[1:]).insecure
+    with pytest.raises(ValueError, match="needs TLS"):
+        deploy.superlink_argv("127.0.0.1", 9092, None, True)
+
+
+def test_site_command_parses_with_flower(tmp_path: Path) -> None:
+    from flwr.common.config import parse_config_args
+    from flwr.supernode.cli.flower_supernode import _parse_args_run_supernode
+
+    data = tmp_path / "a.csv"
+    data.write_text("text,label\nhi,positive\n")
+    key = credentials.make_site_key(tmp_path / "a")
+    opts = deploy.SiteOptions(
+        server="fl.example.org:9092",
+        data=data,
+        name="bank-a",
+        key=key.private,
+        root_cert=tmp_path / "ca.pem",
+        port=9111,
+    )
+    argv = opts.argv()
+    assert argv[0] == "flower-supernode"
+    ns = _parse_args_run_supernode().parse_args(argv[1:])
+    assert ns.superlink == "fl.example.org:9092" and not ns.insecure
+    assert ns.root_certificates == str(tmp_path / "ca.pem")
+    assert ns.auth_supernode_private_key == str(key.private)
+    assert ns.port == 9111
+    assert parse_config_args([ns.node_config]) == {
+        "data-path": str(data),
+        "site-name": "bank-a",
+    }
+    with pytest.raises(ValueError, match="needs TLS"):
+        deploy.supernode_argv("h:1", {}, root_cert=None, insecure=True, key=key.private, port=1)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:9092", ("127.0.0.1", 9092)),
+        ("fl.example.org", ("fl.example.org", deploy.DEFAULT_PORT)),
+        ("[::1]:8000", ("::1", 8000)),
+    ],
+)
+def test_parse_address(text: str, expected: tuple[str, int]) -> None:
+    assert deploy.parse_address(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["", "a b:1", "host:0", "host:99999", "http://h:1"])
+def test_parse_address_rejects(bad: str) -> None:
+    with pytest.raises(ValueError, match=r"HOST:PORT|port"):
+        deploy.parse_address(bad)
+
+
+# ---- files the Flower CLI reads --------------------------------------------------------------
+
+
+def test_generated_app_dir_is_a_valid_flower_app(tmp_path: Path) -> None:
+    from flwr.cli.config_utils import load_and_validate
+
+    app = deploy.write_app_dir(tmp_path / "app")
+    config, _ = load_and_validate(app / "pyproject.toml", check_module=False)
+    components = config["tool"]["flwr"]["app"]["components"]
+    assert components == {"serverapp": deploy.SERVERAPP, "clientapp": deploy.CLIENTAPP}
+    assert set(config["tool"]["flwr"]["app"]["config"]) >= {"config-yaml", "run-dir"}
+
+
+def test_flwr_config_names_our_superlink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.cli.flower_config import read_superlink_connection
+
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path))
+    deploy.write_flwr_config(tmp_path, "127.0.0.1:9999", tmp_path / "ca.pem", insecure=False)
+    conn = read_superlink_connection()
+    assert conn.name == deploy.CONNECTION
+    assert conn.address == "127.0.0.1:9999"
+    assert conn.root_certificates == str(tmp_path / "ca.pem")
+    deploy.write_flwr_config(tmp_path, "127.0.0.1:9999", None, insecure=True)
+    assert read_superlink_connection().insecure
+
+
+def test_run_config_carries_the_job_to_the_server_app(tmp_path: Path) -> None:
+    from flwr.common.config import parse_config_args
+
+    from orchestrator.config.federated import FederatedJob
+    from orchestrator.config.loader import load_config, to_yaml
+    from orchestrator.federated.server_app import job_from_run_config
+
+    job = load_config(FederatedJob, None, ["federation.num_rounds=7"], "simulate-demo")
+    path = deploy.write_run_config(tmp_path / "rc.toml", to_yaml(job), str(tmp_path / "run"))
+    run_config = parse_config_args([str(path)])  # what `flwr run --run-config FILE` sends
+    got, run_dir = job_from_run_config(run_config)
+    assert got == job
+    assert run_dir == tmp_path / "run"
+
+
+# ---- CLI -------------------------------------------------------------------------------------
+
+
+def test_cli_registers_site_commands() -> None:
+    from orchestrator.cli import OTHER_COMMANDS
+
+    assert {"server", "site", "certs", "site-key"} <= set(OTHER_COMMANDS)
+    assert OTHER_COMMANDS["server"][1]() is commands.server_main
+
+
+def test_server_dry_run_prints_tls_and_auth(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    key = credentials.make_site_key(tmp_path / "keys" / "a")
+    rc = commands.server_main(
+        [
+            "federation.num_rounds=2",
+            f"run.dir={tmp_path / 'run'}",
+            "--dry-run",
+            "--site-keys",
+            str(tmp_path / "keys"),
+            "--port",
+            "9555",
+        ]
+    )
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "--enable-supernode-auth" in out and "--insecure" not in out
+    assert f"flwr supernode register {key.public}" in out
+    assert "num_rounds: 2" in out
+
+
+def test_server_rejects_insecure_with_site_keys(tmp_path: Path) -> None:
+    credentials.make_site_key(tmp_path / "a")
+    rc = commands.server_main(["--insecure", "--site-keys", str(tmp_path / "a.pub")])
+    assert rc == 2
+
+
+def test_server_resume_needs_a_run_dir(tmp_path: Path) -> None:
+    assert commands.server_main(["--resume", str(tmp_path)]) == 2
+
+
+def test_server_bad_config_exits_2() -> None:
+    from orchestrator.cli import main
+
+    assert main(["server", "federation.min_sites=0", "--dry-run"]) == 2
+
+
+def test_site_rejects_missing_data_and_insecure_key(tmp_path: Path) -> None:
+    assert commands.site_main(["--server", "h:1", "--data", str(tmp_path / "no.csv")]) == 2
+    data = tmp_path / "a.csv"
+    data.write_text("text,label\n")
+    key = credentials.make_site_key(tmp_path / "k")
+    argv = ["--server", "h:1", "--data", str(data), "--insecure", "--key", str(key.private)]
+    assert commands.site_main(argv) == 2
+
+
+def test_certs_and_site_key_commands(tmp_path: Path) -> None:
+    assert commands.certs_main([str(tmp_path / "c"), "--host", "fl.example.org"]) == 0
+    assert (tmp_path / "c" / "server.pem").is_file()
+    assert commands.certs_main([str(tmp_path / "c")]) == 2  # would overwrite
+    assert commands.site_key_main([str(tmp_path / "k" / "a")]) == 0
+    assert commands.site_key_main([str(tmp_path / "k" / "a")]) == 2
+
+
+# ---- process management ------------------------------------------------------------------------
+
+
+def test_stop_terminates_process_and_its_children(tmp_path: Path) -> None:
+    # A parent that starts a child which ignores SIGTERM: both must be gone after stop().
+    script = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', "
+        "'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        'print("child up", flush=True); time.sleep(600)\'])\n'
+        "print('child', child.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    p = ManagedProcess("tree", [sys.executable, "-c", script], tmp_path / "tree.log").start()
+    try:
+        wait_until(lambda: "child up" in p.log_tail(), 20, "child start", watch=[p])
+        child_pid = int(p.log_tail().split("child ")[1].split()[0])
+        t0 = time.monotonic()
+        p.stop(timeout=2)
+        assert not p.alive()
+        assert time.monotonic() - t0 < 15
+        assert _gone(child_pid)
+    finally:
+        p.stop(timeout=1)
+
+
+def _gone(pid: int) -> bool:
+    """Exited (a zombie left for a non-reaping init in containers counts as exited)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_wait_until_reports_an_exited_process(tmp_path: Path) -> None:
+    p = ManagedProcess(
+        "dies",
+        [sys.executable, "-c", "print('boom'); raise SystemExit(3)"],
+        tmp_path / "d.log",
+    ).start()
+    try:
+        with pytest.raises(ProcessFailed, match="boom"):
+            wait_until(lambda: False, 20, "never", watch=[p])
+    finally:
+        p.stop()
+
+
+def test_missing_executable_says_how_to_fix(tmp_path: Path) -> None:
+    p = ManagedProcess("nope", ["fedray-no-such-binary"], tmp_path / "n.log")
+    with pytest.raises(ProcessFailed, match="not found"):
+        p.start()
+
+
+def test_console_scripts_exist() -> None:
+    bin_dir = Path(sys.executable).parent
+    for name in ("flower-superlink", "flower-supernode", "flwr", "flwr-clientapp", "fedray"):
+        assert (bin_dir / name).exists(), name
+    out = subprocess.run(
+        [str(bin_dir / "fedray"), "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "server" in out and "site-key" in out
