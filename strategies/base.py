@@ -24,7 +24,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from strategies.math import Arrays, RunningSum, apply_sgd
+from strategies.math import Arrays, RunningSum, apply_sgd_from_sum
 from strategies.records import from_numpy, nbytes, to_numpy
 from strategies.validation import RejectedReply, check_update, records_of, reply_parts
 
@@ -121,8 +121,9 @@ class DeltaStrategy(Strategy):
 
     # ---- the server step (subclasses override) ---------------------------------------------
 
-    def server_update(self, global_: Arrays, delta: Arrays, server_round: int) -> Arrays:
-        return apply_sgd(global_, delta, self.eta)
+    def server_update(self, global_: Arrays, acc: RunningSum, server_round: int) -> Arrays:
+        """The next global arrays from the folded updates (``acc.mean()`` is the mean update)."""
+        return apply_sgd_from_sum(global_, acc, self.eta)
 
     def extra_train_config(self) -> dict[str, Any]:
         """Entries added to every train message's config (FedProx sends ``proximal-mu``)."""
@@ -237,7 +238,7 @@ class DeltaStrategy(Strategy):
                 self.min_sites,
             )
             return None, out
-        new = self.server_update(self._global, acc.mean(), server_round)
+        new = self.server_update(self._global, acc, server_round)
         return from_numpy(new), out
 
     def _infer_keys(self, record: ArrayRecord) -> set[str]:

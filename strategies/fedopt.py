@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from strategies.base import DeltaStrategy
-from strategies.math import Arrays, adaptive_step, update_moments
+from strategies.math import Arrays, RunningSum, adaptive_step, update_moments
 
 
 class FedOpt(DeltaStrategy):
@@ -30,7 +30,8 @@ class FedOpt(DeltaStrategy):
         self.m: Arrays = {}
         self.v: Arrays = {}
 
-    def server_update(self, global_: Arrays, delta: Arrays, server_round: int) -> Arrays:
+    def server_update(self, global_: Arrays, acc: RunningSum, server_round: int) -> Arrays:
+        delta = acc.mean()
         out = dict(global_)
         for k, d in delta.items():
             self.m[k], self.v[k] = update_moments(

@@ -48,18 +48,18 @@ def fold_into(acc: np.ndarray, update: np.ndarray, weight: float) -> None:
 
 
 def is_finite(x: np.ndarray) -> bool:
-    """True when every element is finite. Chunked sums: one read, no boolean temporary.
+    """True when every element is finite: one BLAS dot product (x . x), no boolean temporary.
 
-    A sum is non-finite iff some element is NaN/Inf, or finite values overflow float range;
-    an update that large is rejected too, which is what we want.
+    NaN/Inf anywhere make the dot non-finite; so do finite values beyond ~1e19 (their squares
+    overflow), and an update that large is rejected too, which is what we want. The dot runs at
+    several times the speed of ``np.isfinite(x).all()`` and keeps validation off the critical path.
     """
     flat = x.reshape(-1)
-    if flat.size <= _CHUNK * 16:
-        return bool(np.isfinite(flat.sum(dtype=np.float64)))
-    step = _CHUNK * 16
-    return all(
-        np.isfinite(flat[i : i + step].sum(dtype=np.float64)) for i in range(0, flat.size, step)
-    )
+    if flat.dtype in (np.float32, np.float64):
+        return bool(np.isfinite(np.dot(flat, flat)))
+    if np.issubdtype(flat.dtype, np.floating):
+        return bool(np.isfinite(flat.astype(np.float32)).all())
+    return True  # integer tensors cannot hold NaN/Inf
 
 
 class RunningSum:
@@ -107,6 +107,17 @@ def weighted_mean(updates: list[Mapping[str, np.ndarray]], weights: list[float])
     }
 
 
+def scale_add_into(out: np.ndarray, scale: float, base: np.ndarray) -> None:
+    """``out = scale * out + base`` in place, chunked (one pass, no model-sized temporary)."""
+    o, b = out.reshape(-1), base.reshape(-1)
+    k = out.dtype.type(scale)
+    for start in range(0, o.size, _CHUNK):
+        stop = min(start + _CHUNK, o.size)
+        seg = o[start:stop]
+        seg *= k
+        seg += b[start:stop]
+
+
 def apply_sgd(
     global_: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray], eta: float
 ) -> Arrays:
@@ -114,6 +125,23 @@ def apply_sgd(
     out = dict(global_)
     for k, d in delta.items():
         out[k] = (global_[k] + np.asarray(eta, dtype=d.dtype) * d).astype(global_[k].dtype)
+    return out
+
+
+def apply_sgd_from_sum(global_: Mapping[str, np.ndarray], acc: RunningSum, eta: float) -> Arrays:
+    """``w + eta * sum / total`` with the mean and the step fused into one pass over the sums,
+    which are consumed (reused as the output buffers)."""
+    if acc.count == 0:
+        raise ValueError("no update was folded")
+    scale = eta / acc.total_weight
+    out = dict(global_)
+    for k, s in acc.sums.items():
+        if s.dtype != global_[k].dtype:
+            out[k] = (global_[k] + scale * s).astype(global_[k].dtype)
+        else:
+            scale_add_into(s, scale, global_[k])
+            out[k] = s
+    acc.sums = {}
     return out
 
 
