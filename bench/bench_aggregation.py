@@ -49,10 +49,16 @@ def make_update(shapes, seed: int) -> dict[str, np.ndarray]:
 
 
 def reply(update: dict[str, np.ndarray] | RecordDict, n: int, node: int) -> Message:
-    ins = Message(RecordDict({"c": ConfigRecord({})}), dst_node_id=node, message_type=MessageType.TRAIN)
+    ins = Message(
+        RecordDict({"c": ConfigRecord({})}), dst_node_id=node, message_type=MessageType.TRAIN
+    )
     ins.metadata.__dict__["_message_id"] = f"i{node}"
-    content = update if isinstance(update, RecordDict) else RecordDict(
-        {"arrays": from_numpy(update), "metrics": MetricRecord({"num-examples": n})}
+    content = (
+        update
+        if isinstance(update, RecordDict)
+        else RecordDict(
+            {"arrays": from_numpy(update), "metrics": MetricRecord({"num-examples": n})}
+        )
     )
     return Message(content=content, reply_to=ins)
 
@@ -104,7 +110,9 @@ def main() -> None:
     shapes = model_shapes(args.mb)
     model_bytes = sum(int(np.prod(s)) * 4 for s in shapes.values())
     gb = model_bytes / 1e9
-    print(f"# model {model_bytes / 1e6:.1f} MB in {len(shapes)} tensors; {platform.processor() or platform.machine()}")
+    print(
+        f"# model {model_bytes / 1e6:.1f} MB in {len(shapes)} tensors; {platform.processor() or platform.machine()}"
+    )
     global_rec = from_numpy({k: np.zeros(s, np.float32) for k, s in shapes.items()})
     pool_np = [make_update(shapes, i) for i in range(4)]
     pool = [
@@ -114,14 +122,19 @@ def main() -> None:
     pool_views = [to_numpy(p["arrays"]) for p in pool]
 
     print("\n## throughput (GB/s of updates folded)\n")
-    print("| K | ours | Flower aggregate_arrayrecords | numpy roofline `a += w*b` | ours / roofline |")
+    print(
+        "| K | ours | Flower aggregate_arrayrecords | numpy roofline `a += w*b` | ours / roofline |"
+    )
     print("|---|---|---|---|---|")
     for k in ks:
         t_ours = ours(global_rec, (reply(pool[i % 4], 0, i) for i in range(k)))
         t_fl = flowers([pool[i % 4] for i in range(k)])
         t_rf = roofline(pool_views, k)
         g = gb * k
-        print(f"| {k} | {g / t_ours:.2f} | {g / t_fl:.2f} | {g / t_rf:.2f} | {t_rf / t_ours:.0%} |", flush=True)
+        print(
+            f"| {k} | {g / t_ours:.2f} | {g / t_fl:.2f} | {g / t_rf:.2f} | {t_rf / t_ours:.0%} |",
+            flush=True,
+        )
 
     print("\n## peak traced memory while aggregating K distinct replies (multiples of one model)\n")
     print("| K | ours (streamed) | Flower (list of K replies) |")

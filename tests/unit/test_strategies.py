@@ -20,7 +20,9 @@ from strategies.records import from_numpy, to_numpy
 ensure_task_identity()
 
 
-def reply(update: dict[str, np.ndarray], n: float, node: int = 1, **extra_metrics: float) -> Message:
+def reply(
+    update: dict[str, np.ndarray], n: float, node: int = 1, **extra_metrics: float
+) -> Message:
     """A train reply as a site would send it (the instruction it answers is made up here)."""
     ins = Message(
         content=RecordDict({"config": ConfigRecord({})}),
