@@ -94,7 +94,7 @@ def main() -> None:
             f"{kind}: T({lo})={t_lo:.1f}s T({hi})={t_hi:.1f}s per-round={rows[kind][2]:.2f}s",
             flush=True,
         )
-    print("\n| ServerApp | T(R=%d) s | T(R=%d) s | per round s |" % (lo, hi))
+    print(f"\n| ServerApp | T(R={lo}) s | T(R={hi}) s | per round s |")
     print("|---|---|---|---|")
     for kind, (a, b, c) in rows.items():
         print(f"| {kind} | {a:.1f} | {b:.1f} | {c:.2f} |")
