@@ -71,13 +71,15 @@ def stream_replies(grid: Grid, messages: Iterable[Message], timeout: float) -> I
     pending = set(grid.push_messages(messages))
     deadline = time.monotonic() + timeout
     while pending and time.monotonic() < deadline:
-        got = False
-        for reply in grid.pull_messages(list(pending)):
-            pending.discard(reply.metadata.reply_to_message_id)
-            got = True
-            yield reply
-        if not got:
+        # Pop from the pulled batch so a reply already folded is not kept alive by the list.
+        batch = list(grid.pull_messages(list(pending)))
+        if not batch:
             time.sleep(0.1)
+        batch.reverse()
+        while batch:
+            reply = batch.pop()
+            pending.discard(reply.metadata.reply_to_message_id)
+            yield reply
     if pending:
         log.warning("round timeout after %.0f s: %d site(s) did not reply", timeout, len(pending))
 
