@@ -290,15 +290,17 @@ def register_site_keys(
     for pub in public_keys:
         load_site_public_key(pub)  # clear error before Flower's
         name = pub.name.removesuffix(".pub")
-        try:
-            res = _json_tail(
-                flwr(["supernode", "register", str(pub), "--name", name, "--format", "json"], env)
-            )
+        res = _json_tail(
+            flwr(["supernode", "register", str(pub), "--name", name, "--format", "json"], env)
+        )
+        if res.get("success") and "node-id" in res:
             out[name] = int(res["node-id"])
-        except RuntimeError as e:
-            if "already" not in str(e).lower() and "in use" not in str(e).lower():
-                raise
-            out[name] = None
+        elif "already in use" in str(res.get("error-message", "")).lower():
+            out[name] = None  # registered earlier (the SuperLink keeps keys in its database)
+        else:
+            raise RuntimeError(
+                f"registering site key {pub} failed: {res.get('error-message', res)}"
+            )
         log.info("registered site key %s -> node %s", pub, out[name])
     return out
 

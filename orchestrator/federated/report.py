@@ -58,7 +58,7 @@ class RoundTable:
         )
         if rec.get("dropped"):  # sampled sites that sent no update (crashed, timed out)
             self.console.print(
-                f"      no reply before the round timeout: {', '.join(rec['dropped'])}",
+                f"      no update from: {', '.join(rec['dropped'])} (site lost or timed out)",
                 markup=False,
                 soft_wrap=True,
             )
@@ -74,6 +74,8 @@ class RoundTable:
                 parts.append(f"n={int(s['num-examples'])}")
             if s.get("rejected"):
                 parts.append(f"REJECTED: {s['rejected']}")
+            if s.get("dropped"):
+                parts.append(f"NO UPDATE: {s['dropped']}")
             self.console.print(
                 "      " + "  ".join(parts), markup=False, style="dim", soft_wrap=True
             )

@@ -287,6 +287,8 @@ def run_federated(
         del msgs
         replied = {s.node_id for s in strategy.last_train.sites}
         dropped = [site_names.get(n, f"node-{n}") for n in sampled if n not in replied]
+        # The SuperLink answers for a site it lost ("Node Unavailable") under its own node id.
+        lost = [s for s in strategy.last_train.sites if s.node_id not in sampled]
         remember_names()
         skipped = new_arrays is None
         if new_arrays is not None:
@@ -307,6 +309,11 @@ def run_federated(
             "round_time_s": round(time.monotonic() - t0, 3),
             "elapsed_s": round(time.monotonic() - t_run, 3),
         }
+        for s in lost:
+            rec["sites"].pop(s.site, None)
+        for name in dropped:
+            reason = lost[0].reason if lost else "no reply before the round timeout"
+            rec["sites"].setdefault(name, {})["dropped"] = reason
         checkpoint.save(
             run_dir,
             server_round,

@@ -1,0 +1,278 @@
+"""Real federated sites on 127.0.0.1: a Flower SuperLink with TLS and site authentication, one
+SuperNode per site, each reading only its own CSV file. Every process is stopped by PID.
+
+One uninterrupted 3-site run (``reference``) serves three checks: it completes with TLS + auth
+and improves the model, a fourth site with an unregistered key is refused, and its final model
+is what a server killed after round 1 and resumed must reproduce.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from orchestrator.config.federated import FederatedJob
+from orchestrator.config.loader import load_config, to_yaml
+from orchestrator.federated import credentials, deploy
+from orchestrator.federated.processes import ManagedProcess, flower_env, stop_all, wait_until
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+SITES = ("s0", "s1", "s2")
+JOB = """\
+task: {kind: classification, max_length: 32, labels: [negative, neutral, positive]}
+model: {family: gpt2, n_layer: 1, n_head: 2, d_model: 64}
+data: {tokenizer: {vocab_size: 1024}}
+train: {micro_batch_size: 32, lr: 3.0e-3, seed: 7}
+finetune: {mode: full, local_steps: 5}
+strategy: {name: fedadam}
+federation: {num_sites: 3, num_rounds: 2, min_sites: 2, round_timeout_s: 120}
+partition: {eval_fraction: 0.2}
+"""
+
+
+@dataclass
+class Fed:
+    root: Path
+    pki: credentials.TestPKI
+    keys: dict[str, credentials.SiteKey]
+    data: dict[str, Path]
+    job_yaml: Path
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Fed:
+    root = tmp_path_factory.mktemp("sites")
+    pki = credentials.make_test_pki(root / "pki")
+    keys = {n: credentials.make_site_key(root / "keys" / n) for n in (*SITES, "intruder")}
+    demo = Path(__file__).parents[2] / "orchestrator" / "data" / "demo" / "tweets_sentiment.csv"
+    rows = list(csv.DictReader(demo.open()))
+    data = {}
+    for name, topic in zip(SITES, ("airline", "apple", "coachella"), strict=True):
+        data[name] = root / "data" / f"{name}.csv"
+        data[name].parent.mkdir(exist_ok=True)
+        with data[name].open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["topic", "label", "text"])
+            w.writeheader()
+            w.writerows([r for r in rows if r["topic"] == topic][:300])
+    (root / "job.yaml").write_text(JOB)
+    return Fed(root, pki, keys, data, root / "job.yaml")
+
+
+def start_site(
+    fed: Fed, name: str, server: str, log_dir: Path, key: str | None = None
+) -> ManagedProcess:
+    opts = deploy.SiteOptions(
+        server=server,
+        data=fed.data.get(name, fed.data["s0"]),
+        name=name,
+        key=fed.keys[key or name].private,
+        root_cert=fed.pki.ca_cert,
+        port=free_port(),
+        num_threads=1,
+    )
+    return deploy.site_process(opts, log_dir / f"{name}.log", log_dir / name).start()
+
+
+def fedray_site(fed: Fed, name: str, server: str, log_dir: Path) -> ManagedProcess:
+    """The `fedray site` command itself (retries while the server refuses it)."""
+    argv = [
+        str(Path(sys.executable).parent / "fedray"),
+        "site",
+        "--server",
+        server,
+        "--data",
+        str(fed.data[name]),
+        "--name",
+        name,
+        "--key",
+        str(fed.keys[name].private),
+        "--root-cert",
+        str(fed.pki.ca_cert),
+        "--port",
+        str(free_port()),
+        "--num-threads",
+        "1",
+        "--state-dir",
+        str(log_dir / f"{name}-cli"),
+        "--retry-refused-s",
+        "150",
+    ]
+    return ManagedProcess(f"fedray site {name}", argv, log_dir / f"{name}-cli.log").start()
+
+
+def job(fed: Fed, *overrides: str) -> FederatedJob:
+    return load_config(FederatedJob, str(fed.job_yaml), list(overrides))
+
+
+def final_weights(run_dir: Path) -> dict[str, np.ndarray]:
+    return load_file(str(run_dir / "export" / "model.safetensors"))
+
+
+@dataclass
+class Reference:
+    run: deploy.ServerRun
+    intruder: ManagedProcess
+    superlink_log: str
+
+
+@pytest.fixture(scope="module")
+def reference(fed: Fed) -> Iterator[Reference]:
+    """An uninterrupted 2-round run: 3 registered sites + 1 site whose key is not registered."""
+    run_dir = fed.root / "reference"
+    opts = deploy.ServerOptions(port=free_port(), certs=fed.pki.ca_cert.parent)
+    procs: list[ManagedProcess] = []
+    with deploy.ServerSession(opts, run_dir / "server", run_dir / "tls") as session:
+        session.open()
+        session.register([fed.keys[n].public for n in SITES])
+        try:
+            procs += [start_site(fed, n, session.address, run_dir / "sites") for n in SITES]
+            intruder = start_site(fed, "intruder", session.address, run_dir / "sites")
+            procs.append(intruder)
+            run = session.run(to_yaml(job(fed)), run_dir)
+            superlink_log = session.superlink.proc.log_path.read_text()  # type: ignore[union-attr]
+        finally:
+            stop_all(procs)
+    yield Reference(run, intruder, superlink_log)
+
+
+def test_tls_auth_three_sites_complete_two_rounds_and_improve(reference: Reference) -> None:
+    run = reference.run
+    assert run.ok, run.status
+    assert [r["round"] for r in run.metrics] == [0, 1, 2]
+    for r in run.metrics[1:]:
+        assert r["train"]["sites-accepted"] == 3, r
+        assert r["dropped"] == []
+        assert set(r["sites"]) == set(SITES)
+    first, last = run.metrics[0]["eval"], run.metrics[-1]["eval"]
+    # The tiny model's loss is noisy over 2 rounds; accuracy and macro-F1 must both improve.
+    assert last["accuracy"] > first["accuracy"], (first, last)
+    assert last["macro-f1"] > first["macro-f1"], (first, last)
+    assert (run.run_dir / "export" / "config.json").is_file()
+    assert (run.run_dir / "checkpoints" / "round-0002" / "state.json").is_file()
+
+
+def test_unregistered_site_is_refused_and_run_completes(reference: Reference) -> None:
+    intruder = reference.intruder
+    assert intruder.returncode not in (None, 0)
+    assert "Failed to activate SuperNode" in intruder.log_tail(80)
+    assert "No SuperNode found with the given public key" in reference.superlink_log
+    assert reference.run.ok
+    assert all("intruder" not in r["sites"] for r in reference.run.metrics)
+
+
+def test_site_killed_mid_round_round_completes_and_site_rejoins(fed: Fed) -> None:
+    run_dir = fed.root / "dropout"
+    opts = deploy.ServerOptions(port=free_port(), certs=fed.pki.ca_cert.parent)
+    procs: list[ManagedProcess] = []
+    with deploy.ServerSession(opts, run_dir / "server", run_dir / "tls") as session:
+        session.open()
+        session.register([fed.keys[n].public for n in SITES])
+        try:
+            procs += [start_site(fed, n, session.address, run_dir / "sites") for n in SITES[:2]]
+            victim = start_site(fed, "s2", session.address, run_dir / "sites")
+            procs.append(victim)
+
+            import threading
+
+            box: dict[str, deploy.ServerRun] = {}
+            cfg = to_yaml(job(fed, "federation.round_timeout_s=60"))
+            server = threading.Thread(target=lambda: box.update(run=session.run(cfg, run_dir)))
+            server.start()
+            # Kill s2 (SuperNode and its ClientApp) as soon as its round-1 training starts.
+            wait_until(
+                lambda: "Receiving: train message" in victim.log_path.read_text(),
+                300,
+                "s2 to receive its round-1 train message",
+                watch=[victim],
+            )
+            victim.kill_tree()
+            # It comes back at once; the server refuses it until the dead session times out.
+            procs.append(fedray_site(fed, "s2", session.address, run_dir / "sites"))
+            server.join(timeout=540)
+            assert not server.is_alive(), "server run did not finish"
+        finally:
+            stop_all(procs)
+    run = box["run"]
+    assert run.ok, run.status
+    r1, r2 = run.metrics[1], run.metrics[2]
+    assert r1["train"]["sites-accepted"] == 2, r1
+    assert r1["dropped"] == ["s2"], r1
+    assert not r1["skipped"]
+    assert r2["train"]["sites-accepted"] == 3, r2  # s2 rejoined
+    assert "s2" in r2["sites"]
+    table = (run_dir / "server" / "logs" / "run.log").read_text()
+    assert "no update from: s2" in table
+    assert "dropped" in r1["sites"]["s2"]
+    assert set(r1["sites"]) == set(SITES)  # no row for the SuperLink's own error reply
+
+
+def test_server_killed_after_round_1_resumes_to_the_same_model(
+    fed: Fed, reference: Reference
+) -> None:
+    run_dir = fed.root / "resumed"
+    port = free_port()
+    fedray = str(Path(sys.executable).parent / "fedray")
+    common = [
+        "--certs",
+        str(fed.pki.ca_cert.parent),
+        "--site-keys",
+        *[str(fed.keys[n].public) for n in SITES],
+        "--port",
+        str(port),
+    ]
+    env = flower_env(fed.root / "unused-flwr-home")
+    procs: list[ManagedProcess] = []
+    try:
+        server = ManagedProcess(
+            "fedray server",
+            [fedray, "server", str(fed.job_yaml), f"run.dir={run_dir}", *common],
+            fed.root / "logs" / "server-1.log",
+            env=env,
+        ).start()
+        procs.append(server)
+        address = f"127.0.0.1:{port}"
+        wait_until(
+            lambda: "registered sites" in server.log_tail(50), 120, "registration", watch=[server]
+        )
+        procs += [start_site(fed, n, address, run_dir / "sites") for n in SITES]
+        wait_until(
+            lambda: (run_dir / "checkpoints" / "round-0001" / "state.json").exists(),
+            400,
+            "round 1 checkpoint",
+            watch=[server],
+        )
+        server.kill_tree()  # the server machine crashes: SuperLink, ServerApp, all of it
+        assert not (run_dir / "export").exists()
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(x)["round"] for x in lines] == [0, 1]
+
+        resumed = ManagedProcess(
+            "fedray server --resume",
+            [fedray, "server", "--resume", str(run_dir), *common],
+            fed.root / "logs" / "server-2.log",
+            env=env,
+        ).start()
+        procs.append(resumed)
+        deadline = time.monotonic() + 400
+        while resumed.alive() and time.monotonic() < deadline:
+            time.sleep(1)
+        assert resumed.returncode == 0, resumed.log_tail(60)
+    finally:
+        stop_all(procs)
+    rounds = [json.loads(x)["round"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rounds == [0, 1, 2]
+    got, want = final_weights(run_dir), final_weights(reference.run.run_dir)
+    assert set(got) == set(want)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
