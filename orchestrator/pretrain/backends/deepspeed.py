@@ -27,8 +27,7 @@ import torch
 from orchestrator.config.loader import ConfigError
 from orchestrator.config.schema import PretrainJob
 from orchestrator.pretrain.backends.ddp import make_optimizer, make_scheduler, param_groups
-from orchestrator.pretrain.checkpoint import rank_manifest_name, read_rank_manifest
-from orchestrator.pretrain.checkpoint import write_rank_manifest as _write_rank_manifest
+from orchestrator.pretrain.checkpoint import read_rank_manifest, write_rank_manifest
 
 EXTRA_FILE = "extra.rank{rank}.pt"
 """Per-rank ``extra`` (step, RNG): DeepSpeed's ``client_state`` lives only in rank 0's file at
@@ -316,7 +315,7 @@ class DeepSpeedBackend:
         tmp = directory / f".tmp-{EXTRA_FILE.format(rank=self.rank)}"
         torch.save(extra, tmp)
         os.replace(tmp, directory / EXTRA_FILE.format(rank=self.rank))
-        _write_rank_manifest(
+        write_rank_manifest(
             directory,
             step,
             self.world_size,
@@ -376,11 +375,3 @@ def load_model_state(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     return dict(get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag))
-
-
-__all__ = [
-    "DeepSpeedBackend",
-    "deepspeed_config",
-    "load_model_state",
-    "rank_manifest_name",
-]
