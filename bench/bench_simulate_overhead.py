@@ -1,20 +1,27 @@
 """Per-round overhead of ``fedray simulate``'s ServerApp vs a bare Flower loop, same ClientApp.
 
-    python bench/bench_simulate_overhead.py [--sites 2] [--rounds 1,3]
+    python bench/bench_simulate_overhead.py [--sites 2] [--rounds 4] [--repeats 2]
 
 Both run on ``flwr.simulation.run_simulation`` (embedded Ray, 2 CPUs) with the same ClientApp
 and the same job (demo preset, small caps so a round takes seconds):
 - bare: a ServerApp that only calls Flower's stock ``Strategy.start`` with our FedAvg
-  (``grid.send_and_receive``, no metrics file, no checkpoints, no export, no table);
+  (``grid.send_and_receive``, no metrics file, no checkpoints, no table);
 - fedray: ``make_server_app(job)`` (streaming replies, per-round metrics.jsonl, atomic
-  checkpoint, per-site table, round-0 evaluation and the final HF export).
-Per-round time = (T(R_max) - T(R_min)) / (R_max - R_min), which cancels start-up and Ray costs.
+  checkpoint, per-site table).
+A round = train + evaluate at every site. Per-round times are taken inside the runs (bare: the
+``evaluate_fn`` hook Flower calls after each round; fedray: ``round_time_s`` in metrics.jsonl),
+so Ray start-up, round 0, round 1 (actor start-up in the bare loop) and the final export
+do not count; the runs alternate and the median
+round of each kind is compared, which damps noise from other work on a shared machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 import logging
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -49,7 +56,7 @@ def job_for(rounds: int, sites: int, run_dir: str) -> FederatedJob:
     )
 
 
-def bare_app(job: FederatedJob) -> ServerApp:
+def bare_app(job: FederatedJob, stamps: list[float]) -> ServerApp:
     setup = prepare(job)
     app = ServerApp()
 
@@ -59,46 +66,57 @@ def bare_app(job: FederatedJob) -> ServerApp:
             {k: v.numpy() for k, v in model_state(setup.model).items()}
         )
         strategy = build_strategy(job, update_keys=setup.update_keys)
+
+        def stamp(server_round: int, arrays: ArrayRecord) -> None:
+            stamps.append(time.perf_counter())
+
         strategy.start(
             grid=grid,
             initial_arrays=arrays,
             num_rounds=job.federation.num_rounds,
             train_config=setup.site_config,
             evaluate_config=setup.site_config,
+            evaluate_fn=stamp,  # type: ignore[arg-type]
         )
 
     return app
 
 
-def timed(kind: str, rounds: int, sites: int) -> float:
+def round_times(kind: str, rounds: int, sites: int) -> list[float]:
     with tempfile.TemporaryDirectory() as d:
-        job = job_for(rounds, sites, str(Path(d) / "run"))
-        app = bare_app(job) if kind == "bare" else make_server_app(job, Path(d) / "run")
-        t = time.perf_counter()
+        run_dir = Path(d) / "run"
+        job = job_for(rounds, sites, str(run_dir))
+        stamps: list[float] = []
+        app = bare_app(job, stamps) if kind == "bare" else make_server_app(job, run_dir)
         run_simulation(app, client_app, num_supernodes=sites, backend_config=backend_config(job))  # type: ignore[arg-type]
-        return time.perf_counter() - t
+        if kind == "bare":
+            return [b - a for a, b in itertools.pairwise(stamps)]
+        rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        return [r["round_time_s"] for r in rows if r["round"] > 0]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sites", type=int, default=2)
-    ap.add_argument("--rounds", default="1,3")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    lo, hi = (int(x) for x in args.rounds.split(","))
-    rows = {}
-    for kind in ("bare", "fedray"):
-        t_lo, t_hi = timed(kind, lo, args.sites), timed(kind, hi, args.sites)
-        rows[kind] = (t_lo, t_hi, (t_hi - t_lo) / (hi - lo))
-        print(
-            f"{kind}: T({lo})={t_lo:.1f}s T({hi})={t_hi:.1f}s per-round={rows[kind][2]:.2f}s",
-            flush=True,
-        )
-    print(f"\n| ServerApp | T(R={lo}) s | T(R={hi}) s | per round s |")
+    times: dict[str, list[float]] = {"bare": [], "fedray": []}
+    for _ in range(args.repeats):
+        for kind in ("bare", "fedray"):
+            t = round_times(kind, args.rounds, args.sites)
+            # Round 1 of the bare loop also starts the Ray actors (fedray's round 0 evaluation
+            # absorbs that); drop round 1 of both kinds.
+            times[kind] += t[1:]
+            print(f"{kind}: rounds {[round(x, 2) for x in t]}", flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print("\n| ServerApp | rounds measured | median round s | min round s |")
     print("|---|---|---|---|")
-    for kind, (a, b, c) in rows.items():
-        print(f"| {kind} | {a:.1f} | {b:.1f} | {c:.2f} |")
-    print(f"\nfedray / bare per-round: {rows['fedray'][2] / rows['bare'][2]:.2f}x")
+    for kind, v in times.items():
+        print(f"| {kind} | {len(v)} | {med[kind]:.2f} | {min(v):.2f} |")
+    print(f"\nfedray / bare (median round): {med['fedray'] / med['bare']:.2f}x")
+    print(f"fedray / bare (min round): {min(times['fedray']) / min(times['bare']):.2f}x")
 
 
 if __name__ == "__main__":
