@@ -296,6 +296,10 @@ class DeltaStrategy(Strategy):
         if confusion is not None:
             # Pooled over all sites' held-out examples (a mean of per-site F1s is not an F1).
             out.update(classification_metrics(confusion))
+        if "perplexity" in out and "eval-loss" in out:
+            # exp of the pooled loss: a mean of per-site perplexities is not a perplexity
+            # (by Jensen it overstates it), and it would disagree with the reported eval-loss.
+            out["perplexity"] = math.exp(min(float(out["eval-loss"]), 50.0))
         out[self.weighted_by_key] = int(total)
         return out
 
