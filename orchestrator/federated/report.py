@@ -32,12 +32,18 @@ class RoundTable:
         self.task = task
         self.console = console
         self.metric = "accuracy" if task == "classification" else "perplexity"
+        # Per-task metric columns after eval-loss: (metrics key, header).
+        self.columns = (
+            [("accuracy", "accuracy"), ("macro-f1", "macro-F1")]
+            if task == "classification"
+            else [("perplexity", "perplexity")]
+        )
 
     def header(self) -> None:
-        second = "macro-F1" if self.task == "classification" else "eval-loss"
         self.console.print(
-            f"{'round':>5} {'train-loss':>10} {'eval-loss':>9} {self.metric:>10} {second:>9} "
-            f"{'sites':>5} {'rej':>3} {'up MB':>8} {'down MB':>8} {'time s':>7}",
+            f"{'round':>5} {'train-loss':>10} {'eval-loss':>9} "
+            + "".join(f"{label:>10} " for _, label in self.columns)
+            + f"{'sites':>5} {'rej':>3} {'up MB':>8} {'down MB':>8} {'time s':>7}",
             style="bold",
             markup=False,
             soft_wrap=True,
@@ -45,11 +51,11 @@ class RoundTable:
 
     def row(self, rec: dict[str, Any]) -> None:
         ev, tr = rec.get("eval", {}), rec.get("train", {})
-        second = ev.get("macro-f1") if self.task == "classification" else ev.get("eval-loss")
         self.console.print(
             f"{rec['round']:>5} {_fmt(tr.get('train-loss'), '10.4f')} "
-            f"{_fmt(ev.get('eval-loss'), '9.4f')} {_fmt(ev.get(self.metric), '10.4f')} "
-            f"{_fmt(second, '9.4f')} {int(tr.get('sites-accepted', 0)):>5} "
+            f"{_fmt(ev.get('eval-loss'), '9.4f')} "
+            + "".join(f"{_fmt(ev.get(key), '10.4f')} " for key, _ in self.columns)
+            + f"{int(tr.get('sites-accepted', 0)):>5} "
             f"{int(tr.get('sites-rejected', 0)):>3} {rec.get('bytes_up', 0) / 1e6:8.2f} "
             f"{rec.get('bytes_down', 0) / 1e6:8.2f} {rec.get('round_time_s', 0.0):7.1f}"
             + ("   (skipped: too few updates)" if rec.get("skipped") else ""),
