@@ -10,9 +10,6 @@ the classification head).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -153,13 +150,6 @@ def export(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase | None, ou
     ``AutoModelForSequenceClassification`` / ``AutoModelForCausalLM.from_pretrained(out)`` load it
     with plain transformers.
     """
-    plain = merged_for_export(model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-"))
-    plain.save_pretrained(str(tmp), safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(tmp))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+    from orchestrator.pretrain.export import save_hf_dir
+
+    return save_hf_dir(merged_for_export(model), tokenizer, out)

@@ -41,49 +41,32 @@ def checkpoint_dir_name(step: int) -> str:
     return f"checkpoint_{step:08d}"
 
 
-def write_manifest(directory: Path, step: int, world_size: int, backend: str, **extra: Any) -> None:
-    """Record every file under ``directory`` with its size; written last, atomically."""
+def _write_manifest(directory: Path, name: str, fields: dict[str, Any]) -> None:
+    """List every file under ``directory`` with its size; write ``name`` last, atomically."""
     files = {
         str(p.relative_to(directory)): p.stat().st_size
         for p in sorted(directory.rglob("*"))
         if p.is_file() and not _is_manifest(p.name) and not p.name.startswith(".tmp")
     }
-    manifest = {
-        "format": FORMAT,
-        "step": step,
-        "world_size": world_size,
-        "backend": backend,
-        "files": files,
-        **extra,
-    }
-    tmp = directory / f".tmp-{MANIFEST}"
+    manifest = {"format": FORMAT, **fields, "files": files}
+    tmp = directory / f".tmp-{name}"
     tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    os.replace(tmp, directory / MANIFEST)
+    os.replace(tmp, directory / name)
+
+
+def write_manifest(directory: Path, step: int, world_size: int, backend: str, **extra: Any) -> None:
+    """The single manifest of a checkpoint written whole by one rank (DDP)."""
+    fields = {"step": step, "world_size": world_size, "backend": backend, **extra}
+    _write_manifest(directory, MANIFEST, fields)
 
 
 def write_rank_manifest(
     directory: Path, step: int, world_size: int, rank: int, backend: str, **extra: Any
 ) -> None:
     """Per-rank manifest: the files this rank wrote under ``directory`` (its own temp dir before
-    Ray merges the ranks), with sizes; written last, atomically."""
-    files = {
-        str(p.relative_to(directory)): p.stat().st_size
-        for p in sorted(directory.rglob("*"))
-        if p.is_file() and not _is_manifest(p.name) and not p.name.startswith(".tmp")
-    }
-    manifest = {
-        "format": FORMAT,
-        "step": step,
-        "world_size": world_size,
-        "rank": rank,
-        "backend": backend,
-        "files": files,
-        **extra,
-    }
-    name = rank_manifest_name(rank)
-    tmp = directory / f".tmp-{name}"
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    os.replace(tmp, directory / name)
+    Ray merges the ranks), with sizes."""
+    fields = {"step": step, "world_size": world_size, "rank": rank, "backend": backend, **extra}
+    _write_manifest(directory, rank_manifest_name(rank), fields)
 
 
 def read_rank_manifest(directory: Path, rank: int) -> dict[str, Any]:

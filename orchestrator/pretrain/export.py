@@ -41,6 +41,14 @@ def export_hf(
         raise RuntimeError(
             f"checkpoint does not match the model: missing={missing} unexpected={unexpected}"
         )
+    return save_hf_dir(model, tokenizer, out)
+
+
+def save_hf_dir(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase | None, out: Path
+) -> Path:
+    """``save_pretrained`` model (+ tokenizer) into a temp dir beside ``out``, then rename it into
+    place, so a reader never sees half an export."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-"))
     model.save_pretrained(str(tmp), safe_serialization=True)
