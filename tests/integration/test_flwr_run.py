@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,10 @@ def _stop_listener(port: int) -> None:
 
 
 def test_flwr_run_local_simulation(tmp_path: Path):
-    flwr = shutil.which("flwr")
+    # The CLIs of the environment running the tests (the venv need not be activated): `flwr`
+    # itself, and the `flower-superlink` that `flwr run` starts by name from PATH.
+    bin_dir = str(Path(sys.executable).parent)
+    flwr = shutil.which("flwr", path=bin_dir)
     assert flwr, "the flwr CLI is installed with flwr[simulation]"
     home = tmp_path / "flwr-home"
     home.mkdir()
@@ -52,6 +56,7 @@ def test_flwr_run_local_simulation(tmp_path: Path):
     http_port, control_port = free_port(), free_port()
     env = {
         **os.environ,
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
         "FLWR_HOME": str(home),
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         "FLWR_DISABLE_UPDATE_CHECK": "1",
