@@ -29,7 +29,7 @@ import logging
 import shlex
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,7 @@ from orchestrator.federated.task_model import (
 )
 from orchestrator.runs import resolve_run_dir
 from strategies import DeltaStrategy, build_strategy, stream_replies
+from strategies.base import SiteReport
 from strategies.records import from_numpy, nbytes, to_numpy
 
 log = logging.getLogger(__name__)
@@ -196,6 +197,25 @@ def _site_rows(strategy: DeltaStrategy) -> dict[str, dict[str, Any]]:
     return sites
 
 
+def attribute_lost_replies(
+    reports: list[SiteReport], sent: list[int], site_names: dict[int, str]
+) -> None:
+    """Name error replies the SuperLink sent on behalf of sites it lost.
+
+    For a site that stopped heartbeating, the SuperLink answers "Node Unavailable" under a node id
+    that is not the site's, so the row would be named after that id. When the unanswered sites
+    and such foreign replies pair up one-to-one, give each reply its site's id and name.
+    """
+    answered = {r.node_id for r in reports}
+    missing = [n for n in sent if n not in answered]
+    foreign = [i for i, r in enumerate(reports) if r.node_id not in sent]
+    if not foreign or len(foreign) != len(missing):
+        return
+    for i, node in zip(foreign, missing, strict=True):
+        name = site_names.get(node, f"node-{node}")
+        reports[i] = replace(reports[i], node_id=node, site=name)
+
+
 def _append(path: Path, rec: dict[str, Any]) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(rec) + "\n")
@@ -256,7 +276,9 @@ def run_federated(
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> tuple[dict[str, Any], int]:
         msgs = list(strategy.configure_evaluate(server_round, arrays, eval_cfg, grid))
+        sent = [m.metadata.dst_node_id for m in msgs]
         ev = strategy.aggregate_evaluate(server_round, stream_replies(grid, msgs, timeout))
+        attribute_lost_replies(strategy.last_evaluate.sites, sent, site_names)
         remember_names()
         out = {k: v for k, v in (ev or {}).items() if not isinstance(v, list)}
         return out, nbytes(arrays) * len(msgs)

@@ -328,3 +328,22 @@ def test_console_scripts_exist() -> None:
         [str(bin_dir / "fedray"), "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert "server" in out and "site-key" in out
+
+
+def test_error_replies_for_lost_sites_get_the_sites_name():
+    from orchestrator.federated.server_app import attribute_lost_replies
+    from strategies.base import SiteReport
+
+    reports = [
+        SiteReport(11, "s0", True, {"accuracy": 0.5}),
+        SiteReport(1, "1", False, reason="Node Unavailable"),  # the SuperLink answering for 33
+    ]
+    attribute_lost_replies(reports, sent=[11, 22, 33][::2], site_names={33: "s2"})
+    assert [(r.node_id, r.site, r.accepted) for r in reports] == [
+        (11, "s0", True),
+        (33, "s2", False),
+    ]
+    # Ambiguous (two sites silent, one foreign reply): left as it is.
+    reports = [SiteReport(1, "1", False)]
+    attribute_lost_replies(reports, sent=[22, 33], site_names={})
+    assert reports[0].site == "1"
