@@ -100,6 +100,7 @@ class DeltaStrategy(Strategy):
         update_keys: Iterable[str] | None = None,
         seed: int = 0,
         wait_for_sites_s: float = 600.0,
+        rejoin_wait_s: float = 0.0,
         weighted_by_key: str = "num-examples",
         arrayrecord_key: str = "arrays",
         configrecord_key: str = "config",
@@ -113,6 +114,7 @@ class DeltaStrategy(Strategy):
         self.update_keys: set[str] | None = set(update_keys) if update_keys is not None else None
         self.rng = random.Random(seed)
         self.wait_for_sites_s = wait_for_sites_s
+        self.rejoin_wait_s = rejoin_wait_s
         self._federation_seen = False
         self.weighted_by_key = weighted_by_key
         self.arrayrecord_key = arrayrecord_key
@@ -157,8 +159,13 @@ class DeltaStrategy(Strategy):
         # The first sampling waits for the whole expected federation; later ones go on with
         # whoever is connected as long as min_sites are (real sites drop out and come back).
         need = self.min_sites if self._federation_seen else self.min_available_sites
-        deadline = time.monotonic() + self.wait_for_sites_s
-        while len(nodes := sorted(grid.get_node_ids())) < need:
+        start = time.monotonic()
+        deadline = start + self.wait_for_sites_s
+        # Later rounds first give a crashed-and-restarted site a short grace period to rejoin.
+        grace_until = start + self.rejoin_wait_s if self._federation_seen else start
+        while len(nodes := sorted(grid.get_node_ids())) < need or (
+            len(nodes) < self.min_available_sites and time.monotonic() < grace_until
+        ):
             if time.monotonic() > deadline:
                 raise TimeoutError(
                     f"only {len(nodes)} site(s) connected after {self.wait_for_sites_s:.0f} s; "

@@ -138,6 +138,10 @@ class FederationConfig:
     (logged), the global model stays as it was."""
     round_timeout_s: float = 600.0
     """Seconds to wait for replies in a round; late replies are dropped."""
+    rejoin_wait_s: float = 30.0
+    """After the first round, how long a round waits for the whole federation to be connected
+    before it goes on with the sites that are (at least ``min_sites``). Lets a site that crashed
+    and restarted rejoin at the next round; 0 = never wait. Costs nothing when all are online."""
     cpus_per_site: float = 1.0
     """CPU cores reserved per simulated site (Ray actor resources)."""
     gpus_per_site: float = 0.0
@@ -166,6 +170,7 @@ class FederationConfig:
             "Lower federation.min_sites or sample more sites per round.",
         )
         _require(self.round_timeout_s > 0, self, "round_timeout_s", "a float > 0")
+        _require(self.rejoin_wait_s >= 0, self, "rejoin_wait_s", "a float >= 0")
         _require(self.cpus_per_site > 0, self, "cpus_per_site", "a float > 0")
         _require(self.gpus_per_site >= 0, self, "gpus_per_site", "a float >= 0")
         if self.num_cpus is not None:

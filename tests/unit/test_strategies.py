@@ -289,3 +289,26 @@ def test_arrayrecord_roundtrip_is_a_view():
     v = to_numpy(rec)["a"]
     np.testing.assert_array_equal(v, a)
     assert not v.flags.writeable  # a view of the message bytes, not a copy
+
+
+class _RejoiningGrid:
+    """Only get_node_ids() is used by sampling: site 3 reconnects after ``back_after`` calls."""
+
+    def __init__(self, back_after: int) -> None:
+        self.calls = 0
+        self.back_after = back_after
+
+    def get_node_ids(self) -> list[int]:
+        self.calls += 1
+        return [1, 2, 3] if self.calls > self.back_after else [1, 2]
+
+
+def test_later_rounds_wait_for_a_rejoining_site_then_go_on_without_it():
+    from strategies import FedAvg
+
+    s = FedAvg(min_sites=2, min_available_sites=3, rejoin_wait_s=5.0, wait_for_sites_s=30.0)
+    s._federation_seen = True  # a round has already run
+    assert s.sample(_RejoiningGrid(back_after=2), None) == [1, 2, 3]  # waited ~2 s, got all 3
+    impatient = FedAvg(min_sites=2, min_available_sites=3, rejoin_wait_s=0.0)
+    impatient._federation_seen = True
+    assert impatient.sample(_RejoiningGrid(back_after=2), None) == [1, 2]  # min_sites suffice
