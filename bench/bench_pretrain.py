@@ -27,10 +27,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def summarize(steps: list[dict], t_launch: float, tokens_per_step: int, warmup: int) -> dict:
     steps = sorted((s for s in steps if "loss" in s), key=lambda s: s["step"])
     by_step = {s["step"]: s for s in steps}
@@ -70,6 +66,7 @@ def main() -> None:
     from orchestrator.config import PretrainJob, load_config
     from orchestrator.data import prepare_text_data
     from orchestrator.models import hf_config
+    from orchestrator.pretrain.metrics import read_metrics
 
     workers = a.workers or (torch.cuda.device_count() if a.gpu else 2)
     work = Path(tempfile.mkdtemp(prefix="fedray-bench-"))
@@ -110,7 +107,7 @@ def main() -> None:
              str(work / "model.json"), "--steps", str(a.steps), "--micro", str(a.micro), "--out", str(out)],
             check=True, env=env,
         )  # fmt: skip
-        results["torchrun"].append(summarize(read_jsonl(out), t, tokens_per_step, a.warmup))
+        results["torchrun"].append(summarize(read_metrics(out), t, tokens_per_step, a.warmup))
         # fedray, launched like a user would (CLI, embedded Ray started and stopped by the command)
         name = f"fedray-{r}"
         t = time.time()
@@ -120,7 +117,7 @@ def main() -> None:
         )  # fmt: skip
         results["fedray"].append(
             summarize(
-                read_jsonl(work / "runs" / name / "metrics.jsonl"), t, tokens_per_step, a.warmup
+                read_metrics(work / "runs" / name / "metrics.jsonl"), t, tokens_per_step, a.warmup
             )
         )
 

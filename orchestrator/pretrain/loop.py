@@ -187,18 +187,11 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             prefer = Path(stack.enter_context(ray_ckpt.as_directory()))
         info = latest_complete(run_dir, prefer=prefer)
         if info is not None:
-            if info.world_size != world and job.backend == "deepspeed":
-                raise RuntimeError(
-                    f"checkpoint {info.path} was written by {info.world_size} DeepSpeed workers but "
-                    f"this run has {world}. Resume with scaling.num_workers={info.world_size}."
-                )
+            # A world-size mismatch for sharded checkpoints is refused by the runner before
+            # launch and by the backend's load().
             extra = backend.load(info.path)
             start_step = int(extra["step"])
-            set_rng_state(
-                extra["rng"][min(rank, len(extra["rng"]) - 1)]
-                if isinstance(extra["rng"], list)
-                else extra["rng"]
-            )
+            set_rng_state(extra["rng"])
             if rank == 0:
                 sink.event.remote(f"resumed from {info.path.name} at step {start_step}")
 
