@@ -63,8 +63,8 @@ def reply(update: dict[str, np.ndarray] | RecordDict, n: int, node: int) -> Mess
     return Message(content=content, reply_to=ins)
 
 
-def ours(global_rec, replies) -> float:
-    s = FedAvg()
+def ours(global_rec, replies, accumulate: str = "float64") -> float:
+    s = FedAvg(accumulate=accumulate)
     s._global = to_numpy(global_rec)
     t = time.perf_counter()
     arrays, _ = s.aggregate_train(1, replies)
@@ -121,34 +121,43 @@ def main() -> None:
     ]
     pool_views = [to_numpy(p["arrays"]) for p in pool]
 
+    # Warm-up: first-touch page faults and lazy imports are not per-round costs.
+    for acc in ("float64", "float32"):
+        ours(global_rec, (reply(pool[i], 0, i) for i in range(2)), acc)
+        roofline(pool_views, 2)
+
     print("\n## throughput (GB/s of updates folded)\n")
     print(
-        "| K | ours | Flower aggregate_arrayrecords | numpy roofline `a += w*b` | ours / roofline |"
+        "| K | ours, float64 sum (default) | ours, float32 sum | Flower aggregate_arrayrecords"
+        " | numpy roofline `a += w*b` (float32) | ours / roofline (f64, f32) |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     for k in ks:
-        t_ours = ours(global_rec, (reply(pool[i % 4], 0, i) for i in range(k)))
+        t64 = ours(global_rec, (reply(pool[i % 4], 0, i) for i in range(k)), "float64")
+        t32 = ours(global_rec, (reply(pool[i % 4], 0, i) for i in range(k)), "float32")
         t_fl = flowers([pool[i % 4] for i in range(k)])
         t_rf = roofline(pool_views, k)
         g = gb * k
         print(
-            f"| {k} | {g / t_ours:.2f} | {g / t_fl:.2f} | {g / t_rf:.2f} | {t_rf / t_ours:.0%} |",
+            f"| {k} | {g / t64:.2f} | {g / t32:.2f} | {g / t_fl:.2f} | {g / t_rf:.2f} "
+            f"| {t_rf / t64:.0%}, {t_rf / t32:.0%} |",
             flush=True,
         )
 
     print("\n## peak traced memory while aggregating K distinct replies (multiples of one model)\n")
-    print("| K | ours (streamed) | Flower (list of K replies) |")
-    print("|---|---|---|")
+    print("| K | ours, float64 sum | ours, float32 sum | Flower (list of K replies) |")
+    print("|---|---|---|---|")
     for k in ks:
 
-        def run_ours(k=k):
+        def run_ours(k=k, accumulate="float64"):
             def arriving() -> Iterator[Message]:
                 for i in range(k):
                     yield reply(make_update(shapes, 100 + i % 4), 10, i)
 
-            ours(global_rec, arriving())
+            ours(global_rec, arriving(), accumulate)
 
-        p_ours = peak(run_ours) / model_bytes
+        p64 = peak(run_ours) / model_bytes
+        p32 = peak(lambda k=k: run_ours(k, "float32")) / model_bytes
         if k <= args.flower_mem_max_k:
 
             def run_flower(k=k):
@@ -158,7 +167,7 @@ def main() -> None:
             p_fl = f"{peak(run_flower) / model_bytes:.1f}"
         else:
             p_fl = f"not run (> {args.flower_mem_max_k}; ~K + 2)"
-        print(f"| {k} | {p_ours:.1f} | {p_fl} |", flush=True)
+        print(f"| {k} | {p64:.1f} | {p32:.1f} | {p_fl} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ def build_strategy(job: FederatedJob, update_keys: Iterable[str] | None = None) 
         seed=f.seed,
         wait_for_sites_s=f.round_timeout_s,
         rejoin_wait_s=f.rejoin_wait_s,
+        accumulate=s.accumulate,
     )
     if s.name == "fedprox":
         if s.proximal_mu == 0:

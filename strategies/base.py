@@ -101,6 +101,7 @@ class DeltaStrategy(Strategy):
         seed: int = 0,
         wait_for_sites_s: float = 600.0,
         rejoin_wait_s: float = 0.0,
+        accumulate: str = "float64",
         weighted_by_key: str = "num-examples",
         arrayrecord_key: str = "arrays",
         configrecord_key: str = "config",
@@ -115,6 +116,7 @@ class DeltaStrategy(Strategy):
         self.rng = random.Random(seed)
         self.wait_for_sites_s = wait_for_sites_s
         self.rejoin_wait_s = rejoin_wait_s
+        self.accumulate = np.dtype(accumulate)  # of the running sum; see RunningSum
         self._federation_seen = False
         self.weighted_by_key = weighted_by_key
         self.arrayrecord_key = arrayrecord_key
@@ -209,7 +211,7 @@ class DeltaStrategy(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         if not self._global:
             raise RuntimeError("aggregate_train before configure_train: no global arrays")
-        acc = RunningSum()
+        acc = RunningSum(self.accumulate)
         metric_sums: dict[str, float] = {}
         report = RoundReport()
         for msg in replies:

@@ -20,7 +20,7 @@ the hand-worked test values are the textbook ones).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 
@@ -65,11 +65,17 @@ def is_finite(x: np.ndarray) -> bool:
 class RunningSum:
     """``sum_k n_k * delta_k`` and ``sum_k n_k``, folded one reply at a time.
 
-    Memory: one array per key (the size of one update) whatever the number of replies.
+    Memory: one array per key (the size of one update, in ``dtype``) whatever the number of
+    replies. Replies are folded in the order they arrive, which varies from run to run. In the
+    default float64 the sum of float32 updates is (almost always) exact, so the mean rounded
+    back to float32 is the same bits in any order: a rerun or a resumed run reproduces the same
+    model. A float32 sum halves the memory, but its last bit depends on the arrival order.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, dtype: np.dtype | type = np.float64) -> None:
+        self.dtype = np.dtype(dtype)
         self.sums: Arrays = {}
+        self.out_dtypes: dict[str, np.dtype] = {}
         self.total_weight = 0.0
         self.count = 0
 
@@ -79,23 +85,41 @@ class RunningSum:
         for key, value in update.items():
             acc = self.sums.get(key)
             if acc is None:
-                # First reply: the sum starts as a scaled copy (float32 at least).
-                dtype = np.result_type(value.dtype, np.float32)
+                # First reply: the sum starts as a scaled copy. The mean comes back in the
+                # update's dtype (float32 at least: a bf16 mean loses too much).
+                dtype = np.result_type(value.dtype, self.dtype)
                 self.sums[key] = np.multiply(value, dtype.type(weight), dtype=dtype)
+                self.out_dtypes[key] = np.result_type(value.dtype, np.float32)
             else:
                 fold_into(acc, value, weight)
         self.total_weight += weight
         self.count += 1
 
     def mean(self) -> Arrays:
-        """The weighted mean update (divides the sums in place and hands them over)."""
+        """The weighted mean update, in the updates' dtype (float32 at least); consumes the sums."""
         if self.count == 0:
             raise ValueError("no update was folded")
         inv = 1.0 / self.total_weight
-        for acc in self.sums.values():
-            acc *= acc.dtype.type(inv)
-        out, self.sums = self.sums, {}
+        out: Arrays = {}
+        for key, acc in self.sums.items():
+            dtype = self.out_dtypes[key]
+            if acc.dtype == dtype:
+                acc *= acc.dtype.type(inv)
+                out[key] = acc
+            else:
+                out[key] = np.empty(acc.shape, dtype)
+                for s, o in _chunks(acc, out[key]):
+                    np.multiply(s, inv, out=s)
+                    o[...] = s  # rounds once, to the output dtype
+        self.sums = {}
         return out
+
+
+def _chunks(*arrays: np.ndarray) -> Iterator[tuple[np.ndarray, ...]]:
+    """Matching cache-sized slices of same-shaped arrays (flattened views)."""
+    flat = [a.reshape(-1) for a in arrays]
+    for start in range(0, flat[0].size, _CHUNK):
+        yield tuple(f[start : start + _CHUNK] for f in flat)
 
 
 def weighted_mean(updates: list[Mapping[str, np.ndarray]], weights: list[float]) -> Arrays:
@@ -130,17 +154,23 @@ def apply_sgd(
 
 def apply_sgd_from_sum(global_: Mapping[str, np.ndarray], acc: RunningSum, eta: float) -> Arrays:
     """``w + eta * sum / total`` with the mean and the step fused into one pass over the sums,
-    which are consumed (reused as the output buffers)."""
+    which are consumed (reused as output buffers, or as scratch when the sum is wider)."""
     if acc.count == 0:
         raise ValueError("no update was folded")
     scale = eta / acc.total_weight
     out = dict(global_)
     for k, s in acc.sums.items():
-        if s.dtype != global_[k].dtype:
-            out[k] = (global_[k] + scale * s).astype(global_[k].dtype)
-        else:
-            scale_add_into(s, scale, global_[k])
+        g = global_[k]
+        if s.dtype == g.dtype:
+            scale_add_into(s, scale, g)
             out[k] = s
+        else:
+            # Wider sum: compute w + scale * s in the sum's precision, round once.
+            out[k] = np.empty_like(g)
+            for s_c, g_c, o_c in _chunks(s, g, out[k]):
+                s_c *= s_c.dtype.type(scale)
+                s_c += g_c
+                o_c[...] = s_c
     acc.sums = {}
     return out
 

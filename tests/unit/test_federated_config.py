@@ -26,6 +26,7 @@ def test_preset_and_overrides():
     ("override", "key"),
     [
         ("strategy.name=fedsgd", "strategy.name"),
+        ("strategy.accumulate=float16", "strategy.accumulate"),
         ("task.kind=regression", "task.kind"),
         ("finetune.mode=qlora", "finetune.mode"),
         ("federation.min_sites=9", "federation.min_sites"),

@@ -273,6 +273,62 @@ def test_too_few_valid_replies_keep_the_global_model():
     assert arrays is None and metrics["sites-accepted"] == 1
 
 
+def _site_updates(n: int = 200_003) -> list[dict[str, np.ndarray]]:
+    """Three sites' updates of different scales, larger than one fold chunk."""
+    rng = np.random.default_rng(5)
+    return [
+        {
+            "w": (rng.standard_normal(n) * s).astype(np.float32),
+            "b": rng.standard_normal(7, np.float32),
+        }
+        for s in (1e-3, 3e-2, 1e-4)
+    ]
+
+
+@pytest.mark.parametrize("cls", [FedAvg, FedAdam])
+def test_aggregate_is_the_same_bits_in_any_reply_order(cls):
+    """Sites reply in whatever order the network gives; the new global model must not depend
+    on it (a resumed or rerun federation reproduces the same model)."""
+    import itertools
+
+    ups, ns = _site_updates(), [240, 17, 1003]
+    results = []
+    for order in itertools.permutations(range(3)):
+        s = cls()
+        start(s, {"w": np.full(ups[0]["w"].shape, 0.5, np.float32), "b": np.zeros(7, np.float32)})
+        arrays, _ = s.aggregate_train(1, [reply(ups[i], ns[i], node=i + 1) for i in order])
+        assert arrays is not None
+        results.append(to_numpy(arrays))
+    for r in results[1:]:
+        for k in r:
+            assert r[k].dtype == np.float32
+            np.testing.assert_array_equal(r[k], results[0][k], err_msg=k)
+
+
+def test_float32_accumulation_depends_on_reply_order():
+    """Why float64 is the default: with a float32 sum the order changes the last bits."""
+    ups, ns = _site_updates(), [240, 17, 1003]
+    means = []
+    for order in ((0, 1, 2), (2, 1, 0)):
+        acc = RunningSum(np.float32)
+        for i in order:
+            acc.fold(ups[i], ns[i])
+        means.append(acc.mean()["w"])
+    assert (means[0] != means[1]).sum() > 0
+    # ... only at the rounding level of the largest term (~1e-3 here): a few float32 ULPs.
+    np.testing.assert_allclose(means[0], means[1], rtol=0, atol=1e-9)
+
+
+def test_mean_comes_back_in_the_update_dtype():
+    acc = RunningSum()
+    acc.fold({"a": np.array([1, 2], np.float16), "b": np.array([1.0], np.float32)}, 2)
+    acc.fold({"a": np.array([3, 4], np.float16), "b": np.array([2.0], np.float32)}, 2)
+    out = acc.mean()
+    assert out["a"].dtype == np.float32 and out["b"].dtype == np.float32
+    np.testing.assert_array_equal(out["a"], [2.0, 3.0])
+    np.testing.assert_array_equal(out["b"], [1.5])
+
+
 def test_weighted_mean_reference_agrees_with_streaming():
     rng = np.random.default_rng(2)
     ups = [{"a": rng.standard_normal(10).astype(np.float32)} for _ in range(4)]
