@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from orchestrator.cluster import free_local_port, local_ray
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
@@ -17,9 +18,7 @@ os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
 def free_port() -> int:
     """A free TCP port on 127.0.0.1 (bound then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_local_port()
 
 
 def has_cuda() -> bool:
@@ -47,14 +46,9 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_local() -> Iterator[None]:
+def ray_local() -> Iterator[str]:
     """A real local Ray with 2 CPUs for the integration tier; always shut down."""
-    import ray
-
-    os.environ.pop("RAY_ADDRESS", None)
-    # "local": never attach to a cluster recorded in /tmp/ray/ray_current_cluster by `ray start`.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
+    # The same start-up as `fedray pretrain`'s embedded Ray (never joins or queries another
+    # cluster on this machine); shut down when the session ends.
+    with local_ray(2, log_to_driver=False) as dashboard_url:
+        yield dashboard_url
