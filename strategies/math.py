@@ -88,7 +88,8 @@ class RunningSum:
                 # First reply: the sum starts as a scaled copy. The mean comes back in the
                 # update's dtype (float32 at least: a bf16 mean loses too much).
                 dtype = np.result_type(value.dtype, self.dtype)
-                self.sums[key] = np.multiply(value, dtype.type(weight), dtype=dtype)
+                # C order: the chunked in-place passes work on flat views of it.
+                self.sums[key] = np.multiply(value, dtype.type(weight), dtype=dtype, order="C")
                 self.out_dtypes[key] = np.result_type(value.dtype, np.float32)
             else:
                 fold_into(acc, value, weight)
@@ -116,7 +117,8 @@ class RunningSum:
 
 
 def _chunks(*arrays: np.ndarray) -> Iterator[tuple[np.ndarray, ...]]:
-    """Matching cache-sized slices of same-shaped arrays (flattened views)."""
+    """Matching cache-sized slices of same-shaped arrays, flattened in C order (views of
+    C-contiguous arrays; others are read from a copy, so only those may be written to)."""
     flat = [a.reshape(-1) for a in arrays]
     for start in range(0, flat[0].size, _CHUNK):
         yield tuple(f[start : start + _CHUNK] for f in flat)
@@ -166,7 +168,7 @@ def apply_sgd_from_sum(global_: Mapping[str, np.ndarray], acc: RunningSum, eta: 
             out[k] = s
         else:
             # Wider sum: compute w + scale * s in the sum's precision, round once.
-            out[k] = np.empty_like(g)
+            out[k] = np.empty(g.shape, g.dtype)  # C order, like the sum
             for s_c, g_c, o_c in _chunks(s, g, out[k]):
                 s_c *= s_c.dtype.type(scale)
                 s_c += g_c

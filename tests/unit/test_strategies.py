@@ -14,7 +14,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from clients.train import proximal_term
 from orchestrator.federated.local_grid import ensure_task_identity
 from strategies import FedAdagrad, FedAdam, FedAvg, FedProx, FedYogi
-from strategies.math import RunningSum, adaptive_step, fold_into, update_moments, weighted_mean
+from strategies.math import (
+    RunningSum,
+    adaptive_step,
+    apply_sgd_from_sum,
+    fold_into,
+    update_moments,
+    weighted_mean,
+)
 from strategies.records import from_numpy, to_numpy
 
 ensure_task_identity()
@@ -317,6 +324,23 @@ def test_float32_accumulation_depends_on_reply_order():
     assert (means[0] != means[1]).sum() > 0
     # ... only at the rounding level of the largest term (~1e-3 here): a few float32 ULPs.
     np.testing.assert_allclose(means[0], means[1], rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_fold_and_step_handle_non_contiguous_arrays(dtype):
+    """Transposed (Fortran-ordered) views: the chunked in-place passes must not write to a
+    temporary copy and lose the result."""
+    rng = np.random.default_rng(3)
+    ups = [rng.standard_normal((300, 700)).astype(np.float32).T for _ in range(3)]
+    g = rng.standard_normal((300, 700)).astype(np.float32).T
+    want = (ups[0] + 2 * ups[1] + 3 * ups[2]) / 6
+    for how in ("mean", "step"):
+        acc = RunningSum(dtype)
+        for u, n in zip(ups, (1, 2, 3), strict=True):
+            acc.fold({"a": u}, n)
+        got = acc.mean()["a"] if how == "mean" else apply_sgd_from_sum({"a": g}, acc, 1.0)["a"] - g
+        assert got.shape == (700, 300)
+        np.testing.assert_allclose(got, want, atol=1e-6, err_msg=how)
 
 
 def test_mean_comes_back_in_the_update_dtype():
