@@ -290,8 +290,9 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results" / "deepspeed.md"))
     a = ap.parse_args()
 
-    import ray
     import torch
+
+    from orchestrator.cluster import local_ray
 
     a.workers = a.workers or (torch.cuda.device_count() if a.gpu else 2)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -308,21 +309,14 @@ def main() -> None:
         ds_json = work / "ds_buckets.json"
         zero = {k: a.ds_bucket for k in BUCKET_KEYS}
         ds_json.write_text(json.dumps({"zero_optimization": zero}))
-    ray.init(
-        address="local",
-        num_cpus=a.workers * a.cpus_per_worker,
-        include_dashboard=False,
-        log_to_driver=False,
-    )
     results: dict[str, list[dict]] = {}
     t_all = time.time()
-    try:
+    # The embedded Ray `fedray pretrain` starts (never joins or queries another cluster here).
+    with local_ray(a.workers * a.cpus_per_worker, log_to_driver=False):
         for name in names:
             t = time.time()
             results[name] = run_config(name, CONFIGS[name], a, work, ds_json)
             print(f"{name}: {time.time() - t:.0f} s", json.dumps(results[name]), flush=True)
-    finally:
-        ray.shutdown()
 
     psi = results[names[0]][0]["params"]
     ddp = results.get("DDP")

@@ -21,9 +21,11 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator.config import PretrainJob, load_config
+from orchestrator.config import PretrainJob
 from orchestrator.pretrain import PretrainResult, pretrain
 from orchestrator.pretrain.checkpoint import latest_complete, list_checkpoints, verify
+from tests.integration import pretrain_jobs
+from tests.integration.pretrain_jobs import events, step_values
 
 pytestmark = [pytest.mark.integration, pytest.mark.deepspeed]
 
@@ -32,42 +34,18 @@ LOSS_TOL = {"rel": 1e-4, "abs": 1e-5}
 
 
 def tiny_job(root: Path, cache: Path, name: str, *overrides: str) -> PretrainJob:
-    """2-layer GPT-2, d_model 64, 32-token blocks, BPE vocab 300; global batch 8 = 2 workers x
-    micro 2 x 2 accumulation steps (so the accumulation boundary is exercised too)."""
-    return load_config(
-        PretrainJob,
-        None,
-        [
-            "model.n_layer=2",
-            "model.d_model=64",
-            "model.n_head=2",
-            "data.block_size=32",
-            "data.tokenizer.vocab_size=300",
-            f"data.cache_dir={cache}",
-            f"train.max_steps={STEPS}",
-            "train.global_batch_size=8",
-            "train.micro_batch_size=2",
-            "train.warmup_steps=2",
-            "train.lr=3e-3",
-            "train.eval_every=0",
-            "train.log_every=100",
-            "checkpoint.every_steps=2",
-            "checkpoint.keep_last=3",
-            f"run.root={root}",
-            f"run.name={name}",
-            *overrides,
-        ],
-        default_preset="pretrain-tiny",
+    """BPE vocab 300; global batch 8 = 2 workers x micro 2 x 2 accumulation steps (so the
+    accumulation boundary is exercised too); a checkpoint every 2 steps."""
+    return pretrain_jobs.tiny_job(
+        root,
+        cache,
+        name,
+        *overrides,
+        steps=STEPS,
+        micro_batch_size=2,
+        vocab_size=300,
+        checkpoint_every=2,
     )
-
-
-def step_values(result: PretrainResult, key: str = "loss") -> dict[int, float]:
-    """Value per step; after a restart a step is logged twice and the last value wins."""
-    return {m["step"]: m[key] for m in result.metrics if key in m}
-
-
-def events(result: PretrainResult) -> list[str]:
-    return [m["event"] for m in result.metrics if "event" in m]
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +54,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ddp(ray_local: None, runs: Path, cache_dir: Path) -> PretrainResult:
+def ddp(ray_local: str, runs: Path, cache_dir: Path) -> PretrainResult:
     return pretrain(tiny_job(runs, cache_dir, "ddp"))
 
 
 @pytest.fixture(scope="module")
-def zero(ray_local: None, runs: Path, cache_dir: Path) -> dict[int, PretrainResult]:
+def zero(ray_local: str, runs: Path, cache_dir: Path) -> dict[int, PretrainResult]:
     """One uninterrupted run per ZeRO stage, started on first use and shared by every test."""
 
     class Runs(dict):
@@ -166,7 +144,7 @@ def test_zero3_export_loads_with_plain_transformers(
 
 
 @pytest.fixture(scope="module")
-def resumed(ray_local: None, runs: Path, cache_dir: Path) -> tuple[PretrainResult, PretrainResult]:
+def resumed(ray_local: str, runs: Path, cache_dir: Path) -> tuple[PretrainResult, PretrainResult]:
     """ZeRO-3 stops after checkpoint 4 (no retries); a new run with the same name resumes it.
     Then the final checkpoint loses one shard and the run is repeated: it must resume from 4."""
     import ray.train

@@ -18,10 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator.config import PretrainJob, load_config
+from orchestrator.config import PretrainJob
 from orchestrator.pretrain import PretrainResult, pretrain
 from orchestrator.pretrain.checkpoint import latest_complete, list_checkpoints
 from tests.conftest import free_port
+from tests.integration import pretrain_jobs
+from tests.integration.pretrain_jobs import step_values
 
 pytestmark = pytest.mark.integration
 
@@ -29,37 +31,17 @@ STEPS = 8
 
 
 def tiny_job(root: Path, cache: Path, name: str, *overrides: str) -> PretrainJob:
-    """A small but real job: 2-layer GPT-2 on the bundled corpus, BPE vocab 512, 32-token blocks."""
-    return load_config(
-        PretrainJob,
-        None,
-        [
-            "model.n_layer=2",
-            "model.d_model=64",
-            "model.n_head=2",
-            "data.block_size=32",
-            "data.tokenizer.vocab_size=512",
-            f"data.cache_dir={cache}",
-            f"train.max_steps={STEPS}",
-            "train.global_batch_size=8",
-            "train.micro_batch_size=4",
-            "train.warmup_steps=2",
-            "train.lr=3e-3",
-            "train.eval_every=0",
-            "train.log_every=100",
-            "checkpoint.every_steps=4",
-            "checkpoint.keep_last=3",
-            f"run.root={root}",
-            f"run.name={name}",
-            *overrides,
-        ],
-        default_preset="pretrain-tiny",
+    """Global batch 8 = 2 workers x micro 4; BPE vocab 512; a checkpoint every 4 steps."""
+    return pretrain_jobs.tiny_job(
+        root,
+        cache,
+        name,
+        *overrides,
+        steps=STEPS,
+        micro_batch_size=4,
+        vocab_size=512,
+        checkpoint_every=4,
     )
-
-
-def step_losses(result: PretrainResult) -> dict[int, float]:
-    """Loss per step; after a restart a step is logged twice and the last value wins."""
-    return {m["step"]: m["loss"] for m in result.metrics if "loss" in m}
 
 
 @pytest.fixture(scope="module")
@@ -68,12 +50,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def two_workers(ray_local: None, runs: Path, cache_dir: Path) -> PretrainResult:
+def two_workers(ray_local: str, runs: Path, cache_dir: Path) -> PretrainResult:
     return pretrain(tiny_job(runs, cache_dir, "ddp2"))
 
 
 def test_loss_falls_and_run_dir_is_complete(two_workers: PretrainResult):
-    losses = step_losses(two_workers)
+    losses = step_values(two_workers)
     assert sorted(losses) == list(range(1, STEPS + 1))
     assert losses[STEPS] < losses[1] - 0.5, losses
     d = two_workers.run_dir
@@ -91,7 +73,7 @@ def test_two_workers_equal_one_worker_with_accumulation(
 ):
     """Same global batch of 8: 2 workers x micro 4 vs 1 worker x micro 4 x 2 accumulation steps."""
     one = pretrain(tiny_job(runs, cache_dir, "ddp1", "scaling.num_workers=1", "fault.rank=0"))
-    a, b = step_losses(two_workers), step_losses(one)
+    a, b = step_values(two_workers), step_values(one)
     for step in range(1, STEPS + 1):
         assert a[step] == pytest.approx(b[step], rel=1e-4, abs=1e-5), (step, a[step], b[step])
 
@@ -111,7 +93,7 @@ def test_resume_after_stop_matches_uninterrupted(
     assert any(
         "resumed from checkpoint_00000004 at step 4" in m.get("event", "") for m in resumed.metrics
     )
-    ref, got = step_losses(two_workers), step_losses(resumed)
+    ref, got = step_values(two_workers), step_values(resumed)
     for step in range(1, STEPS + 1):
         assert got[step] == pytest.approx(ref[step], rel=1e-5, abs=1e-6), step
 
@@ -136,7 +118,7 @@ def test_killed_worker_restarts_from_checkpoint(
     assert any("resumed from checkpoint_00000004 at step 4" in e for e in events), events
     steps_logged = [m["step"] for m in result.metrics if "loss" in m]
     assert steps_logged.count(5) == 2 and steps_logged.count(7) == 1  # 5-6 redone, 7-8 once
-    ref, got = step_losses(two_workers), step_losses(result)
+    ref, got = step_values(two_workers), step_values(result)
     assert got[STEPS] == pytest.approx(ref[STEPS], rel=1e-5)
 
 

@@ -12,7 +12,7 @@ from orchestrator.pretrain import pretrain
 pytestmark = [pytest.mark.integration, pytest.mark.gpu]
 
 
-def test_gpu_ddp_reports_mfu_and_loss_falls(ray_local: None, tmp_path: Path, cache_dir: Path):
+def test_gpu_ddp_reports_mfu_and_loss_falls(ray_local: str, tmp_path: Path, cache_dir: Path):
     import torch
 
     n = min(2, torch.cuda.device_count())  # ray_local has 2 CPUs: one per worker
