@@ -24,9 +24,9 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
+from orchestrator.contract.arrays import from_numpy, to_numpy
 from orchestrator.federated.local_grid import ensure_task_identity
 from strategies import FedAvg
-from strategies.records import from_numpy, to_numpy
 
 
 def model_shapes(mb: float) -> dict[str, tuple[int, ...]]:

@@ -56,7 +56,7 @@ def job_for(rounds: int, run_dir: Path) -> FederatedJob:
 def write_site_files(job: FederatedJob, out: Path) -> list[Path]:
     """The simulation's partitions as one CSV per site (same rows as the simulated sites)."""
     from clients.site_data import read_table
-    from orchestrator.federated.partition import partition
+    from orchestrator.contract.partition import partition
     from orchestrator.federated.server_app import server_data_path
 
     p = job.partition

@@ -66,7 +66,7 @@ def main() -> None:
     from orchestrator.config import PretrainJob, load_config
     from orchestrator.data import prepare_text_data
     from orchestrator.models import hf_config
-    from orchestrator.pretrain.metrics import read_metrics
+    from orchestrator.runs import read_metrics
 
     workers = a.workers or (torch.cuda.device_count() if a.gpu else 2)
     work = Path(tempfile.mkdtemp(prefix="fedray-bench-"))

@@ -33,11 +33,11 @@ from flwr.simulation import run_simulation
 from clients.client_app import app as client_app
 from orchestrator.config import load_config
 from orchestrator.config.federated import FederatedJob
+from orchestrator.contract.arrays import from_numpy
+from orchestrator.contract.model import model_state
 from orchestrator.federated.server_app import make_server_app, prepare
 from orchestrator.federated.simulate import backend_config
-from orchestrator.federated.task_model import model_state
 from strategies import build_strategy
-from strategies.records import from_numpy
 
 
 def job_for(rounds: int, sites: int, run_dir: str) -> FederatedJob:

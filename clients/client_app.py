@@ -12,7 +12,7 @@ Node config (the only thing a site provides; see clients/site_data.py):
     num-threads     optional torch intra-op threads for this site (default: torch's choice)
 
 Everything else (model config, tokenizer, task, hyperparameters) arrives from the server in the
-message's ``config`` record (keys: orchestrator/federated/protocol.py).
+message's ``config`` record (keys: orchestrator/contract/task.py).
 
 Reply to a train message: ``arrays`` = the update ``w_local - w_received`` of the trainable
 tensors only (LoRA adapters + head in LoRA mode), ``metrics`` = ``num-examples`` + train loss,
@@ -27,9 +27,9 @@ from flwr.clientapp import ClientApp
 
 from clients.site_data import SiteData, load_site_data
 from clients.train import Encoded, LocalTrainConfig, encode, evaluate, local_train
-from orchestrator.federated.protocol import SiteTask
-from orchestrator.federated.task_model import build, load_state, trainable_names
-from strategies.records import from_numpy, to_numpy
+from orchestrator.contract.arrays import from_numpy, to_numpy
+from orchestrator.contract.model import build, load_state, trainable_names
+from orchestrator.contract.task import SiteTask
 
 app = ClientApp()
 

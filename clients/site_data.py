@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from orchestrator.contract.partition import partition, train_eval_split
+from orchestrator.contract.task import SiteTask
 from orchestrator.data.sources import DEMO_LABELLED, demo_path
-from orchestrator.federated.partition import partition, train_eval_split
-from orchestrator.federated.protocol import SiteTask
 
 
 @dataclass
@@ -42,9 +42,9 @@ def read_table(
     if p.suffix in (".txt", ".md"):
         lines = tuple(x for x in p.read_text(encoding="utf-8", errors="replace").splitlines() if x)
         return lines, None, None
-    from orchestrator.data.sources import _load_table
+    from orchestrator.data.sources import load_table
 
-    ds = _load_table(p)
+    ds = load_table(p)
     if text_field not in ds.column_names:
         raise ValueError(
             f"{path}: no column {text_field!r} (columns: {', '.join(ds.column_names)}); the "

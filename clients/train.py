@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
+from orchestrator.contract.metrics import classification_metrics, perplexity
+
 
 @dataclass
 class Encoded:
@@ -174,10 +176,8 @@ def evaluate(
     loss = loss_sum / max(1, count)
     out: dict[str, float | list[int]] = {"eval-loss": loss}
     if confusion is not None:
-        from strategies.base import classification_metrics
-
         out.update(classification_metrics(confusion.numpy()))
         out["confusion"] = confusion.reshape(-1).tolist()
     else:
-        out["perplexity"] = math.exp(min(loss, 50.0))
+        out["perplexity"] = perplexity(loss)
     return out

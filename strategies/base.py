@@ -12,7 +12,6 @@ when fed by :func:`stream_replies`, which yields replies as the grid delivers th
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -24,8 +23,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from orchestrator.contract.arrays import from_numpy, nbytes, to_numpy
+from orchestrator.contract.metrics import classification_metrics, perplexity
 from strategies.math import Arrays, RunningSum, apply_sgd_from_sum
-from strategies.records import from_numpy, nbytes, to_numpy
 from strategies.validation import RejectedReply, check_update, records_of, reply_parts
 
 log = logging.getLogger(__name__)
@@ -308,7 +308,7 @@ class DeltaStrategy(Strategy):
         if "perplexity" in out and "eval-loss" in out:
             # exp of the pooled loss: a mean of per-site perplexities is not a perplexity
             # (by Jensen it overstates it), and it would disagree with the reported eval-loss.
-            out["perplexity"] = math.exp(min(float(out["eval-loss"]), 50.0))
+            out["perplexity"] = perplexity(float(out["eval-loss"]))
         out[self.weighted_by_key] = int(total)
         return out
 
@@ -321,25 +321,6 @@ class DeltaStrategy(Strategy):
             self.fraction,
             self.min_sites,
         )
-
-
-def classification_metrics(confusion: np.ndarray) -> dict[str, float]:
-    """Accuracy and macro-F1 from a flattened or square confusion matrix (rows = true class).
-
-    Classes absent from both truth and predictions are left out of the macro average.
-    """
-    c = np.asarray(confusion, dtype=np.float64)
-    k = math.isqrt(c.size)
-    c = c.reshape(k, k)
-    tp = np.diag(c)
-    support, predicted = c.sum(axis=1), c.sum(axis=0)
-    present = (support + predicted) > 0
-    f1 = np.where(present, 2 * tp / np.maximum(support + predicted, 1e-12), 0.0)
-    total = c.sum()
-    return {
-        "accuracy": float(tp.sum() / total) if total else 0.0,
-        "macro-f1": float(f1[present].mean()) if present.any() else 0.0,
-    }
 
 
 def _site_name(msg: Message) -> str:

@@ -12,8 +12,8 @@ from typing import TypeVar
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
+from orchestrator.contract.arrays import to_numpy
 from strategies.math import is_finite
-from strategies.records import to_numpy
 
 R = TypeVar("R")
 

@@ -68,7 +68,7 @@ def fingerprint(files: Sequence[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def _load_table(path: Path):
+def load_table(path: Path):
     import datasets
 
     kind = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}[path.suffix]
@@ -87,7 +87,7 @@ def iter_texts(files: Sequence[Path], text_field: str = "text") -> Iterator[str]
         if f.suffix in TEXT_SUFFIXES:
             yield f.read_text(encoding="utf-8", errors="replace")
             continue
-        ds = _load_table(f)
+        ds = load_table(f)
         if text_field not in ds.column_names:
             raise ConfigError(
                 f"data file {str(f)!r} has no column {text_field!r} "
@@ -103,7 +103,7 @@ def load_labelled(
     path: Path, text_field: str, label_field: str
 ) -> tuple[list[str], list[str], dict[str, list[str]]]:
     """Read a labelled table: texts, labels and every other column (for natural partitioning)."""
-    ds = _load_table(path)
+    ds = load_table(path)
     for key, col in (("data.text_field", text_field), ("data.label_field", label_field)):
         if col not in ds.column_names:
             raise ConfigError(

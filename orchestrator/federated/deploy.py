@@ -45,6 +45,7 @@ from orchestrator.federated.processes import (
     stop_all,
     wait_until,
 )
+from orchestrator.runs import read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -576,11 +577,7 @@ class ServerSession:
         )
         log.info("run %s: %s after %.0f s", run_id, status, time.monotonic() - t0)
         metrics_path = run_dir / "metrics.jsonl"
-        metrics = (
-            [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
-            if metrics_path.exists()
-            else []
-        )
+        metrics = read_metrics(metrics_path)
         return ServerRun(run_dir, run_id, status, metrics)
 
     def close(self) -> None:

@@ -40,17 +40,8 @@ from transformers import PreTrainedTokenizerBase
 
 from orchestrator.config.federated import FederatedJob
 from orchestrator.config.loader import ConfigError, load_config, to_yaml
-from orchestrator.data.sources import (
-    DEMO_LABELLED,
-    DEMO_PRETRAIN,
-    demo_path,
-    fingerprint,
-    iter_texts,
-)
-from orchestrator.federated import checkpoint
-from orchestrator.federated.protocol import site_config
-from orchestrator.federated.report import RoundTable
-from orchestrator.federated.task_model import (
+from orchestrator.contract.arrays import from_numpy, nbytes, to_numpy
+from orchestrator.contract.model import (
     ModelSpec,
     build,
     classification_config,
@@ -59,10 +50,19 @@ from orchestrator.federated.task_model import (
     model_state,
     trainable_names,
 )
-from orchestrator.runs import resolve_run_dir
+from orchestrator.contract.task import site_config
+from orchestrator.data.sources import (
+    DEMO_LABELLED,
+    DEMO_PRETRAIN,
+    demo_path,
+    fingerprint,
+    iter_texts,
+)
+from orchestrator.federated import checkpoint
+from orchestrator.federated.report import RoundTable
+from orchestrator.runs import read_metrics, resolve_run_dir
 from strategies import DeltaStrategy, build_strategy, stream_replies
 from strategies.base import SiteReport
-from strategies.records import from_numpy, nbytes, to_numpy
 
 log = logging.getLogger(__name__)
 
@@ -256,11 +256,7 @@ def run_federated(
         strategy.load_state(ckpt.state["strategy"], ckpt.strategy_arrays)
         start_round = ckpt.round + 1
         log.warning("resuming %s from round %d", run_dir, ckpt.round)
-        result.rounds = (
-            [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
-            if metrics_path.exists()
-            else []
-        )
+        result.rounds = read_metrics(metrics_path)
     arrays = from_numpy(global_arrays)
     eval_cfg = setup.site_config
     timeout = fed.round_timeout_s

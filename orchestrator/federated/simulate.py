@@ -49,7 +49,7 @@ def backend_config(job: FederatedJob) -> dict[str, Any]:
 def partition_summary(job: FederatedJob) -> list[dict[str, object]]:
     """The per-site size/label table of the simulated partition (same code the sites run)."""
     from clients.site_data import read_table
-    from orchestrator.federated.partition import partition, summary
+    from orchestrator.contract.partition import partition, summary
 
     p = job.partition
     texts, labels, column = read_table(

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from orchestrator.config.schema import PretrainJob
+from orchestrator.contract.metrics import perplexity
 from orchestrator.data.sharding import (
     eval_indices_for_rank,
     global_batch_indices,
@@ -130,7 +131,7 @@ def evaluate(
     module.train()
     s, c = all_reduce_mean([total, float(count)], device)
     loss = s / max(c, 1e-9)
-    return loss, float(np.exp(min(loss, 50.0)))
+    return loss, perplexity(loss)
 
 
 def maybe_inject_fault(job: PretrainJob, step: int, rank: int, run_dir: Path) -> None:

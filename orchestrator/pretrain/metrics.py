@@ -42,18 +42,6 @@ def create_sink(path: Path) -> Any:
     ).remote(str(path))
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """All records of a metrics.jsonl (skipping a possibly half-written last line)."""
-    out = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return out
-
-
 def format_record(rec: dict[str, Any], max_steps: int) -> str:
     if "event" in rec:
         return f"[fedray] {rec['event']}"

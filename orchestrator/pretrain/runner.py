@@ -23,8 +23,8 @@ from orchestrator.data import PreparedData, prepare_text_data
 from orchestrator.models import hf_config
 from orchestrator.pretrain.checkpoint import CheckpointInfo, latest_complete
 from orchestrator.pretrain.export import checkpoint_model_state, export_hf
-from orchestrator.pretrain.metrics import ProgressPrinter, create_sink, read_metrics
-from orchestrator.runs import resolve_run_dir
+from orchestrator.pretrain.metrics import ProgressPrinter, create_sink
+from orchestrator.runs import read_metrics, resolve_run_dir
 
 log = logging.getLogger(__name__)
 

@@ -35,13 +35,13 @@ from flwr.serverapp import Grid, ServerApp
 from clients.client_app import app as client_app
 from orchestrator.config import load_config
 from orchestrator.config.federated import FederatedJob
+from orchestrator.contract.arrays import from_numpy, to_numpy
+from orchestrator.contract.model import ModelSpec, build, load_state, model_state
 from orchestrator.data.sources import DEMO_LABELLED, demo_path, load_labelled
 from orchestrator.federated.local_grid import LocalGrid, ensure_task_identity
 from orchestrator.federated.server_app import FederatedResult, ServerSetup, prepare, run_federated
-from orchestrator.federated.task_model import ModelSpec, build, load_state, model_state
 from strategies import FedAdam, FedAvg, FedProx, stream_replies
 from strategies.base import DeltaStrategy
-from strategies.records import from_numpy, to_numpy
 
 ensure_task_identity()
 

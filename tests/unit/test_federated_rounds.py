@@ -19,12 +19,12 @@ from clients.site_data import load_site_data
 from clients.train import LocalTrainConfig, encode, local_train
 from orchestrator.config import load_config
 from orchestrator.config.federated import FederatedJob
+from orchestrator.contract.arrays import from_numpy, to_numpy
+from orchestrator.contract.model import build, load_state, model_state
+from orchestrator.contract.task import SiteTask
 from orchestrator.federated.local_grid import LocalGrid, ensure_task_identity
-from orchestrator.federated.protocol import SiteTask
 from orchestrator.federated.server_app import prepare, run_federated
-from orchestrator.federated.task_model import build, load_state, model_state
 from strategies import FedAvg
-from strategies.records import from_numpy, to_numpy
 
 ensure_task_identity()
 

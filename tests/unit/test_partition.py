@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from orchestrator.federated.partition import (
+from orchestrator.contract.partition import (
     dirichlet_partition,
     iid_partition,
     natural_partition,

@@ -12,6 +12,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
 from clients.train import proximal_term
+from orchestrator.contract.arrays import from_numpy, to_numpy
 from orchestrator.federated.local_grid import ensure_task_identity
 from strategies import FedAdagrad, FedAdam, FedAvg, FedProx, FedYogi
 from strategies.math import (
@@ -22,7 +23,6 @@ from strategies.math import (
     update_moments,
     weighted_mean,
 )
-from strategies.records import from_numpy, to_numpy
 
 ensure_task_identity()
 

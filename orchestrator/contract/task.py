@@ -5,7 +5,7 @@ build, train and evaluate the model comes from the server, in these keys:
 
 ========================  ===================================================================
 ``server-round``          int, set by the strategy
-``model-spec``            JSON of :class:`~orchestrator.federated.task_model.ModelSpec`
+``model-spec``            JSON of :class:`~orchestrator.contract.model.ModelSpec`
                           (task, HF config, full/LoRA settings)
 ``tokenizer``             JSON: the fast tokenizer (``tokenizers`` JSON) + its special tokens
 ``labels``                list[str], class names in label-id order (classification)
@@ -34,7 +34,7 @@ from flwr.app import ConfigRecord
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from orchestrator.config.federated import FederatedJob
-from orchestrator.federated.task_model import ModelSpec
+from orchestrator.contract.model import ModelSpec
 
 SPECIAL_TOKENS = ("eos_token", "bos_token", "pad_token", "unk_token")
 
