@@ -60,7 +60,7 @@ def read_table(
 def load_site_data(node_config: Mapping[str, object], task: SiteTask) -> SiteData:
     """This site's train and held-out examples (see the module docstring for the keys)."""
     need_labels = task.spec.task == "classification"
-    cap = task.max_examples or None
+    cap = task.partition.max_examples_per_site or None
     if "data-path" in node_config:
         path = Path(str(node_config["data-path"])).expanduser()
         if not path.is_file():
@@ -73,18 +73,18 @@ def load_site_data(node_config: Mapping[str, object], task: SiteTask) -> SiteDat
         pid, num = int(node_config["partition-id"]), int(node_config["num-partitions"])  # type: ignore[arg-type]
         path = Path(task.sim_data_path) if task.sim_data_path else demo_path(DEMO_LABELLED)
         texts, labels, column = read_table(
-            str(path), task.text_field, task.label_field, task.partition_column
+            str(path), task.text_field, task.label_field, task.partition.column
         )
-        if task.partition_kind == "dirichlet" and labels is None:
+        if task.partition.kind == "dirichlet" and labels is None:
             raise ValueError(f"{path}: dirichlet partitioning needs column {task.label_field!r}")
-        if task.partition_kind == "natural" and column is None:
-            raise ValueError(f"{path}: natural partitioning needs column {task.partition_column!r}")
+        if task.partition.kind == "natural" and column is None:
+            raise ValueError(f"{path}: natural partitioning needs column {task.partition.column!r}")
         parts = partition(
-            task.partition_kind,
+            task.partition.kind,
             labels or texts,
             column,
             num,
-            task.partition_alpha,
+            task.partition.alpha,
             task.partition_seed,
         )
         idx = parts[pid]
@@ -97,7 +97,7 @@ def load_site_data(node_config: Mapping[str, object], task: SiteTask) -> SiteDat
         )
     if need_labels and labels is None:
         raise ValueError(f"{path}: classification needs a {task.label_field!r} column")
-    train_idx, eval_idx = train_eval_split(idx, task.eval_fraction, seed, cap)
+    train_idx, eval_idx = train_eval_split(idx, task.partition.eval_fraction, seed, cap)
 
     def pick(values: tuple[str, ...] | None, ix: np.ndarray) -> list[str] | None:
         return None if values is None else [values[i] for i in ix]

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
 from orchestrator.contract.metrics import classification_metrics, perplexity
+from orchestrator.contract.task import SiteTask
 
 
 @dataclass
@@ -67,6 +68,8 @@ def batch_order(
     n: int, batch_size: int, seed: int, steps: int | None, epochs: int
 ) -> Iterator[torch.Tensor]:
     """Index batches: shuffled epochs from a seeded generator; ``steps`` cycles epochs as needed."""
+    if n < 1:
+        raise ValueError("no training examples: this site has 0 usable rows")
     g = torch.Generator().manual_seed(seed)
     per_epoch = max(1, math.ceil(n / batch_size))
     total = steps if steps is not None else epochs * per_epoch
@@ -106,41 +109,37 @@ def proximal_term(
     return 0.5 * mu * torch.as_tensor(total)
 
 
-@dataclass
-class LocalTrainConfig:
-    task: str
-    batch_size: int
-    lr: float
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    grad_clip: float = 0.0
-    seed: int = 0
-    steps: int | None = None
-    epochs: int = 1
-    proximal_mu: float = 0.0
+def round_seed(task: SiteTask) -> int:
+    """Data-order seed of a round: different every round, the same in every rerun."""
+    return task.train.seed + 1000 * task.server_round
 
 
-def local_train(model: torch.nn.Module, data: Encoded, cfg: LocalTrainConfig) -> dict[str, float]:
-    """Train the trainable parameters in place with a fresh AdamW; returns train metrics.
+def local_train(model: torch.nn.Module, data: Encoded, task: SiteTask) -> dict[str, float]:
+    """Train the trainable parameters in place with a fresh AdamW (``task.train``) for
+    ``task.local_steps`` steps or ``task.local_epochs`` epochs; returns train metrics.
 
     A fresh optimizer per round is the FedAvg convention (sites keep no state between rounds),
-    which is what makes one site x E steps equal E centralized steps.
+    which is what makes one site x E steps equal E centralized steps. FedProx
+    (``task.proximal_mu > 0``) adds ``mu/2 ||w - w_global||^2`` to the loss.
     """
     model.train()
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    anchor = {n: p.detach().clone() for n, p in params.items()} if cfg.proximal_mu > 0 else {}
+    hp, mu = task.train, task.proximal_mu
+    anchor = {n: p.detach().clone() for n, p in params.items()} if mu > 0 else {}
     opt = torch.optim.AdamW(
-        params.values(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay
+        params.values(), lr=hp.lr, betas=(hp.beta1, hp.beta2), weight_decay=hp.weight_decay
     )
     losses: list[float] = []
-    for idx in batch_order(len(data), cfg.batch_size, cfg.seed, cfg.steps, cfg.epochs):
-        loss, _ = task_loss(model, data.batch(idx), cfg.task)
-        total = loss + proximal_term(params, anchor, cfg.proximal_mu) if anchor else loss
+    order = batch_order(
+        len(data), hp.micro_batch_size, round_seed(task), task.local_steps or None, task.local_epochs
+    )
+    for idx in order:
+        loss, _ = task_loss(model, data.batch(idx), task.spec.task)
+        total = loss + proximal_term(params, anchor, mu) if anchor else loss
         opt.zero_grad(set_to_none=True)
         total.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params.values(), cfg.grad_clip)
+        if hp.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params.values(), hp.grad_clip)
         opt.step()
         losses.append(loss.item())
     return {

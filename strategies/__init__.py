@@ -1,7 +1,7 @@
 """Aggregation strategies (Flower ``Strategy`` subclasses) whose math lives in ``strategies.math``.
 
-Sites send weight updates; every strategy folds them into a streaming weighted mean, rejects
-malformed replies (``strategies.validation``) and applies its server step.
+Sites send weight updates; a round runs the pipeline of ``strategies.pipeline`` (decode and
+validate each reply with ``strategies.validation``, fold, server step).
 """
 
 from __future__ import annotations
@@ -28,7 +28,11 @@ STRATEGIES: dict[str, type[DeltaStrategy]] = {
 }
 
 
-def build_strategy(job: FederatedJob, update_keys: Iterable[str] | None = None) -> DeltaStrategy:
+def build_strategy(
+    job: FederatedJob,
+    update_keys: Iterable[str] | None = None,
+    num_classes: int | None = None,
+) -> DeltaStrategy:
     """The strategy named by ``job.strategy`` with the federation's sampling settings."""
     s, f = job.strategy, job.federation
     common = dict(
@@ -42,6 +46,7 @@ def build_strategy(job: FederatedJob, update_keys: Iterable[str] | None = None) 
         wait_for_sites_s=f.round_timeout_s,
         rejoin_wait_s=f.rejoin_wait_s,
         accumulate=s.accumulate,
+        num_classes=num_classes,
     )
     if s.name == "fedprox":
         if s.proximal_mu == 0:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,10 +23,22 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from orchestrator.contract.arrays import from_numpy, nbytes, to_numpy
+from orchestrator.contract.arrays import from_numpy, to_numpy
 from orchestrator.contract.metrics import classification_metrics, perplexity
 from strategies.math import Arrays, RunningSum, apply_sgd_from_sum
-from strategies.validation import RejectedReply, check_update, records_of, reply_parts
+from strategies.pipeline import (
+    AggregateStage,
+    Aggregator,
+    ReplyStage,
+    WeightedMean,
+    describe,
+)
+from strategies.validation import (
+    RejectedReply,
+    decode_evaluate_reply,
+    decode_train_reply,
+    site_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +60,8 @@ class RoundReport:
     """What happened in the last train or evaluate step."""
 
     sites: list[SiteReport] = field(default_factory=list)
+    notes: dict[str, str] = field(default_factory=dict)
+    """Per-site notes of the fold stage (a robust rule's ``discarded`` / ``trimmed`` ...)."""
 
     @property
     def accepted(self) -> int:
@@ -102,6 +116,9 @@ class DeltaStrategy(Strategy):
         wait_for_sites_s: float = 600.0,
         rejoin_wait_s: float = 0.0,
         accumulate: str = "float64",
+        num_classes: int | None = None,
+        reply_stages: Sequence[ReplyStage] = (),
+        aggregate_stages: Sequence[AggregateStage] = (),
         weighted_by_key: str = "num-examples",
         arrayrecord_key: str = "arrays",
         configrecord_key: str = "config",
@@ -117,6 +134,10 @@ class DeltaStrategy(Strategy):
         self.wait_for_sites_s = wait_for_sites_s
         self.rejoin_wait_s = rejoin_wait_s
         self.accumulate = np.dtype(accumulate)  # of the running sum; see RunningSum
+        # Evaluate replies' confusion matrices must be num_classes^2 (None = any square).
+        self.num_classes = num_classes
+        self.reply_stages = list(reply_stages)
+        self.aggregate_stages = list(aggregate_stages)
         self._federation_seen = False
         self.weighted_by_key = weighted_by_key
         self.arrayrecord_key = arrayrecord_key
@@ -206,58 +227,72 @@ class DeltaStrategy(Strategy):
         log.info("round %d: training on %d site(s)", server_round, len(nodes))
         return self._messages(arrays, cfg, nodes, MessageType.TRAIN)
 
+    # ---- the round's stages (see strategies/pipeline.py) --------------------------------------
+
+    def make_aggregator(self, server_round: int) -> Aggregator:
+        """The fold stage of a round (a fresh one each round)."""
+        return WeightedMean(self.accumulate)
+
+    def server_step_name(self) -> str:
+        return f"{self.name}: w + {self.eta} * mean update"
+
+    def pipeline(self) -> list[str]:
+        """The stages a train round runs, for ``--dry-run``."""
+        return describe(
+            self.reply_stages, self.make_aggregator(0), self.aggregate_stages, self.server_step_name()
+        )
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         if not self._global:
             raise RuntimeError("aggregate_train before configure_train: no global arrays")
-        acc = RunningSum(self.accumulate)
+        agg = self.make_aggregator(server_round)
         metric_sums: dict[str, float] = {}
         report = RoundReport()
         for msg in replies:
-            site = _site_name(msg)
             try:
-                record, metrics, n = reply_parts(msg, self.weighted_by_key)
-                keys = self.update_keys or self._infer_keys(record)
-                update = check_update(record, keys, self._global)
+                reply = decode_train_reply(
+                    msg, self.update_keys, self._global, self.weighted_by_key
+                )
+                for stage in self.reply_stages:
+                    reply = stage(reply, server_round)
             except RejectedReply as e:
+                site = site_name(msg)
                 log.warning("round %d: rejected reply from site %s: %s", server_round, site, e)
                 report.sites.append(
                     SiteReport(msg.metadata.src_node_id, site, False, reason=str(e))
                 )
                 continue
-            acc.fold(update, n)
+            agg.add(reply)
             if self.update_keys is None:
-                self.update_keys = set(update)
-            scalars = {k: float(v) for k, v in metrics.items() if not isinstance(v, list)}
-            for k, v in scalars.items():
+                self.update_keys = set(reply.update)
+            for k, v in reply.metrics.items():
                 if k != self.weighted_by_key:
-                    metric_sums[k] = metric_sums.get(k, 0.0) + n * v
+                    metric_sums[k] = metric_sums.get(k, 0.0) + reply.weight * v
             report.sites.append(
-                SiteReport(msg.metadata.src_node_id, site, True, scalars, bytes=nbytes(record))
+                SiteReport(reply.node_id, reply.site, True, dict(reply.metrics), bytes=reply.nbytes)
             )
         self.last_train = report
-        out = MetricRecord({k: v / acc.total_weight for k, v in metric_sums.items()})
+        total_weight = sum(s.metrics.get(self.weighted_by_key, 0.0) for s in report.sites)
+        out = MetricRecord({k: v / total_weight for k, v in metric_sums.items()})
         out["sites-accepted"] = report.accepted
         out["sites-rejected"] = report.rejected
         out["bytes-received"] = report.bytes
-        if acc.count < self.min_sites:
+        if agg.count < self.min_sites:
             log.warning(
                 "round %d: %d accepted update(s) < min_sites=%d; the global model is unchanged",
                 server_round,
-                acc.count,
+                agg.count,
                 self.min_sites,
             )
             return None, out
-        new = self.server_update(self._global, acc, server_round)
+        aggregate = agg.result()
+        for stage in self.aggregate_stages:
+            aggregate = stage(aggregate, server_round)
+        report.notes = dict(aggregate.notes)
+        new = self.server_update(self._global, aggregate.folded, server_round)
         return from_numpy(new), out
-
-    def _infer_keys(self, record: ArrayRecord) -> set[str]:
-        keys = set(record.keys())
-        unknown = keys - set(self._global)
-        if unknown:
-            raise RejectedReply(f"keys not in the global model: {sorted(unknown)[:3]}")
-        return keys
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -275,22 +310,22 @@ class DeltaStrategy(Strategy):
         confusion: np.ndarray | None = None
         total = 0.0
         for msg in replies:
-            site = _site_name(msg)
-            found = [] if msg.has_error() else records_of(msg.content, MetricRecord)
-            if len(found) != 1:
-                reason = msg.error.reason if msg.has_error() else "expected 1 MetricRecord"
-                log.warning(
-                    "round %d: evaluation failed at site %s: %s", server_round, site, reason
-                )
+            site = site_name(msg)
+            try:
+                n, scalars, c = decode_evaluate_reply(msg, self.num_classes, self.weighted_by_key)
+            except RejectedReply as e:
+                log.warning("round %d: evaluation failed at site %s: %s", server_round, site, e)
                 report.sites.append(
-                    SiteReport(msg.metadata.src_node_id, site, False, reason=reason)
+                    SiteReport(msg.metadata.src_node_id, site, False, reason=str(e))
                 )
                 continue
-            metrics = found[0]
-            n = float(metrics.get(self.weighted_by_key, 0) or 0)
-            scalars = {k: float(v) for k, v in metrics.items() if not isinstance(v, list)}
-            if "confusion" in metrics:
-                c = np.asarray(metrics["confusion"], dtype=np.int64)
+            if c is not None:
+                if confusion is not None and confusion.shape != c.shape:
+                    reason = f"confusion of {c.size} entries, others sent {confusion.size}"
+                    report.sites.append(
+                        SiteReport(msg.metadata.src_node_id, site, False, reason=reason)
+                    )
+                    continue
                 confusion = c if confusion is None else confusion + c
                 scalars.update(classification_metrics(c))
             report.sites.append(SiteReport(msg.metadata.src_node_id, site, True, scalars))
@@ -321,12 +356,3 @@ class DeltaStrategy(Strategy):
             self.fraction,
             self.min_sites,
         )
-
-
-def _site_name(msg: Message) -> str:
-    """The site's self-reported name (a ``site`` ConfigRecord), else its node id."""
-    if not msg.has_error():
-        rec = msg.content.get("site")
-        if isinstance(rec, ConfigRecord) and "name" in rec:
-            return str(rec["name"])
-    return str(msg.metadata.src_node_id)

@@ -1,21 +1,39 @@
-"""Reject malformed site replies before they touch the aggregate.
+"""Decode and validate site replies before they touch the aggregate.
 
-A bad reply (missing or extra tensors, wrong shape or dtype, NaN/Inf, no usable example count)
-is excluded with a reason; the round goes on with the others.
+Everything a site sends is untrusted. A reply that cannot be decoded, has missing or extra
+tensors, a wrong shape or dtype, NaN/Inf, an unusable example count or malformed metrics is
+rejected with a reason (:class:`RejectedReply`); the round goes on with the others. Nothing is
+unpickled; arrays are parsed by :func:`orchestrator.contract.arrays.array_view`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Mapping
 from typing import TypeVar
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from orchestrator.contract.arrays import to_numpy
+from orchestrator.contract.arrays import array_view, nbytes
+from orchestrator.contract.messages import SITE, SITE_NAME
+from orchestrator.contract.metrics import CONFUSION, NUM_EXAMPLES
 from strategies.math import is_finite
+from strategies.pipeline import Reply
 
 R = TypeVar("R")
+
+MAX_EXAMPLES = 10**9
+"""Largest ``num-examples`` a reply may claim (beyond it the reply is rejected, not capped)."""
+MAX_METRICS = 64
+"""Most metrics a reply may carry (each becomes a column of the round record)."""
+MAX_METRIC_ABS = 1e12
+"""Scalar metrics outside ``[-1e12, 1e12]`` are rejected (they would wreck the pooled means)."""
+MAX_SITE_NAME = 64
+
+
+class RejectedReply(ValueError):
+    """A reply that cannot enter the aggregate; ``str(e)`` is the reason that gets logged."""
 
 
 def records_of(content: RecordDict, cls: type[R]) -> list[R]:
@@ -28,25 +46,122 @@ def records_of(content: RecordDict, cls: type[R]) -> list[R]:
     return [v for v in content.values() if isinstance(v, cls)]
 
 
-class RejectedReply(ValueError):
-    """A reply that cannot enter the aggregate; ``str(e)`` is the reason that gets logged."""
+def site_name(msg: Message) -> str:
+    """The site's self-reported name (a ``site`` ConfigRecord), else its node id."""
+    try:
+        if not msg.has_error():
+            rec = msg.content.get(SITE)
+            if isinstance(rec, ConfigRecord) and isinstance(rec.get(SITE_NAME), str):
+                name = "".join(c for c in rec[SITE_NAME] if c.isprintable())[:MAX_SITE_NAME]
+                if name:
+                    return name
+    except Exception:  # a malformed record must not break naming; fall back to the node id
+        pass
+    return str(msg.metadata.src_node_id)
 
 
-def reply_parts(msg: Message, weighted_by_key: str) -> tuple[ArrayRecord, MetricRecord, float]:
-    """The update, the metrics and the weight of a train reply, or :class:`RejectedReply`."""
+def _one(content: RecordDict, cls: type[R]) -> R:
+    found = records_of(content, cls)
+    if len(found) != 1:
+        raise RejectedReply(f"expected 1 {cls.__name__}, got {len(found)}")
+    return found[0]
+
+
+def _weight(metrics: MetricRecord, key: str) -> float:
+    n = metrics.get(key)
+    if isinstance(n, bool) or not isinstance(n, int | float) or not math.isfinite(n) or n <= 0:
+        raise RejectedReply(f"metric {key!r} must be a number > 0, got {n!r}")
+    if n > MAX_EXAMPLES:
+        raise RejectedReply(f"metric {key!r}={n:g} exceeds {MAX_EXAMPLES:g}")
+    return float(n)
+
+
+def scalar_metrics(metrics: MetricRecord, skip: Collection[str] = ()) -> dict[str, float]:
+    """The reply's scalar metrics, bounded; lists (other than ``skip``) are rejected."""
+    if len(metrics) > MAX_METRICS:
+        raise RejectedReply(f"{len(metrics)} metrics, at most {MAX_METRICS} allowed")
+    out: dict[str, float] = {}
+    for k, v in metrics.items():
+        if k in skip:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise RejectedReply(f"metric {k!r} must be a number, got {type(v).__name__}")
+        if not math.isfinite(v) or abs(v) > MAX_METRIC_ABS:
+            raise RejectedReply(f"metric {k!r}={v!r} is not a finite number within +-1e12")
+        out[str(k)[:MAX_SITE_NAME]] = float(v)
+    return out
+
+
+def decode_train_reply(
+    msg: Message,
+    expected_keys: Collection[str] | None,
+    reference: Mapping[str, np.ndarray],
+    weighted_by_key: str = NUM_EXAMPLES,
+) -> Reply:
+    """A validated :class:`Reply`, or :class:`RejectedReply` (any decoding failure included).
+
+    ``expected_keys``: exactly the tensors a site must send (None = any subset of the global
+    model's, learnt from the first accepted reply). ``reference``: the global arrays.
+    """
     if msg.has_error():
-        raise RejectedReply(f"site reported an error: {msg.error.reason}")
-    arrays_found = records_of(msg.content, ArrayRecord)
-    metrics_found = records_of(msg.content, MetricRecord)
-    if len(arrays_found) != 1:
-        raise RejectedReply(f"expected 1 ArrayRecord, got {len(arrays_found)}")
-    if len(metrics_found) != 1:
-        raise RejectedReply(f"expected 1 MetricRecord, got {len(metrics_found)}")
-    arrays, metrics = arrays_found[0], metrics_found[0]
-    n = metrics.get(weighted_by_key)
-    if isinstance(n, list) or n is None or not np.isfinite(n) or n <= 0:
-        raise RejectedReply(f"metric {weighted_by_key!r} must be a number > 0, got {n!r}")
-    return arrays, metrics, float(n)
+        raise RejectedReply(f"site reported an error: {str(msg.error.reason)[:500]}")
+    try:
+        record = _one(msg.content, ArrayRecord)
+        metrics = _one(msg.content, MetricRecord)
+        n = _weight(metrics, weighted_by_key)
+        if expected_keys is None:
+            unknown = set(record.keys()) - set(reference)
+            if unknown or not record:
+                raise RejectedReply(f"keys not in the global model: {_few(sorted(unknown))}")
+            expected_keys = set(record.keys())
+        update = check_update(record, expected_keys, reference)
+        scalars = scalar_metrics(metrics)
+        size = nbytes(record)
+    except RejectedReply:
+        raise
+    except Exception as e:  # anything else a hostile payload triggers is a rejection too
+        raise RejectedReply(f"malformed reply: {type(e).__name__}: {str(e)[:300]}") from e
+    return Reply(msg.metadata.src_node_id, site_name(msg), update, n, scalars, size)
+
+
+def decode_evaluate_reply(
+    msg: Message, num_classes: int | None = None, weighted_by_key: str = NUM_EXAMPLES
+) -> tuple[float, dict[str, float], np.ndarray | None]:
+    """``(num-examples, scalar metrics, confusion matrix or None)`` of an evaluate reply.
+
+    ``num_classes``: the confusion matrix must be ``num_classes x num_classes`` of
+    non-negative integers summing to ``num-examples``.
+    """
+    if msg.has_error():
+        raise RejectedReply(f"site reported an error: {str(msg.error.reason)[:500]}")
+    try:
+        metrics = _one(msg.content, MetricRecord)
+        n = _weight(metrics, weighted_by_key)
+        scalars = scalar_metrics(metrics, skip=(CONFUSION,))
+        confusion = None
+        if CONFUSION in metrics:
+            confusion = _confusion(metrics[CONFUSION], num_classes, n)
+    except RejectedReply:
+        raise
+    except Exception as e:
+        raise RejectedReply(f"malformed reply: {type(e).__name__}: {str(e)[:300]}") from e
+    return n, scalars, confusion
+
+
+def _confusion(value: object, num_classes: int | None, n: float) -> np.ndarray:
+    if not isinstance(value, list) or not all(
+        isinstance(x, int) and not isinstance(x, bool) for x in value
+    ):
+        raise RejectedReply("confusion must be a list of integers")
+    k = math.isqrt(len(value))
+    if k * k != len(value) or (num_classes is not None and k != num_classes):
+        raise RejectedReply(
+            f"confusion has {len(value)} entries, expected {num_classes or 'k'}^2"
+        )
+    c = np.asarray(value, dtype=np.int64)
+    if (c < 0).any() or int(c.sum()) != int(n):
+        raise RejectedReply(f"confusion entries must be >= 0 and sum to num-examples={n:g}")
+    return c
 
 
 def check_update(
@@ -66,13 +181,18 @@ def check_update(
         raise RejectedReply(
             f"keys differ from the trainable tensors: missing={_few(missing)} extra={_few(extra)}"
         )
-    arrays = to_numpy(update)
-    for key, value in arrays.items():
+    arrays: dict[str, np.ndarray] = {}
+    for key, value in update.items():
         ref = reference[key]
-        if value.shape != ref.shape:
-            raise RejectedReply(f"{key}: shape {value.shape}, expected {ref.shape}")
-        if value.dtype != ref.dtype:
+        # Cheap declared-metadata checks before any parsing of the payload.
+        if tuple(value.shape) != ref.shape:
+            raise RejectedReply(f"{key}: shape {tuple(value.shape)}, expected {ref.shape}")
+        if value.dtype != str(ref.dtype):
             raise RejectedReply(f"{key}: dtype {value.dtype}, expected {ref.dtype}")
+        try:
+            arrays[key] = array_view(value)
+        except ValueError as e:
+            raise RejectedReply(f"{key}: {e}") from e
     for key, value in arrays.items():
         if not is_finite(value):
             raise RejectedReply(f"{key}: contains NaN or Inf")

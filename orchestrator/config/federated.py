@@ -1,39 +1,69 @@
-"""Typed configuration of a federated fine-tuning job (``fedray simulate``, later ``fedray server``).
+"""Typed configuration of a federated fine-tuning job (``fedray simulate`` / ``fedray server``).
 
-``FederatedJob`` reuses the shared ``model``, ``data``, ``train`` and ``run`` sections of
-:mod:`orchestrator.config.schema` and adds the federated ones: ``task``, ``finetune``,
-``strategy``, ``federation`` and ``partition``. Validation style is the same as schema.py: a
-:class:`FieldError` in ``__post_init__``; the loader adds the key path and exits with code 2.
-
-Which ``train.*`` fields apply to a site's local training: ``micro_batch_size`` (local batch),
-``lr``, ``weight_decay``, ``beta1``, ``beta2``, ``grad_clip`` and ``seed``. The step schedule
-(``max_steps``, ``warmup_steps``, ...) is pretraining-only; local work per round is set by
-``finetune.local_epochs`` / ``finetune.local_steps``.
+``FederatedJob`` reuses the shared ``model``, ``data`` and ``run`` sections of
+:mod:`orchestrator.config.schema` and adds the federated ones: ``task``, ``train`` (a site's
+local optimiser, :class:`SiteTrainConfig`: pretraining's step schedule does not apply, so its keys
+are refused here instead of silently ignored), ``finetune``, ``strategy``, ``federation`` and
+``partition``. Validation style is the same as schema.py: a :class:`FieldError` in
+``__post_init__``; the loader adds the key path and exits with code 2.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from orchestrator.config.schema import (
     DataConfig,
     FieldError,
     ModelConfig,
     RunConfig,
-    TrainConfig,
-    _require,
+    require,
 )
 
-TASKS = ("classification", "causal_lm")
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad")
-PARTITIONS = ("natural", "dirichlet", "iid")
+TaskKind = Literal["classification", "causal_lm"]
+FinetuneMode = Literal["full", "lora"]
+StrategyName = Literal["fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad"]
+PartitionKind = Literal["natural", "dirichlet", "iid"]
+Accumulate = Literal["float64", "float32"]
+TASKS: tuple[str, ...] = get_args(TaskKind)
+STRATEGIES: tuple[str, ...] = get_args(StrategyName)
+PARTITIONS: tuple[str, ...] = get_args(PartitionKind)
+
+
+@dataclass
+class SiteTrainConfig:
+    """A site's local optimiser (AdamW, fresh each round). Sent to every site with the task."""
+
+    micro_batch_size: int = 8
+    """Local batch size (examples per optimizer step at a site)."""
+    lr: float = 1e-3
+    """Local AdamW learning rate (constant within a round)."""
+    weight_decay: float = 0.1
+    """Local AdamW weight decay."""
+    beta1: float = 0.9
+    """Local AdamW first-moment decay."""
+    beta2: float = 0.95
+    """Local AdamW second-moment decay."""
+    grad_clip: float = 1.0
+    """Clip each local step's gradient norm to this value; 0 = no clipping."""
+    seed: int = 1234
+    """Seeds the starting model (server) and each site's data order (shifted per round)."""
+
+    def __post_init__(self) -> None:
+        require(self.micro_batch_size >= 1, self, "micro_batch_size", "an integer >= 1")
+        require(self.lr > 0, self, "lr", "a float > 0")
+        require(self.weight_decay >= 0, self, "weight_decay", "a float >= 0")
+        require(0 <= self.beta1 < 1, self, "beta1", "a float in [0, 1)")
+        require(0 <= self.beta2 < 1, self, "beta2", "a float in [0, 1)")
+        require(self.grad_clip >= 0, self, "grad_clip", "a float >= 0 (0 = no clipping)")
 
 
 @dataclass
 class TaskConfig:
     """What the sites fine-tune the model for."""
 
-    kind: str = "classification"
+    kind: TaskKind = "classification"
     """``classification`` (sequence classification: accuracy, macro-F1) or ``causal_lm``
     (next-token loss, perplexity)."""
     labels: list[str] = field(default_factory=list)
@@ -44,10 +74,10 @@ class TaskConfig:
     """Tokens per example; longer texts are truncated, shorter ones padded."""
 
     def __post_init__(self) -> None:
-        _require(self.kind in TASKS, self, "kind", "'classification' or 'causal_lm'")
-        _require(self.max_length >= 4, self, "max_length", "an integer >= 4")
+        require(self.kind in TASKS, self, "kind", "'classification' or 'causal_lm'")
+        require(self.max_length >= 4, self, "max_length", "an integer >= 4")
         if self.labels:
-            _require(
+            require(
                 len(set(self.labels)) == len(self.labels) and len(self.labels) >= 2,
                 self,
                 "labels",
@@ -59,7 +89,7 @@ class TaskConfig:
 class FinetuneConfig:
     """How each site trains in a round: full fine-tuning or LoRA adapters (peft)."""
 
-    mode: str = "full"
+    mode: FinetuneMode = "full"
     """``full`` (every parameter trains; the update is the delta of all of them) or ``lora``
     (the base is frozen; the update holds only the adapters and, for classification, the head)."""
     local_epochs: int = 1
@@ -77,20 +107,20 @@ class FinetuneConfig:
     ``q_proj``/``v_proj``."""
 
     def __post_init__(self) -> None:
-        _require(self.mode in ("full", "lora"), self, "mode", "'full' or 'lora'")
-        _require(self.local_epochs >= 1, self, "local_epochs", "an integer >= 1")
+        require(self.mode in ("full", "lora"), self, "mode", "'full' or 'lora'")
+        require(self.local_epochs >= 1, self, "local_epochs", "an integer >= 1")
         if self.local_steps is not None:
-            _require(self.local_steps >= 1, self, "local_steps", "an integer >= 1 or null")
-        _require(self.lora_r >= 1, self, "lora_r", "an integer >= 1")
-        _require(self.lora_alpha >= 1, self, "lora_alpha", "an integer >= 1")
-        _require(0.0 <= self.lora_dropout < 1.0, self, "lora_dropout", "a float in [0, 1)")
+            require(self.local_steps >= 1, self, "local_steps", "an integer >= 1 or null")
+        require(self.lora_r >= 1, self, "lora_r", "an integer >= 1")
+        require(self.lora_alpha >= 1, self, "lora_alpha", "an integer >= 1")
+        require(0.0 <= self.lora_dropout < 1.0, self, "lora_dropout", "a float in [0, 1)")
 
 
 @dataclass
 class StrategyConfig:
     """Server-side aggregation (see docs/federated.md, "Strategies")."""
 
-    name: str = "fedavg"
+    name: StrategyName = "fedavg"
     """``fedavg`` | ``fedprox`` (FedAvg + proximal term at the sites) | ``fedadam`` |
     ``fedyogi`` | ``fedadagrad`` (server optimizer on the averaged update)."""
     proximal_mu: float = 0.01
@@ -104,21 +134,21 @@ class StrategyConfig:
     """Second-moment decay of fedadam/fedyogi."""
     tau: float = 1e-3
     """Adaptivity (epsilon) of the adaptive optimizers: ``eta * m / (sqrt(v) + tau)``."""
-    accumulate: str = "float64"
+    accumulate: Accumulate = "float64"
     """Precision of the server's running sum of updates. ``float64``: the aggregate is the same
     bits whatever order the sites' replies arrive in, so reruns and resumed runs reproduce the
     same model. ``float32``: half the server memory for the sum (one model size instead of two)
     and faster folding, but the last bit of the mean depends on the arrival order."""
 
     def __post_init__(self) -> None:
-        _require(self.name in STRATEGIES, self, "name", " | ".join(STRATEGIES))
-        _require(self.proximal_mu >= 0, self, "proximal_mu", "a float >= 0")
+        require(self.name in STRATEGIES, self, "name", " | ".join(STRATEGIES))
+        require(self.proximal_mu >= 0, self, "proximal_mu", "a float >= 0")
         if self.server_lr is not None:
-            _require(self.server_lr > 0, self, "server_lr", "a float > 0 or null")
-        _require(0 <= self.beta1 < 1, self, "beta1", "a float in [0, 1)")
-        _require(0 <= self.beta2 < 1, self, "beta2", "a float in [0, 1)")
-        _require(self.tau > 0, self, "tau", "a float > 0")
-        _require(self.accumulate in ("float64", "float32"), self, "accumulate", "float64 | float32")
+            require(self.server_lr > 0, self, "server_lr", "a float > 0 or null")
+        require(0 <= self.beta1 < 1, self, "beta1", "a float in [0, 1)")
+        require(0 <= self.beta2 < 1, self, "beta2", "a float in [0, 1)")
+        require(self.tau > 0, self, "tau", "a float > 0")
+        require(self.accumulate in ("float64", "float32"), self, "accumulate", "float64 | float32")
 
     @property
     def eta(self) -> float:
@@ -158,29 +188,29 @@ class FederationConfig:
     """Seeds site sampling and data partitioning (same seed = same sites, same partitions)."""
 
     def __post_init__(self) -> None:
-        _require(self.num_sites >= 1, self, "num_sites", "an integer >= 1")
-        _require(self.num_rounds >= 1, self, "num_rounds", "an integer >= 1")
+        require(self.num_sites >= 1, self, "num_sites", "an integer >= 1")
+        require(self.num_rounds >= 1, self, "num_rounds", "an integer >= 1")
         if self.sites_per_round is not None:
-            _require(
+            require(
                 1 <= self.sites_per_round <= self.num_sites,
                 self,
                 "sites_per_round",
                 f"an integer in [1, federation.num_sites={self.num_sites}] or null",
             )
-        _require(0.0 < self.fraction <= 1.0, self, "fraction", "a float in (0, 1]")
-        _require(
+        require(0.0 < self.fraction <= 1.0, self, "fraction", "a float in (0, 1]")
+        require(
             1 <= self.min_sites <= self.sampled_sites,
             self,
             "min_sites",
             f"an integer in [1, sites sampled per round = {self.sampled_sites}]",
             "Lower federation.min_sites or sample more sites per round.",
         )
-        _require(self.round_timeout_s > 0, self, "round_timeout_s", "a float > 0")
-        _require(self.rejoin_wait_s >= 0, self, "rejoin_wait_s", "a float >= 0")
-        _require(self.cpus_per_site > 0, self, "cpus_per_site", "a float > 0")
-        _require(self.gpus_per_site >= 0, self, "gpus_per_site", "a float >= 0")
+        require(self.round_timeout_s > 0, self, "round_timeout_s", "a float > 0")
+        require(self.rejoin_wait_s >= 0, self, "rejoin_wait_s", "a float >= 0")
+        require(self.cpus_per_site > 0, self, "cpus_per_site", "a float > 0")
+        require(self.gpus_per_site >= 0, self, "gpus_per_site", "a float >= 0")
         if self.num_cpus is not None:
-            _require(self.num_cpus >= 1, self, "num_cpus", "an integer >= 1 or null")
+            require(self.num_cpus >= 1, self, "num_cpus", "an integer >= 1 or null")
 
     @property
     def sampled_sites(self) -> int:
@@ -193,7 +223,7 @@ class FederationConfig:
 class PartitionConfig:
     """How one labelled dataset is split into simulated sites (real sites bring their own file)."""
 
-    kind: str = "natural"
+    kind: PartitionKind = "natural"
     """``natural`` (one site per value of ``column``, values grouped when there are more values
     than sites), ``dirichlet`` (label mix per site ~ Dirichlet(alpha)) or ``iid``."""
     column: str = "topic"
@@ -206,12 +236,12 @@ class PartitionConfig:
     """Cap on a site's examples (after partitioning), to bound demo/test time; ``None`` = all."""
 
     def __post_init__(self) -> None:
-        _require(self.kind in PARTITIONS, self, "kind", "'natural', 'dirichlet' or 'iid'")
-        _require(bool(self.column), self, "column", "a column name")
-        _require(self.alpha > 0, self, "alpha", "a float > 0")
-        _require(0.0 < self.eval_fraction < 1.0, self, "eval_fraction", "a float in (0, 1)")
+        require(self.kind in PARTITIONS, self, "kind", "'natural', 'dirichlet' or 'iid'")
+        require(bool(self.column), self, "column", "a column name")
+        require(self.alpha > 0, self, "alpha", "a float > 0")
+        require(0.0 < self.eval_fraction < 1.0, self, "eval_fraction", "a float in (0, 1)")
         if self.max_examples_per_site is not None:
-            _require(
+            require(
                 self.max_examples_per_site >= 2,
                 self,
                 "max_examples_per_site",
@@ -221,12 +251,12 @@ class PartitionConfig:
 
 @dataclass
 class FederatedJob:
-    """``fedray simulate``: federated fine-tuning with Flower (simulated sites on Ray)."""
+    """A federated fine-tuning job: ``fedray simulate`` (sites on Ray) or ``fedray server``."""
 
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: SiteTrainConfig = field(default_factory=SiteTrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
@@ -240,13 +270,5 @@ class FederatedJob:
                 "paths",
                 self.data.paths,
                 "at most one labelled file (csv/jsonl/parquet) to partition into sites",
-                "Concatenate the files, or give each real site its own file (issue: fedray site).",
-            )
-        if self.train.precision in ("bf16", "fp16") and self.federation.gpus_per_site <= 0:
-            raise FieldError(
-                self.train,
-                "precision",
-                self.train.precision,
-                "'auto' or 'fp32' for CPU sites",
-                "Mixed precision needs federation.gpus_per_site > 0.",
+                "Concatenate the files, or give each real site its own file (`fedray site --data`).",
             )

@@ -27,7 +27,7 @@ class FieldError(ValueError):
         super().__init__(f"{field}={value!r}: expected {allowed}" + (f". {fix}" if fix else ""))
 
 
-def _require(ok: bool, owner: object, name: str, allowed: str, fix: str = "") -> None:
+def require(ok: bool, owner: object, name: str, allowed: str, fix: str = "") -> None:
     if not ok:
         raise FieldError(owner, name, getattr(owner, name), allowed, fix)
 
@@ -63,10 +63,10 @@ class ModelConfig:
     """Share input and output embedding matrices."""
 
     def __post_init__(self) -> None:
-        _require(self.family in ("gpt2", "llama"), self, "family", "'gpt2' or 'llama'")
+        require(self.family in ("gpt2", "llama"), self, "family", "'gpt2' or 'llama'")
         for name in ("n_layer", "n_head", "d_model"):
-            _require(getattr(self, name) >= 1, self, name, "an integer >= 1")
-        _require(
+            require(getattr(self, name) >= 1, self, name, "an integer >= 1")
+        require(
             self.d_model % self.n_head == 0,
             self,
             "d_model",
@@ -74,17 +74,17 @@ class ModelConfig:
             "Change model.d_model or model.n_head.",
         )
         if self.n_kv_head is not None:
-            _require(
+            require(
                 self.n_kv_head >= 1 and self.n_head % self.n_kv_head == 0,
                 self,
                 "n_kv_head",
                 f"a divisor of model.n_head={self.n_head}",
             )
         if self.d_ff is not None:
-            _require(self.d_ff >= 1, self, "d_ff", "an integer >= 1 or null")
+            require(self.d_ff >= 1, self, "d_ff", "an integer >= 1 or null")
         if self.max_position is not None:
-            _require(self.max_position >= 1, self, "max_position", "an integer >= 1 or null")
-        _require(0.0 <= self.dropout < 1.0, self, "dropout", "a float in [0, 1)")
+            require(self.max_position >= 1, self, "max_position", "an integer >= 1 or null")
+        require(0.0 <= self.dropout < 1.0, self, "dropout", "a float in [0, 1)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,7 +102,7 @@ class TokenizerConfig:
     """Vocabulary size when training a tokenizer."""
 
     def __post_init__(self) -> None:
-        _require(
+        require(
             256 + 1 <= self.vocab_size <= 1_000_000,
             self,
             "vocab_size",
@@ -130,8 +130,8 @@ class DataConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 
     def __post_init__(self) -> None:
-        _require(self.block_size >= 8, self, "block_size", "an integer >= 8")
-        _require(0.0 < self.val_fraction < 0.5, self, "val_fraction", "a float in (0, 0.5)")
+        require(self.block_size >= 8, self, "block_size", "an integer >= 8")
+        require(0.0 < self.val_fraction < 0.5, self, "val_fraction", "a float in (0, 0.5)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,29 +174,29 @@ class TrainConfig:
     """Micro-batches per validation pass on each worker."""
 
     def __post_init__(self) -> None:
-        _require(self.max_steps >= 1, self, "max_steps", "an integer >= 1")
-        _require(self.global_batch_size >= 1, self, "global_batch_size", "an integer >= 1")
-        _require(self.micro_batch_size >= 1, self, "micro_batch_size", "an integer >= 1")
+        require(self.max_steps >= 1, self, "max_steps", "an integer >= 1")
+        require(self.global_batch_size >= 1, self, "global_batch_size", "an integer >= 1")
+        require(self.micro_batch_size >= 1, self, "micro_batch_size", "an integer >= 1")
         if self.grad_accum_steps is not None:
-            _require(
+            require(
                 self.grad_accum_steps >= 1, self, "grad_accum_steps", "an integer >= 1 or null"
             )
-        _require(self.lr > 0, self, "lr", "a float > 0")
-        _require(0.0 <= self.min_lr_ratio <= 1.0, self, "min_lr_ratio", "a float in [0, 1]")
-        _require(self.warmup_steps >= 0, self, "warmup_steps", "an integer >= 0")
-        _require(self.weight_decay >= 0, self, "weight_decay", "a float >= 0")
-        _require(0 <= self.beta1 < 1, self, "beta1", "a float in [0, 1)")
-        _require(0 <= self.beta2 < 1, self, "beta2", "a float in [0, 1)")
-        _require(self.grad_clip >= 0, self, "grad_clip", "a float >= 0 (0 disables clipping)")
-        _require(
+        require(self.lr > 0, self, "lr", "a float > 0")
+        require(0.0 <= self.min_lr_ratio <= 1.0, self, "min_lr_ratio", "a float in [0, 1]")
+        require(self.warmup_steps >= 0, self, "warmup_steps", "an integer >= 0")
+        require(self.weight_decay >= 0, self, "weight_decay", "a float >= 0")
+        require(0 <= self.beta1 < 1, self, "beta1", "a float in [0, 1)")
+        require(0 <= self.beta2 < 1, self, "beta2", "a float in [0, 1)")
+        require(self.grad_clip >= 0, self, "grad_clip", "a float >= 0 (0 disables clipping)")
+        require(
             self.precision in ("auto", "fp32", "bf16", "fp16"),
             self,
             "precision",
             "'auto', 'fp32', 'bf16' or 'fp16'",
         )
-        _require(self.log_every >= 1, self, "log_every", "an integer >= 1")
-        _require(self.eval_every >= 0, self, "eval_every", "an integer >= 0")
-        _require(self.eval_batches >= 1, self, "eval_batches", "an integer >= 1")
+        require(self.log_every >= 1, self, "log_every", "an integer >= 1")
+        require(self.eval_every >= 0, self, "eval_every", "an integer >= 0")
+        require(self.eval_batches >= 1, self, "eval_batches", "an integer >= 1")
 
 
 @dataclass
@@ -211,8 +211,8 @@ class ScalingConfig:
     """CPU cores reserved for each worker."""
 
     def __post_init__(self) -> None:
-        _require(self.num_workers >= 1, self, "num_workers", "an integer >= 1")
-        _require(self.cpus_per_worker >= 1, self, "cpus_per_worker", "an integer >= 1")
+        require(self.num_workers >= 1, self, "num_workers", "an integer >= 1")
+        require(self.cpus_per_worker >= 1, self, "cpus_per_worker", "an integer >= 1")
 
 
 @dataclass
@@ -235,18 +235,18 @@ class DeepSpeedConfig:
     with the typed config are reported as errors, not silently overridden."""
 
     def __post_init__(self) -> None:
-        _require(self.zero_stage in (0, 1, 2, 3), self, "zero_stage", "0, 1, 2 or 3")
-        _require(
+        require(self.zero_stage in (0, 1, 2, 3), self, "zero_stage", "0, 1, 2 or 3")
+        require(
             self.optimizer in ("torch", "deepspeed"), self, "optimizer", "'torch' or 'deepspeed'"
         )
-        _require(
+        require(
             not self.offload_optimizer or self.zero_stage >= 1,
             self,
             "offload_optimizer",
             f"false with deepspeed.zero_stage={self.zero_stage} (offload moves ZeRO partitions)",
             "Set deepspeed.zero_stage=1, 2 or 3, or deepspeed.offload_optimizer=false.",
         )
-        _require(
+        require(
             not self.offload_params or self.zero_stage == 3,
             self,
             "offload_params",
@@ -265,8 +265,8 @@ class CheckpointConfig:
     """Keep the K most recent checkpoints."""
 
     def __post_init__(self) -> None:
-        _require(self.every_steps >= 1, self, "every_steps", "an integer >= 1")
-        _require(self.keep_last >= 1, self, "keep_last", "an integer >= 1")
+        require(self.every_steps >= 1, self, "every_steps", "an integer >= 1")
+        require(self.keep_last >= 1, self, "keep_last", "an integer >= 1")
 
 
 @dataclass
@@ -280,7 +280,7 @@ class ClusterConfig:
 
     def __post_init__(self) -> None:
         if self.num_cpus is not None:
-            _require(self.num_cpus >= 1, self, "num_cpus", "an integer >= 1 or null")
+            require(self.num_cpus >= 1, self, "num_cpus", "an integer >= 1 or null")
 
 
 @dataclass
@@ -298,9 +298,9 @@ class RunConfig:
     """Worker-group restarts from the latest checkpoint after a failure (-1 = unlimited)."""
 
     def __post_init__(self) -> None:
-        _require(self.max_failures >= -1, self, "max_failures", "an integer >= -1")
+        require(self.max_failures >= -1, self, "max_failures", "an integer >= -1")
         if self.name is not None:
-            _require(
+            require(
                 bool(self.name) and "/" not in self.name,
                 self,
                 "name",
@@ -321,9 +321,9 @@ class FaultConfig:
     """``raise`` an exception, or ``kill`` the worker process (``os._exit``)."""
 
     def __post_init__(self) -> None:
-        _require(self.mode in ("raise", "kill"), self, "mode", "'raise' or 'kill'")
+        require(self.mode in ("raise", "kill"), self, "mode", "'raise' or 'kill'")
         if self.fail_at_step is not None:
-            _require(self.fail_at_step >= 1, self, "fail_at_step", "an integer >= 1 or null")
+            require(self.fail_at_step >= 1, self, "fail_at_step", "an integer >= 1 or null")
 
 
 # --------------------------------------------------------------------------------------------
@@ -347,7 +347,7 @@ class PretrainJob:
     fault: FaultConfig = field(default_factory=FaultConfig)
 
     def __post_init__(self) -> None:
-        _require(self.backend in ("ddp", "deepspeed"), self, "backend", "'ddp' or 'deepspeed'")
+        require(self.backend in ("ddp", "deepspeed"), self, "backend", "'ddp' or 'deepspeed'")
         t, w = self.train, self.scaling.num_workers
         per_step = t.micro_batch_size * w
         if t.grad_accum_steps is None:
@@ -371,14 +371,14 @@ class PretrainJob:
                 "Fix one of the four values, or set train.grad_accum_steps=null to derive it.",
             )
         if self.fault.fail_at_step is not None:
-            _require(
+            require(
                 0 <= self.fault.rank < w,
                 self.fault,
                 "rank",
                 f"a worker rank in [0, {w - 1}] (scaling.num_workers={w})",
             )
         if self.train.precision in ("bf16", "fp16") and not self.scaling.use_gpu:
-            _require(
+            require(
                 False,
                 self.train,
                 "precision",

@@ -1,42 +1,36 @@
-"""What travels from the server to a site in every message's ``config`` ConfigRecord.
+"""The site task: everything a site needs to train and evaluate, declared once.
 
-A real site holds only its data path (node config ``data-path``); everything else it needs to
-build, train and evaluate the model comes from the server, in these keys:
+A real site holds only its data file (node config ``data-path``); the model, tokenizer and every
+hyperparameter arrive from the server in each message's ``config`` ConfigRecord. :class:`SiteTask`
+is that record, typed: the server builds one from the job (:func:`site_task`) and encodes it with
+:meth:`SiteTask.to_record`; a site decodes it with :meth:`SiteTask.from_record`. The record's keys
+come from the field names (``server-round``, ``train.lr``, ``partition.alpha``, ...), so a new
+hyperparameter is one field here (or in the config section it reuses), nothing else.
 
-========================  ===================================================================
-``server-round``          int, set by the strategy
-``model-spec``            JSON of :class:`~orchestrator.contract.model.ModelSpec`
-                          (task, HF config, full/LoRA settings)
-``tokenizer``             JSON: the fast tokenizer (``tokenizers`` JSON) + its special tokens
-``labels``                list[str], class names in label-id order (classification)
-``text-field``            column with the text; ``label-field``: column with the class name
-``max-length``            tokens per example
-``local-epochs``          int; ``local-steps``: int, 0 = use epochs
-``batch-size``, ``lr``, ``weight-decay``, ``beta1``, ``beta2``, ``grad-clip``, ``seed``
-``proximal-mu``           float, FedProx only (added by the strategy)
-``partition-kind``        natural | dirichlet | iid; ``partition-column``, ``partition-alpha``,
-                          ``partition-seed``: how a *simulated* site cuts its slice
-``eval-fraction``         share of a site's rows held out for its local evaluation
-``max-examples``          cap on a site's rows, 0 = none
-``sim-data-path``         the labelled file simulated sites partition ("" = bundled demo);
-                          ignored by a site whose node config has ``data-path``
-========================  ===================================================================
+What a site receives is untrusted too: decoding checks every key's type and re-runs the config
+sections' own validation, so a malformed or hostile config fails with a message naming the key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import dataclass
+import types
+import typing
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from flwr.app import ConfigRecord
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from orchestrator.config.federated import FederatedJob
+from orchestrator.config.federated import FederatedJob, PartitionConfig, SiteTrainConfig
 from orchestrator.contract.model import ModelSpec
 
 SPECIAL_TOKENS = ("eos_token", "bos_token", "pad_token", "unk_token")
+MAX_TOKENIZER_JSON = 64 << 20
+"""Largest tokenizer JSON a site accepts (a 250k-token vocabulary is ~20 MB)."""
 
 
 def tokenizer_to_json(tok: PreTrainedTokenizerBase) -> str:
@@ -55,74 +49,67 @@ def tokenizer_from_json(text: str) -> PreTrainedTokenizerFast:
     """Rebuild the server's tokenizer (cached: the same JSON arrives every round)."""
     from tokenizers import Tokenizer
 
+    if len(text) > MAX_TOKENIZER_JSON:
+        raise ValueError(f"tokenizer JSON of {len(text)} chars exceeds {MAX_TOKENIZER_JSON}")
     payload = json.loads(text)
+    special = payload.get("special", {})
+    if not isinstance(special, dict) or not set(special) <= set(SPECIAL_TOKENS):
+        raise ValueError(f"tokenizer special tokens must be a subset of {SPECIAL_TOKENS}")
     return PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(payload["tokenizer"]), **payload["special"]
+        tokenizer_object=Tokenizer.from_str(payload["tokenizer"]),
+        **{k: str(v) for k, v in special.items()},
     )
 
 
 @dataclass(frozen=True)
 class SiteTask:
-    """The decoded ``config`` record of a train/evaluate message."""
+    """The decoded ``config`` record of a train/evaluate message (keys: field names, ``_`` ->
+    ``-``, nested sections as ``section.field``)."""
 
-    server_round: int
     spec: ModelSpec
+    """The model both sides build (task, HF config, full/LoRA); travels as JSON."""
     tokenizer_json: str
-    labels: tuple[str, ...]
+    """The server's fast tokenizer (``tokenizers`` JSON) and its special tokens."""
     text_field: str
+    """Column with the text in a site's file."""
     label_field: str
+    """Column with the class name (classification)."""
     max_length: int
+    """Tokens per example (truncate / pad)."""
+    train: SiteTrainConfig
+    """The local optimiser: the job's ``train`` section as is."""
     local_epochs: int
-    local_steps: int
-    batch_size: int
-    lr: float
-    weight_decay: float
-    beta1: float
-    beta2: float
-    grad_clip: float
-    seed: int
-    proximal_mu: float
-    partition_kind: str
-    partition_column: str
-    partition_alpha: float
-    partition_seed: int
-    eval_fraction: float
-    max_examples: int
-    sim_data_path: str
+    """Passes over the site's training split per round (when ``local_steps`` is 0)."""
+    partition: PartitionConfig
+    """How a *simulated* site cuts its slice, and the held-out fraction every site uses."""
+    labels: tuple[str, ...] = ()
+    """Class names in label-id order (classification)."""
+    local_steps: int = 0
+    """Optimizer steps per round; 0 = use ``local_epochs``."""
+    partition_seed: int = 0
+    """Seed of the simulated partition and each site's train/held-out split."""
+    sim_data_path: str = ""
+    """The labelled file simulated sites partition ("" = bundled demo); a real site's own
+    ``data-path`` wins."""
+    server_round: int = 0
+    """Set by the strategy on each message."""
+    proximal_mu: float = 0.0
+    """FedProx's proximal coefficient (set by the strategy); 0 = plain local training."""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    """Keys this version does not know (ignored; a newer server may send more)."""
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerFast:
         return tokenizer_from_json(self.tokenizer_json)
 
+    def to_record(self) -> ConfigRecord:
+        return ConfigRecord(_encode(self))
+
     @classmethod
-    def from_config(cls, cfg: ConfigRecord) -> SiteTask:
+    def from_record(cls, record: ConfigRecord | dict[str, Any]) -> SiteTask:
+        """Decode and validate a received config record (ValueError naming the bad key)."""
         try:
-            return cls(
-                server_round=int(cfg.get("server-round", 0)),
-                spec=ModelSpec.from_json(str(cfg["model-spec"])),
-                tokenizer_json=str(cfg["tokenizer"]),
-                labels=tuple(str(x) for x in cfg.get("labels", [])),  # type: ignore[union-attr]
-                text_field=str(cfg["text-field"]),
-                label_field=str(cfg["label-field"]),
-                max_length=int(cfg["max-length"]),
-                local_epochs=int(cfg["local-epochs"]),
-                local_steps=int(cfg["local-steps"]),
-                batch_size=int(cfg["batch-size"]),
-                lr=float(cfg["lr"]),
-                weight_decay=float(cfg["weight-decay"]),
-                beta1=float(cfg["beta1"]),
-                beta2=float(cfg["beta2"]),
-                grad_clip=float(cfg["grad-clip"]),
-                seed=int(cfg["seed"]),
-                proximal_mu=float(cfg.get("proximal-mu", 0.0)),
-                partition_kind=str(cfg["partition-kind"]),
-                partition_column=str(cfg["partition-column"]),
-                partition_alpha=float(cfg["partition-alpha"]),
-                partition_seed=int(cfg["partition-seed"]),
-                eval_fraction=float(cfg["eval-fraction"]),
-                max_examples=int(cfg["max-examples"]),
-                sim_data_path=str(cfg.get("sim-data-path", "")),
-            )
+            return _decode(cls, dict(record.items()), "")
         except KeyError as e:
             raise ValueError(
                 f"message config lacks key {e}; is the server a fedray ServerApp of the same "
@@ -130,36 +117,119 @@ class SiteTask:
             ) from e
 
 
-def site_config(
+def key_of(name: str) -> str:
+    """Record key of a field name: ``server_round`` -> ``server-round``."""
+    return name.replace("_", "-")
+
+
+def site_task(
     job: FederatedJob, spec: ModelSpec, tokenizer: PreTrainedTokenizerBase, labels: list[str]
-) -> ConfigRecord:
-    """The config record every train/evaluate message carries (see the module docstring)."""
-    t, p = job.train, job.partition
-    return ConfigRecord(
-        {
-            "model-spec": spec.to_json(),
-            "tokenizer": tokenizer_to_json(tokenizer),
-            "labels": list(labels),
-            "text-field": job.data.text_field,
-            "label-field": job.data.label_field,
-            "max-length": job.task.max_length,
-            "local-epochs": job.finetune.local_epochs,
-            "local-steps": job.finetune.local_steps or 0,
-            "batch-size": t.micro_batch_size,
-            "lr": t.lr,
-            "weight-decay": t.weight_decay,
-            "beta1": t.beta1,
-            "beta2": t.beta2,
-            "grad-clip": t.grad_clip,
-            "seed": t.seed,
-            "partition-kind": p.kind,
-            "partition-column": p.column,
-            "partition-alpha": p.alpha,
-            "partition-seed": job.federation.seed,
-            "eval-fraction": p.eval_fraction,
-            "max-examples": p.max_examples_per_site or 0,
-            "sim-data-path": str(Path(job.data.paths[0]).expanduser().absolute())
-            if job.data.paths
-            else "",
-        }
+) -> SiteTask:
+    """The task every train/evaluate message carries, from the job (server side)."""
+    return SiteTask(
+        spec=spec,
+        tokenizer_json=tokenizer_to_json(tokenizer),
+        labels=tuple(labels),
+        text_field=job.data.text_field,
+        label_field=job.data.label_field,
+        max_length=job.task.max_length,
+        train=job.train,
+        local_epochs=job.finetune.local_epochs,
+        local_steps=job.finetune.local_steps or 0,
+        partition=job.partition,
+        partition_seed=job.federation.seed,
+        sim_data_path=str(Path(job.data.paths[0]).expanduser().absolute())
+        if job.data.paths
+        else "",
+    )
+
+
+# ---- the codec: dataclass fields <-> flat ConfigRecord values --------------------------------
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _encode(obj: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        if f.name == "extra":
+            continue
+        value, key = getattr(obj, f.name), prefix + key_of(f.name)
+        if isinstance(value, ModelSpec):
+            out[key] = value.to_json()
+        elif dataclasses.is_dataclass(value):
+            out.update(_encode(value, f"{key}."))
+        elif value is None:
+            continue  # absent key = None
+        elif isinstance(value, tuple):
+            out[key] = list(value)
+        else:
+            out[key] = value
+    return out
+
+
+def _decode(cls: type, record: dict[str, Any], prefix: str) -> Any:
+    hints, kwargs = _hints(cls), {}
+    known: set[str] = set()
+    for f in dataclasses.fields(cls):
+        if f.name == "extra":
+            continue
+        key, hint = prefix + key_of(f.name), hints[f.name]
+        if hint is ModelSpec:
+            known.add(key)
+            kwargs[f.name] = ModelSpec.from_json(_typed(record[key], str, key))
+        elif isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            kwargs[f.name] = _decode(hint, record, f"{key}.")
+            known.update(k for k in record if k.startswith(f"{key}."))
+        elif key in record:
+            known.add(key)
+            kwargs[f.name] = _value(record[key], hint, key)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            if _optional(hint):
+                kwargs[f.name] = None
+            else:
+                raise KeyError(key)
+    try:
+        obj = cls(**kwargs)
+    except ValueError as e:  # a config section's own __post_init__ check (FieldError)
+        raise ValueError(f"message config {prefix or ''}{e}") from e
+    if cls is SiteTask:
+        extra = {k: v for k, v in record.items() if k not in known}
+        object.__setattr__(obj, "extra", extra)
+    return obj
+
+
+def _optional(hint: Any) -> bool:
+    return type(None) in typing.get_args(hint)
+
+
+def _value(value: Any, hint: Any, key: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return _value(value, inner[0], key)
+    if origin is typing.Literal:
+        if value not in args:
+            raise ValueError(f"message config {key}={value!r}: expected one of {list(args)}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, list):
+            raise ValueError(f"message config {key}: expected a list, got {type(value).__name__}")
+        items = [_typed(v, str, key) for v in value]
+        return tuple(items) if origin is tuple else items
+    return _typed(value, hint, key)
+
+
+def _typed(value: Any, kind: Any, key: str) -> Any:
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind in (int, float, str, bool) and (
+        type(value) is kind or (kind is float and isinstance(value, float))
+    ):
+        return value
+    raise ValueError(
+        f"message config {key}: expected {getattr(kind, '__name__', kind)}, "
+        f"got {type(value).__name__} {str(value)[:40]!r}"
     )

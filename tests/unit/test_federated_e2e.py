@@ -39,7 +39,8 @@ from orchestrator.contract.arrays import from_numpy, to_numpy
 from orchestrator.contract.model import ModelSpec, build, load_state, model_state
 from orchestrator.data.sources import DEMO_LABELLED, demo_path, load_labelled
 from orchestrator.federated.local_grid import LocalGrid, ensure_task_identity
-from orchestrator.federated.server_app import FederatedResult, ServerSetup, prepare, run_federated
+from orchestrator.federated.rounds import FederatedResult, run_federated
+from orchestrator.federated.setup import ServerSetup, prepare
 from strategies import FedAdam, FedAvg, FedProx, stream_replies
 from strategies.base import DeltaStrategy
 
@@ -282,7 +283,7 @@ def test_lora_export_is_a_merged_plain_model_with_the_servers_logits(
 def one_round_update(
     strategy: DeltaStrategy, setup: ServerSetup, arrays: ArrayRecord, grid: LocalGrid
 ) -> Arrays:
-    msgs = list(strategy.configure_train(1, arrays, setup.site_config, grid))
+    msgs = list(strategy.configure_train(1, arrays, setup.task.to_record(), grid))
     (reply,) = grid.send_and_receive(msgs, timeout=120)
     assert not reply.has_error(), reply.error.reason
     return {k: v.copy() for k, v in to_numpy(reply.content["arrays"]).items()}
@@ -379,8 +380,8 @@ def test_our_strategy_runs_in_a_stock_flower_serverapp(cache_dir: Path, name: st
                 initial_arrays=ArrayRecord(setup.model.state_dict()),
                 num_rounds=2,
                 timeout=120,
-                train_config=setup.site_config,
-                evaluate_config=setup.site_config,
+                train_config=setup.task.to_record(),
+                evaluate_config=setup.task.to_record(),
             )
         )
 

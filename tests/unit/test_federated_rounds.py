@@ -16,14 +16,15 @@ from flwr.app import Message, MessageType, RecordDict
 from clients.client_app import app as client_app
 from clients.client_app import train as client_train
 from clients.site_data import load_site_data
-from clients.train import LocalTrainConfig, encode, local_train
+from clients.train import encode, local_train
 from orchestrator.config import load_config
 from orchestrator.config.federated import FederatedJob
 from orchestrator.contract.arrays import from_numpy, to_numpy
 from orchestrator.contract.model import build, load_state, model_state
 from orchestrator.contract.task import SiteTask
 from orchestrator.federated.local_grid import LocalGrid, ensure_task_identity
-from orchestrator.federated.server_app import prepare, run_federated
+from orchestrator.federated.rounds import run_federated
+from orchestrator.federated.setup import prepare
 from strategies import FedAvg
 
 ensure_task_identity()
@@ -45,7 +46,7 @@ def job(cache_dir: Path, *overrides: str) -> FederatedJob:
 
 
 def train_message(setup, arrays, server_round: int = 1) -> Message:
-    cfg = setup.site_config.copy()
+    cfg = setup.task.to_record().copy()
     cfg["server-round"] = server_round
     return Message(
         content=RecordDict({"arrays": arrays, "config": cfg}),
@@ -104,29 +105,17 @@ def test_one_site_fedavg_equals_centralized_training(cache_dir):
     fed_np = to_numpy(fed)
 
     # Centralized: the same data, order and optimizer, E steps on the same starting weights.
-    task = SiteTask.from_config(msg.content["config"])
+    task = SiteTask.from_record(msg.content["config"])
     data = load_site_data(ctx.node_config, task)
-    torch.manual_seed(task.seed)
+    torch.manual_seed(task.train.seed)
     model = build(task.spec)
     load_state(model, w0)
     examples = encode(
         task.tokenizer, data.train_texts, task.max_length, data.train_labels, task.labels
     )
-    local_train(
-        model,
-        examples,
-        LocalTrainConfig(
-            task="classification",
-            batch_size=task.batch_size,
-            lr=task.lr,
-            weight_decay=task.weight_decay,
-            beta1=task.beta1,
-            beta2=task.beta2,
-            grad_clip=task.grad_clip,
-            seed=task.seed + 1000 * 1,
-            steps=steps,
-        ),
-    )
+    # The same call the ClientApp makes (round 1's data order, local_steps from the task).
+    assert task.local_steps == steps
+    local_train(model, examples, task)
     central = {k: v.numpy() for k, v in model_state(model).items()}
     moved = 0.0
     for k in central:

@@ -1,0 +1,49 @@
+"""Record names and the reply layout of a round's messages.
+
+Server -> site (train and evaluate): ``arrays`` = the global model's trainable tensors (all of
+them in full fine-tuning; LoRA adapters + classification head in LoRA mode), ``config`` = the
+:class:`~orchestrator.contract.task.SiteTask` record.
+
+Site -> server, train reply: ``arrays`` = the update ``w_local - w_received`` of the same tensors
+(after the site's update stages, see ``clients/pipeline.py``), ``metrics`` = ``num-examples`` +
+train metrics, ``site`` = ``{"name": ...}``. Evaluate reply: ``metrics`` (``num-examples``,
+``eval-loss``, accuracy/macro-F1/``confusion`` or perplexity) and ``site``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+
+from orchestrator.contract.arrays import from_numpy
+
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+SITE = "site"
+SITE_NAME = "name"
+SERVER_ROUND = "server-round"
+
+
+def train_reply(
+    msg: Message, update: Mapping[str, np.ndarray], metrics: Mapping[str, float], site: str
+) -> Message:
+    """A site's reply to a train message."""
+    content = RecordDict(
+        {
+            ARRAYS: from_numpy(update),
+            METRICS: MetricRecord(dict(metrics)),
+            SITE: ConfigRecord({SITE_NAME: site}),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+def evaluate_reply(msg: Message, metrics: Mapping[str, float | list[int]], site: str) -> Message:
+    """A site's reply to an evaluate message."""
+    content = RecordDict(
+        {METRICS: MetricRecord(dict(metrics)), SITE: ConfigRecord({SITE_NAME: site})}
+    )
+    return Message(content=content, reply_to=msg)

@@ -1,0 +1,260 @@
+"""The server's round loop: evaluate round 0, then train -> evaluate -> record -> checkpoint.
+
+Flower-agnostic apart from the ``Grid`` it talks to: :mod:`orchestrator.federated.server_app`
+wires it into a ServerApp, tests drive it with an in-process grid
+(:class:`orchestrator.federated.local_grid.LocalGrid`). What a round does to the replies is the
+strategy's pipeline (``strategies/pipeline.py``); this module only moves messages, keeps the
+run directory (``metrics.jsonl``, checkpoints, export) and names the sites.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord
+from flwr.serverapp import Grid
+
+from orchestrator.config.federated import FederatedJob
+from orchestrator.config.loader import to_yaml
+from orchestrator.contract.arrays import from_numpy, nbytes, to_numpy
+from orchestrator.contract.model import export, load_state, model_state
+from orchestrator.federated import checkpoint
+from orchestrator.federated.report import RoundTable
+from orchestrator.federated.resume import check_resumable
+from orchestrator.federated.setup import ServerSetup, prepare
+from orchestrator.runs import append_metrics, read_metrics
+from strategies import DeltaStrategy, build_strategy, stream_replies
+from strategies.base import SiteReport
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FederatedResult:
+    run_dir: Path
+    export_dir: Path
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+
+    def metric(self, name: str) -> list[float | None]:
+        """``eval[name]`` per round, round 0 (the starting model) first."""
+        return [r.get("eval", {}).get(name) for r in self.rounds]
+
+
+def site_rows(strategy: DeltaStrategy) -> dict[str, dict[str, Any]]:
+    """Per-site columns of a round record: train metrics, evaluation, rejections, notes."""
+    sites: dict[str, dict[str, Any]] = {}
+    for s in strategy.last_train.sites:
+        row = sites.setdefault(s.site, {})
+        row.update(s.metrics)
+        if not s.accepted:
+            row["rejected"] = s.reason
+    for name, note in strategy.last_train.notes.items():
+        sites.setdefault(name, {})["aggregation"] = note
+    for s in strategy.last_evaluate.sites:
+        row = sites.setdefault(s.site, {})
+        for k, v in s.metrics.items():
+            row["eval-examples" if k == "num-examples" else k] = v
+        if not s.accepted:
+            row["eval-error"] = s.reason
+    return sites
+
+
+def attribute_lost_replies(
+    reports: list[SiteReport], sent: list[int], site_names: dict[int, str]
+) -> None:
+    """Name error replies the SuperLink sent on behalf of sites it lost.
+
+    For a site that stopped heartbeating, the SuperLink answers "Node Unavailable" under a node id
+    that is not the site's, so the row would be named after that id. When the unanswered sites
+    and such foreign replies pair up one-to-one, give each reply its site's id and name.
+    """
+    answered = {r.node_id for r in reports}
+    missing = [n for n in sent if n not in answered]
+    foreign = [i for i, r in enumerate(reports) if r.node_id not in sent]
+    if not foreign or len(foreign) != len(missing):
+        return
+    for i, node in zip(foreign, missing, strict=True):
+        name = site_names.get(node, f"node-{node}")
+        reports[i] = replace(reports[i], node_id=node, site=name)
+
+
+class FederatedRun:
+    """One run (or resumed run) of a job on a grid; :meth:`run` does all rounds."""
+
+    def __init__(
+        self,
+        grid: Grid,
+        job: FederatedJob,
+        run_dir: Path,
+        setup: ServerSetup,
+        table: RoundTable,
+        on_round: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.grid, self.job, self.run_dir, self.setup = grid, job, run_dir, setup
+        self.table, self.on_round = table, on_round
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.strategy = build_strategy(
+            job, update_keys=setup.update_keys, num_classes=len(setup.labels) or None
+        )
+        self.result = FederatedResult(run_dir, run_dir / "export")
+        self.task_record = setup.task.to_record()
+        self.timeout = job.federation.round_timeout_s
+        # node id -> site name, to name sites that stop replying (real sites drop out).
+        self.site_names: dict[int, str] = {}
+        self.t_run = time.monotonic()
+
+    # ---- run directory ------------------------------------------------------------------------
+
+    def emit(self, rec: dict[str, Any]) -> None:
+        append_metrics(self.metrics_path, rec)
+        self.result.rounds.append(rec)
+        self.table.row(rec)
+        if self.on_round is not None:
+            self.on_round(rec)
+
+    def restore(self) -> tuple[int, ArrayRecord]:
+        """The first round to run and the global model: from the last checkpoint, if any.
+
+        A row the checkpoint holds but ``metrics.jsonl`` lacks (a crash between the two writes)
+        is appended, so no round's record is lost.
+        """
+        ckpt = checkpoint.latest(self.run_dir)
+        if ckpt is None:
+            arrays = {k: v.numpy() for k, v in model_state(self.setup.model).items()}
+            return 1, from_numpy(arrays)
+        check_resumable(ckpt.state.get("config_yaml", ""), to_yaml(self.job), self.run_dir)
+        self.strategy.load_state(ckpt.state["strategy"], ckpt.strategy_arrays)
+        log.warning("resuming %s from round %d", self.run_dir, ckpt.round)
+        rows = read_metrics(self.metrics_path)
+        saved = ckpt.state.get("record")
+        if saved is not None and not any(r.get("round") == ckpt.round for r in rows):
+            append_metrics(self.metrics_path, saved)
+            rows.append(saved)
+        self.result.rounds = rows
+        return ckpt.round + 1, from_numpy(ckpt.global_arrays)
+
+    def save(self, server_round: int, arrays: ArrayRecord, rec: dict[str, Any]) -> None:
+        state = {
+            "strategy": self.strategy.state_meta(),
+            "config_yaml": to_yaml(self.job),
+            "record": rec,
+        }
+        checkpoint.save(
+            self.run_dir, server_round, to_numpy(arrays), self.strategy.state_arrays(), state
+        )
+
+    # ---- rounds -------------------------------------------------------------------------------
+
+    def remember_names(self) -> None:
+        for s in [*self.strategy.last_train.sites, *self.strategy.last_evaluate.sites]:
+            if s.accepted:
+                self.site_names[s.node_id] = s.site
+
+    def evaluate(self, server_round: int, arrays: ArrayRecord) -> tuple[dict[str, Any], int]:
+        """Every site evaluates ``arrays``; returns the pooled metrics and the bytes sent."""
+        s = self.strategy
+        msgs = list(s.configure_evaluate(server_round, arrays, self.task_record, self.grid))
+        sent = [m.metadata.dst_node_id for m in msgs]
+        ev = s.aggregate_evaluate(server_round, stream_replies(self.grid, msgs, self.timeout))
+        attribute_lost_replies(s.last_evaluate.sites, sent, self.site_names)
+        self.remember_names()
+        out = {k: v for k, v in (ev or {}).items() if not isinstance(v, list)}
+        return out, nbytes(arrays) * len(msgs)
+
+    def train(self, server_round: int, arrays: ArrayRecord) -> tuple[ArrayRecord | None, dict]:
+        """Sample, send, fold; returns the new model (None = skipped) and the train columns."""
+        s = self.strategy
+        msgs = list(s.configure_train(server_round, arrays, self.task_record, self.grid))
+        bytes_down = nbytes(arrays) * len(msgs)
+        sampled = [m.metadata.dst_node_id for m in msgs]
+        new, metrics = s.aggregate_train(server_round, stream_replies(self.grid, msgs, self.timeout))
+        del msgs
+        replied = {r.node_id for r in s.last_train.sites}
+        dropped = [self.site_names.get(n, f"node-{n}") for n in sampled if n not in replied]
+        # The SuperLink answers for a site it lost ("Node Unavailable") under its own node id.
+        lost = [r for r in s.last_train.sites if r.node_id not in sampled]
+        self.remember_names()
+        train = dict(metrics or {})
+        train["sites-sampled"] = len(sampled)
+        train["sites-dropped"] = len(dropped)
+        info = {"dropped": dropped, "lost": lost, "bytes_down": bytes_down}
+        return new, {"train": train, **info}
+
+    def round_record(
+        self, server_round: int, t0: float, train: dict[str, Any], ev: dict[str, Any], down: int
+    ) -> dict[str, Any]:
+        rec = {
+            "round": server_round,
+            "train": train["train"],
+            "eval": ev,
+            "sites": site_rows(self.strategy),
+            "dropped": train["dropped"],
+            "bytes_up": int(train["train"].get("bytes-received", 0)),
+            "bytes_down": train["bytes_down"] + down,
+            "skipped": train["skipped"],
+            "round_time_s": round(time.monotonic() - t0, 3),
+            "elapsed_s": round(time.monotonic() - self.t_run, 3),
+        }
+        for s in train["lost"]:
+            rec["sites"].pop(s.site, None)
+        for name in train["dropped"]:
+            reason = train["lost"][0].reason if train["lost"] else "no reply before the timeout"
+            rec["sites"].setdefault(name, {})["dropped"] = reason
+        return rec
+
+    def run(self) -> FederatedResult:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        start_round, arrays = self.restore()
+        (self.run_dir / "config.yaml").write_text(to_yaml(self.job))
+        self.table.header()
+        if start_round == 1:
+            t0 = time.monotonic()
+            ev, down = self.evaluate(0, arrays)
+            rec = {
+                "round": 0,
+                "eval": ev,
+                "sites": site_rows(self.strategy),
+                "bytes_down": down,
+                "bytes_up": 0,
+                "round_time_s": round(time.monotonic() - t0, 3),
+                "elapsed_s": round(time.monotonic() - self.t_run, 3),
+            }
+            self.emit(rec)
+        for server_round in range(start_round, self.job.federation.num_rounds + 1):
+            t0 = time.monotonic()
+            new, train = self.train(server_round, arrays)
+            train["skipped"] = new is None
+            if new is not None:
+                arrays = new
+            ev, down = self.evaluate(server_round, arrays)
+            rec = self.round_record(server_round, t0, train, ev, down)
+            # Checkpoint first (it holds the record too): a crash before the metrics write
+            # is repaired by restore(); the other order could lose the round's model.
+            self.save(server_round, arrays, rec)
+            self.emit(rec)
+        load_state(self.setup.model, to_numpy(arrays))
+        export(self.setup.model, self.setup.tokenizer, self.result.export_dir)
+        log.info("exported %s", self.result.export_dir)
+        return self.result
+
+
+def run_federated(
+    grid: Grid,
+    job: FederatedJob,
+    run_dir: Path,
+    *,
+    setup: ServerSetup | None = None,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    table: RoundTable | None = None,
+) -> FederatedResult:
+    """Run (or resume) the job on ``grid``; returns the per-round records and the export dir."""
+    setup = setup or prepare(job)
+    run = FederatedRun(
+        grid, job, run_dir, setup, table or RoundTable(job.task.kind), on_round=on_round
+    )
+    return run.run()
