@@ -94,7 +94,7 @@ def bench_sim(rounds: int, work: Path) -> dict:
 
 
 def bench_deploy(rounds: int, work: Path) -> dict:
-    from orchestrator.federated import credentials, deploy
+    from orchestrator.federated import credentials, server_session, site
     from orchestrator.federated.processes import stop_all
     from tests.conftest import free_port
 
@@ -103,16 +103,16 @@ def bench_deploy(rounds: int, work: Path) -> dict:
     files = write_site_files(job, work / "site-data")
     pki = credentials.make_test_pki(work / "pki")
     keys = [credentials.make_site_key(work / "keys" / f"site-{i}") for i in range(len(files))]
-    opts = deploy.ServerOptions(port=free_port(), certs=pki.ca_cert.parent)
+    opts = server_session.ServerOptions(port=free_port(), certs=pki.ca_cert.parent)
     t0 = time.monotonic()
     sites = []
     log = open(work / "deploy-server.log", "w")  # noqa: SIM115
-    with deploy.ServerSession(opts, run_dir / "server", run_dir / "tls") as session:
+    with server_session.ServerSession(opts, run_dir / "server", run_dir / "tls") as session:
         session.open(out=log)
         session.register([k.public for k in keys], out=log)
         try:
             for i, (f, k) in enumerate(zip(files, keys, strict=True)):
-                so = deploy.SiteOptions(
+                so = site.SiteOptions(
                     server=session.address,
                     data=f,
                     name=f"site-{i}",
@@ -120,7 +120,7 @@ def bench_deploy(rounds: int, work: Path) -> dict:
                     root_cert=pki.ca_cert,
                     port=free_port(),
                 )
-                sites.append(deploy.site_process(so, work / f"site-{i}.log", work / f"s{i}"))
+                sites.append(site.site_process(so, work / f"site-{i}.log", work / f"s{i}"))
                 sites[-1].start()
             t_submit = time.monotonic()
             run = session.run(to_yaml(job), run_dir, out=log)

@@ -10,7 +10,6 @@ CONFIG is a YAML file or a preset name (``fedray presets`` lists them). Exit cod
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -19,6 +18,7 @@ from collections.abc import Callable, Sequence
 from rich.console import Console
 from rich.markup import escape
 
+from orchestrator.cli_args import print_dry_run, split_config_args
 from orchestrator.config.loader import ConfigError, load_dictconfig, preset_names, to_job, to_yaml
 
 EXIT_CONFIG = 2
@@ -85,14 +85,6 @@ def report_config_error(e: ConfigError) -> None:
     err.print(f"[bold red]config error:[/] {escape(str(e))}", soft_wrap=True)
 
 
-def _split_args(args: Sequence[str]) -> tuple[str | None, list[str]]:
-    """The optional leading CONFIG (no '=') and the key=value overrides."""
-    args = list(args)
-    if args and "=" not in args[0]:
-        return args[0], args[1:]
-    return None, args
-
-
 def run_job_command(name: str, argv: Sequence[str]) -> int:
     help_text, factory = COMMANDS[name]
     p = argparse.ArgumentParser(prog=f"fedray {name}", description=help_text)
@@ -105,7 +97,7 @@ def run_job_command(name: str, argv: Sequence[str]) -> int:
     )
     ns = p.parse_args(argv)
     schema, default_preset, run, plan = factory()
-    source, overrides = _split_args(ns.args)
+    source, overrides = split_config_args(ns.args)
     try:
         merged = load_dictconfig(schema, source, overrides, default_preset=default_preset)
         job = to_job(schema, merged)
@@ -113,9 +105,7 @@ def run_job_command(name: str, argv: Sequence[str]) -> int:
             out.print(to_yaml(job), end="", markup=False)
             return 0
         if ns.dry_run:
-            out.print(to_yaml(job), end="", markup=False)
-            out.print("# launch plan", markup=False)
-            out.print(json.dumps(plan(job), indent=2), markup=False)
+            print_dry_run(job, plan(job))
             return 0
         run(job)
     except ConfigError as e:

@@ -7,15 +7,15 @@
     fedray site --server fl.example.org:9092 --data /data/a.csv --key keys/hospital-a \\
         --root-cert certs/ca.pem
 
-The work is done by :mod:`orchestrator.federated.deploy` and
-:mod:`orchestrator.federated.credentials`; each ``*_main(argv)`` returns an exit code
-(0 ok, 1 failed while running, 2 bad input, 130 interrupted).
+The work is done by :mod:`orchestrator.federated.server_session` (server),
+:mod:`orchestrator.federated.site` (site) and :mod:`orchestrator.federated.credentials`; each
+``*_main(argv)`` returns an exit code (0 ok, 1 failed while running, 2 bad input,
+130 interrupted).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import re
 import sys
@@ -23,6 +23,20 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+from orchestrator.federated.launch import (
+    CLIENTAPP,
+    DEFAULT_PORT,
+    SERVERAPP,
+    ServerTLS,
+    format_address,
+    submit_argv,
+    superlink_argv,
+    supernode_argv,
+)
+from orchestrator.federated.server_session import ServerOptions
+from orchestrator.federated.site import SiteOptions, refused_message, site_process
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +116,6 @@ def site_key_main(argv: Sequence[str]) -> int:
 
 
 def server_parser() -> argparse.ArgumentParser:
-    from orchestrator.federated.deploy import DEFAULT_PORT
-
     p = argparse.ArgumentParser(
         prog="fedray server",
         description="Run a federated job across real sites: start a Flower SuperLink (TLS and "
@@ -153,37 +165,29 @@ def server_parser() -> argparse.ArgumentParser:
     return p
 
 
-def server_main(argv: Sequence[str]) -> int:
-    from orchestrator.cli import _split_args
+def _server_job(ns: argparse.Namespace) -> tuple[Any, Path] | None:
+    """The job and run directory from CONFIG/overrides or ``--resume``; None = usage error."""
+    from orchestrator.cli_args import split_config_args
     from orchestrator.config.federated import FederatedJob
-    from orchestrator.config.loader import load_config, to_yaml
-    from orchestrator.federated import deploy
+    from orchestrator.config.loader import load_config
     from orchestrator.runs import resolve_run_dir
 
-    ns = server_parser().parse_args(list(argv))
-    if ns.resume is not None:
-        if ns.args:
-            _err(
-                "--resume RUN_DIR takes the config from RUN_DIR/config.yaml; drop CONFIG/overrides"
-            )
-            return EXIT_USAGE
-        cfg = ns.resume / "config.yaml"
-        if not cfg.is_file():
-            _err(f"{cfg} not found: --resume needs the directory of a run started by fedray")
-            return EXIT_USAGE
-        job = load_config(FederatedJob, str(cfg))
-        run_dir = ns.resume.absolute()
-    else:
-        source, overrides = _split_args(ns.args)
+    if ns.resume is None:
+        source, overrides = split_config_args(ns.args)
         job = load_config(FederatedJob, source, overrides, default_preset="simulate-demo")
-        run_dir = resolve_run_dir(job.run, "server")
-    if ns.print_config:
-        print(to_yaml(job), end="")
-        return EXIT_OK
-    if ns.insecure and ns.site_keys:
-        _err("--site-keys needs TLS: Flower authenticates sites only over TLS; drop --insecure")
-        return EXIT_USAGE
-    opts = deploy.ServerOptions(
+        return job, resolve_run_dir(job.run, "server")
+    if ns.args:
+        _err("--resume RUN_DIR takes the config from RUN_DIR/config.yaml; drop CONFIG/overrides")
+        return None
+    cfg = ns.resume / "config.yaml"
+    if not cfg.is_file():
+        _err(f"{cfg} not found: --resume needs the directory of a run started by fedray")
+        return None
+    return load_config(FederatedJob, str(cfg)), ns.resume.absolute()
+
+
+def _server_options(ns: argparse.Namespace) -> ServerOptions:
+    return ServerOptions(
         host=ns.host,
         port=ns.port,
         insecure=ns.insecure,
@@ -193,13 +197,35 @@ def server_main(argv: Sequence[str]) -> int:
         superlink=ns.superlink,
         root_cert=ns.root_cert,
     )
-    if ns.dry_run:
+
+
+def server_main(argv: Sequence[str]) -> int:
+    from orchestrator.cli_args import print_dry_run
+    from orchestrator.config.loader import to_yaml
+
+    ns = server_parser().parse_args(list(argv))
+    loaded = _server_job(ns)
+    if loaded is None:
+        return EXIT_USAGE
+    job, run_dir = loaded
+    if ns.print_config:
         print(to_yaml(job), end="")
-        print("# launch plan")
-        print(json.dumps(server_plan(job, opts, run_dir), indent=2))
         return EXIT_OK
+    if ns.insecure and ns.site_keys:
+        _err("--site-keys needs TLS: Flower authenticates sites only over TLS; drop --insecure")
+        return EXIT_USAGE
+    opts = _server_options(ns)
+    if ns.dry_run:
+        print_dry_run(job, server_plan(job, opts, run_dir))
+        return EXIT_OK
+    return _serve(job, opts, run_dir, resume=ns.resume is not None)
+
+
+def _serve(job: Any, opts: ServerOptions, run_dir: Path, resume: bool) -> int:
+    from orchestrator.federated.server_session import serve
+
     try:
-        result = deploy.serve(job, opts, run_dir, resume=ns.resume is not None)
+        result = serve(job, opts, run_dir, resume=resume)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         _err(str(e))
         return EXIT_USAGE
@@ -220,40 +246,30 @@ def server_main(argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
-def server_plan(job: object, opts: object, run_dir: Path) -> dict[str, object]:
+def server_plan(job: object, opts: ServerOptions, run_dir: Path) -> dict[str, object]:
     """What ``--dry-run`` prints: the SuperLink command, the app, a site command."""
-    from orchestrator.federated import deploy
+    from orchestrator.federated.flwr_cli import site_public_keys
 
-    assert isinstance(opts, deploy.ServerOptions)
-    tls = (
-        None
-        if opts.insecure
-        else deploy.ServerTLS(
-            *(Path("<certs>") / n for n in ("ca.pem", "server.pem", "server.key"))
-        )
-    )
+    tls = None if opts.insecure else ServerTLS.in_dir(Path("<certs>"))
     if opts.certs is not None and not opts.insecure:
-        d = opts.certs.absolute()
-        tls = deploy.ServerTLS(d / "ca.pem", d / "server.pem", d / "server.key")
-    address = opts.superlink or deploy.format_address(opts.host, opts.port)
+        tls = ServerTLS.in_dir(opts.certs.absolute())
+    address = opts.superlink or format_address(opts.host, opts.port)
+    state = run_dir / "server"
     return {
         "run_dir": str(run_dir),
         "superlink": None
         if opts.superlink
-        else deploy.superlink_argv(
+        else superlink_argv(
             opts.host,
             opts.port,
             tls,
             opts.site_auth and tls is not None,
-            database=run_dir / "server" / "superlink.db",
+            database=state / "superlink.db",
         ),
-        "register": [
-            f"flwr supernode register {k}" for k in deploy.site_public_keys(opts.site_keys)
-        ],
-        "submit": f"flwr run {run_dir}/server/app {deploy.CONNECTION} --run-config "
-        f"{run_dir}/server/run-config.toml --stream",
-        "app_components": {"serverapp": deploy.SERVERAPP, "clientapp": deploy.CLIENTAPP},
-        "site_example": deploy.supernode_argv(
+        "register": [f"flwr supernode register {k}" for k in site_public_keys(opts.site_keys)],
+        "submit": " ".join(submit_argv(state / "app", state / "run-config.toml")),
+        "app_components": {"serverapp": SERVERAPP, "clientapp": CLIENTAPP},
+        "site_example": supernode_argv(
             address,
             {"data-path": "/path/to/site.csv"},
             root_cert=None if opts.insecure else Path("ca.pem"),
@@ -295,9 +311,7 @@ def site_parser() -> argparse.ArgumentParser:
     return p
 
 
-def site_options(ns: argparse.Namespace) -> object:
-    from orchestrator.federated.deploy import SiteOptions
-
+def site_options(ns: argparse.Namespace) -> SiteOptions:
     def absolute(p: Path | None) -> Path | None:
         return None if p is None else p.expanduser().absolute()
 
@@ -327,12 +341,26 @@ def _follow(path: Path, pos: int) -> int:
     return pos + len(data)
 
 
-def site_main(argv: Sequence[str]) -> int:
-    from orchestrator.federated import deploy
+def _run_site_once(opts: SiteOptions, log_path: Path, state_dir: Path) -> tuple[int | None, bool]:
+    """Start the SuperNode, echo its log until it exits, stop it by PID.
+    Returns (exit code, whether the server refused it)."""
+    proc = site_process(opts, log_path, state_dir)
+    pos = 0
+    try:
+        proc.start()
+        print(f"site {opts.name or opts.data.stem}: {' '.join(proc.argv)}", flush=True)
+        while proc.alive():
+            pos = _follow(log_path, pos)
+            time.sleep(0.5)
+        _follow(log_path, pos)
+    finally:
+        proc.stop()
+    return proc.returncode, bool(REFUSED.search(proc.log_tail(60)))
 
+
+def site_main(argv: Sequence[str]) -> int:
     ns = site_parser().parse_args(list(argv))
     opts = site_options(ns)
-    assert isinstance(opts, deploy.SiteOptions)
     try:
         opts.validate()
     except (FileNotFoundError, ValueError) as e:
@@ -349,29 +377,17 @@ def site_main(argv: Sequence[str]) -> int:
     while True:
         attempt += 1
         log_path = state_dir / "logs" / f"supernode-{attempt}.log"
-        proc = deploy.site_process(opts, log_path, state_dir)
-        pos = 0
         try:
-            proc.start()
-            print(f"site {opts.name or opts.data.stem}: {' '.join(proc.argv)}", flush=True)
-            while proc.alive():
-                pos = _follow(log_path, pos)
-                time.sleep(0.5)
-            _follow(log_path, pos)
+            code, refused = _run_site_once(opts, log_path, state_dir)
         except KeyboardInterrupt:
-            proc.stop()
             return EXIT_INTERRUPTED
-        finally:
-            proc.stop()
-        code = proc.returncode
-        refused = bool(REFUSED.search(proc.log_tail(60)))
         if code == 0:
             return EXIT_OK
         if not refused:
             _err(f"flower-supernode exited with code {code}; log: {log_path}")
             return EXIT_FAILED
         if time.monotonic() >= deadline:
-            _err(deploy.refused_message(opts))
+            _err(refused_message(opts))
             return EXIT_FAILED
         print(
             "the server refused this site (key not registered yet, or this site's previous "

@@ -22,7 +22,7 @@ from safetensors.numpy import load_file
 
 from orchestrator.config.federated import FederatedJob
 from orchestrator.config.loader import load_config, to_yaml
-from orchestrator.federated import credentials, deploy
+from orchestrator.federated import credentials, server_session, site
 from orchestrator.federated.processes import ManagedProcess, flower_env, stop_all, wait_until
 from tests.conftest import free_port
 
@@ -72,7 +72,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Fed:
 def start_site(
     fed: Fed, name: str, server: str, log_dir: Path, key: str | None = None
 ) -> ManagedProcess:
-    opts = deploy.SiteOptions(
+    opts = site.SiteOptions(
         server=server,
         data=fed.data.get(name, fed.data["s0"]),
         name=name,
@@ -81,7 +81,7 @@ def start_site(
         port=free_port(),
         num_threads=1,
     )
-    return deploy.site_process(opts, log_dir / f"{name}.log", log_dir / name).start()
+    return site.site_process(opts, log_dir / f"{name}.log", log_dir / name).start()
 
 
 def fedray_site(fed: Fed, name: str, server: str, log_dir: Path) -> ManagedProcess:
@@ -121,7 +121,7 @@ def final_weights(run_dir: Path) -> dict[str, np.ndarray]:
 
 @dataclass
 class Reference:
-    run: deploy.ServerRun
+    run: server_session.ServerRun
     intruder: ManagedProcess
     superlink_log: str
 
@@ -130,9 +130,9 @@ class Reference:
 def reference(fed: Fed) -> Iterator[Reference]:
     """An uninterrupted 2-round run: 3 registered sites + 1 site whose key is not registered."""
     run_dir = fed.root / "reference"
-    opts = deploy.ServerOptions(port=free_port(), certs=fed.pki.ca_cert.parent)
+    opts = server_session.ServerOptions(port=free_port(), certs=fed.pki.ca_cert.parent)
     procs: list[ManagedProcess] = []
-    with deploy.ServerSession(opts, run_dir / "server", run_dir / "tls") as session:
+    with server_session.ServerSession(opts, run_dir / "server", run_dir / "tls") as session:
         session.open()
         session.register([fed.keys[n].public for n in SITES])
         try:
@@ -173,9 +173,9 @@ def test_unregistered_site_is_refused_and_run_completes(reference: Reference) ->
 
 def test_site_killed_mid_round_round_completes_and_site_rejoins(fed: Fed) -> None:
     run_dir = fed.root / "dropout"
-    opts = deploy.ServerOptions(port=free_port(), certs=fed.pki.ca_cert.parent)
+    opts = server_session.ServerOptions(port=free_port(), certs=fed.pki.ca_cert.parent)
     procs: list[ManagedProcess] = []
-    with deploy.ServerSession(opts, run_dir / "server", run_dir / "tls") as session:
+    with server_session.ServerSession(opts, run_dir / "server", run_dir / "tls") as session:
         session.open()
         session.register([fed.keys[n].public for n in SITES])
         try:
@@ -185,7 +185,7 @@ def test_site_killed_mid_round_round_completes_and_site_rejoins(fed: Fed) -> Non
 
             import threading
 
-            box: dict[str, deploy.ServerRun] = {}
+            box: dict[str, server_session.ServerRun] = {}
             cfg = to_yaml(job(fed, "federation.round_timeout_s=60"))
             server = threading.Thread(target=lambda: box.update(run=session.run(cfg, run_dir)))
             server.start()

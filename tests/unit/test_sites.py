@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
-from orchestrator.federated import commands, credentials, deploy
+from orchestrator.federated import commands, credentials, launch, site
 from orchestrator.federated.processes import ManagedProcess, ProcessFailed, wait_until
 
 # ---- certificates and keys ---------------------------------------------------------------
@@ -88,17 +88,17 @@ def test_node_config_round_trips_through_flower_parser() -> None:
         "num-threads": 2,
         "weird": "C:\\data\\it's.csv",
     }
-    text = deploy.format_node_config(cfg)
+    text = launch.format_node_config(cfg)
     assert parse_config_args([text]) == cfg
     with pytest.raises(ValueError, match="key"):
-        deploy.format_node_config({"bad key": 1})
+        launch.format_node_config({"bad key": 1})
 
 
 def test_superlink_command_parses_with_flower(tmp_path: Path) -> None:
     from flwr.superlink.cli.flower_superlink import _parse_args_run_superlink
 
-    tls = deploy.ServerTLS(tmp_path / "ca.pem", tmp_path / "s.pem", tmp_path / "s.key")
-    argv = deploy.superlink_argv("0.0.0.0", 9092, tls, True, database=tmp_path / "db")
+    tls = launch.ServerTLS(tmp_path / "ca.pem", tmp_path / "s.pem", tmp_path / "s.key")
+    argv = launch.superlink_argv("0.0.0.0", 9092, tls, True, database=tmp_path / "db")
     assert argv[0] == "flower-superlink"
     ns = _parse_args_run_superlink().parse_args(argv[1:])
     assert ns.enable_supernode_auth and not ns.insecure
@@ -107,10 +107,10 @@ def test_superlink_command_parses_with_flower(tmp_path: Path) -> None:
     )
     assert ns.port == 9092 and ns.host == "0.0.0.0"
     assert ns.runtime_dependency_install is False
-    insecure = deploy.superlink_argv("127.0.0.1", 9092, None, False)
+    insecure = launch.superlink_argv("127.0.0.1", 9092, None, False)
     assert _parse_args_run_superlink().parse_args(insecure[1:]).insecure
     with pytest.raises(ValueError, match="needs TLS"):
-        deploy.superlink_argv("127.0.0.1", 9092, None, True)
+        launch.superlink_argv("127.0.0.1", 9092, None, True)
 
 
 def test_site_command_parses_with_flower(tmp_path: Path) -> None:
@@ -120,7 +120,7 @@ def test_site_command_parses_with_flower(tmp_path: Path) -> None:
     data = tmp_path / "a.csv"
     data.write_text("text,label\nhi,positive\n")
     key = credentials.make_site_key(tmp_path / "a")
-    opts = deploy.SiteOptions(
+    opts = site.SiteOptions(
         server="fl.example.org:9092",
         data=data,
         name="bank-a",
@@ -140,25 +140,25 @@ def test_site_command_parses_with_flower(tmp_path: Path) -> None:
         "site-name": "bank-a",
     }
     with pytest.raises(ValueError, match="needs TLS"):
-        deploy.supernode_argv("h:1", {}, root_cert=None, insecure=True, key=key.private, port=1)
+        launch.supernode_argv("h:1", {}, root_cert=None, insecure=True, key=key.private, port=1)
 
 
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
         ("127.0.0.1:9092", ("127.0.0.1", 9092)),
-        ("fl.example.org", ("fl.example.org", deploy.DEFAULT_PORT)),
+        ("fl.example.org", ("fl.example.org", launch.DEFAULT_PORT)),
         ("[::1]:8000", ("::1", 8000)),
     ],
 )
 def test_parse_address(text: str, expected: tuple[str, int]) -> None:
-    assert deploy.parse_address(text) == expected
+    assert launch.parse_address(text) == expected
 
 
 @pytest.mark.parametrize("bad", ["", "a b:1", "host:0", "host:99999", "http://h:1"])
 def test_parse_address_rejects(bad: str) -> None:
     with pytest.raises(ValueError, match=r"HOST:PORT|port"):
-        deploy.parse_address(bad)
+        launch.parse_address(bad)
 
 
 # ---- files the Flower CLI reads --------------------------------------------------------------
@@ -167,10 +167,10 @@ def test_parse_address_rejects(bad: str) -> None:
 def test_generated_app_dir_is_a_valid_flower_app(tmp_path: Path) -> None:
     from flwr.cli.config_utils import load_and_validate
 
-    app = deploy.write_app_dir(tmp_path / "app")
+    app = launch.write_app_dir(tmp_path / "app")
     config, _ = load_and_validate(app / "pyproject.toml", check_module=False)
     components = config["tool"]["flwr"]["app"]["components"]
-    assert components == {"serverapp": deploy.SERVERAPP, "clientapp": deploy.CLIENTAPP}
+    assert components == {"serverapp": launch.SERVERAPP, "clientapp": launch.CLIENTAPP}
     assert set(config["tool"]["flwr"]["app"]["config"]) >= {"config-yaml", "run-dir"}
 
 
@@ -178,12 +178,12 @@ def test_flwr_config_names_our_superlink(tmp_path: Path, monkeypatch: pytest.Mon
     from flwr.cli.flower_config import read_superlink_connection
 
     monkeypatch.setenv("FLWR_HOME", str(tmp_path))
-    deploy.write_flwr_config(tmp_path, "127.0.0.1:9999", tmp_path / "ca.pem", insecure=False)
+    launch.write_flwr_config(tmp_path, "127.0.0.1:9999", tmp_path / "ca.pem", insecure=False)
     conn = read_superlink_connection()
-    assert conn.name == deploy.CONNECTION
+    assert conn.name == launch.CONNECTION
     assert conn.address == "127.0.0.1:9999"
     assert conn.root_certificates == str(tmp_path / "ca.pem")
-    deploy.write_flwr_config(tmp_path, "127.0.0.1:9999", None, insecure=True)
+    launch.write_flwr_config(tmp_path, "127.0.0.1:9999", None, insecure=True)
     assert read_superlink_connection().insecure
 
 
@@ -195,7 +195,7 @@ def test_run_config_carries_the_job_to_the_server_app(tmp_path: Path) -> None:
     from orchestrator.federated.server_app import job_from_run_config
 
     job = load_config(FederatedJob, None, ["federation.num_rounds=7"], "simulate-demo")
-    path = deploy.write_run_config(tmp_path / "rc.toml", to_yaml(job), str(tmp_path / "run"))
+    path = launch.write_run_config(tmp_path / "rc.toml", to_yaml(job), str(tmp_path / "run"))
     run_config = parse_config_args([str(path)])  # what `flwr run --run-config FILE` sends
     got, run_dir = job_from_run_config(run_config)
     assert got == job
@@ -331,7 +331,7 @@ def test_console_scripts_exist() -> None:
 
 
 def test_error_replies_for_lost_sites_get_the_sites_name():
-    from orchestrator.federated.server_app import attribute_lost_replies
+    from orchestrator.federated.rounds import attribute_lost_replies
     from strategies.base import SiteReport
 
     reports = [
