@@ -69,8 +69,10 @@ def _one(content: RecordDict, cls: type[R]) -> R:
 
 def _weight(metrics: MetricRecord, key: str) -> float:
     n = metrics.get(key)
-    if isinstance(n, bool) or not isinstance(n, int | float) or not math.isfinite(n) or n <= 0:
-        raise RejectedReply(f"metric {key!r} must be a number > 0, got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, int | float) or not math.isfinite(n) or n < 1:
+        raise RejectedReply(f"metric {key!r} must be a whole number >= 1, got {n!r}")
+    if not float(n).is_integer():
+        raise RejectedReply(f"metric {key!r} must be a whole number, got {n!r}")
     if n > MAX_EXAMPLES:
         raise RejectedReply(f"metric {key!r}={n:g} exceeds {MAX_EXAMPLES:g}")
     return float(n)
