@@ -18,11 +18,16 @@ orchestrator/contract/messages.py.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
 import torch
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from clients.pipeline import SiteContext, run_stages, update_stages
+from clients.attacks import flip_labels
+from clients.pipeline import SiteContext, is_attacker, run_stages, update_stages
 from clients.site_data import SiteData, load_site_data
 from clients.train import Encoded, encode, evaluate, local_train
 from orchestrator.contract.arrays import to_numpy
@@ -34,13 +39,12 @@ from orchestrator.contract.task import SiteTask
 app = ClientApp()
 
 
-def _setup(msg: Message, context: Context) -> tuple[SiteTask, SiteData, torch.nn.Module]:
+def _setup(
+    msg: Message, node_config: Mapping[str, Any]
+) -> tuple[SiteTask, SiteData, torch.nn.Module]:
     """Parse the task, load this site's data and the received global weights."""
-    threads = context.node_config.get("num-threads")
-    if threads:
-        torch.set_num_threads(int(threads))
     task = SiteTask.from_record(msg.content[CONFIG])
-    data = load_site_data(context.node_config, task)
+    data = load_site_data(node_config, task)
     torch.manual_seed(task.train.seed)
     model = build(task.spec)
     load_state(model, to_numpy(msg.content[ARRAYS]))
@@ -51,23 +55,53 @@ def _encode(task: SiteTask, texts: list[str], labels: list[str] | None) -> Encod
     return encode(task.tokenizer, texts, task.max_length, labels, task.labels)
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    task, data, model = _setup(msg, context)
+def honest_update(
+    msg: Message, node_config: Mapping[str, Any], flip: bool = False
+) -> tuple[dict[str, np.ndarray], dict[str, float], int, str]:
+    """Local training from the received weights: ``(update, metrics, num-examples, site)``.
+
+    ``flip``: a simulated label-flipping attacker trains on labels ``i -> C-1-i``.
+    """
+    task, data, model = _setup(msg, node_config)
     examples = _encode(task, data.train_texts, data.train_labels)
-    params = {k: p for k, p in model.named_parameters() if k in set(trainable_names(model))}
+    if flip and examples.labels is not None:
+        examples.labels = torch.from_numpy(flip_labels(examples.labels.numpy(), len(task.labels)))
+    keys = set(trainable_names(model))
+    params = {k: p for k, p in model.named_parameters() if k in keys}
     received = {k: p.detach().clone() for k, p in params.items()}
     metrics = local_train(model, examples, task)
     update = {k: (p.detach() - received[k]).numpy() for k, p in params.items()}
-    ctx = SiteContext(task, data.name, dict(context.node_config))
-    update = run_stages(update_stages(task), update, ctx)
-    reply_metrics = {**metrics, **ctx.metrics, NUM_EXAMPLES: len(examples)}
-    return train_reply(msg, update, reply_metrics, data.name)
+    return update, metrics, len(examples), data.name
+
+
+def _threads(context: Context) -> dict[str, Any]:
+    """The node config, after applying its optional ``num-threads``."""
+    node_config = dict(context.node_config)
+    if threads := node_config.get("num-threads"):
+        torch.set_num_threads(int(threads))
+    return node_config
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    node_config = _threads(context)
+    task = SiteTask.from_record(msg.content[CONFIG])
+    attacker = is_attacker(task, node_config)
+    flip = attacker and task.attack.kind == "label_flip"
+    update, metrics, n, site = honest_update(msg, node_config, flip)
+
+    def colluder(pid: int) -> dict[str, np.ndarray]:  # simulation only (AttackStage)
+        other = {**node_config, "partition-id": pid}
+        return honest_update(msg, other, flip)[0]
+
+    ctx = SiteContext(task, site, node_config, honest_update_of=colluder if attacker else None)
+    update = run_stages(update_stages(task, node_config), update, ctx)
+    return train_reply(msg, update, {**metrics, **ctx.metrics, NUM_EXAMPLES: n}, site)
 
 
 @app.evaluate()
 def evaluate_(msg: Message, context: Context) -> Message:
-    task, data, model = _setup(msg, context)
+    task, data, model = _setup(msg, _threads(context))
     examples = _encode(task, data.eval_texts, data.eval_labels)
     metrics = evaluate(
         model, examples, task.spec.task, task.train.micro_batch_size, len(task.labels)

@@ -9,12 +9,13 @@ does not change. ``--dry-run`` lists the stages (:func:`describe`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
+from clients.attacks import attack_update, select_attackers
 from orchestrator.contract.task import SiteTask
 
 Arrays = dict[str, np.ndarray]
@@ -28,6 +29,9 @@ class SiteContext:
     site: str
     node_config: Mapping[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    honest_update_of: Callable[[int], Arrays] | None = None
+    """Simulation only: the honest update simulated site ``i`` computes this round (colluding
+    attackers use it; see :class:`AttackStage`)."""
 
 
 class UpdateStage(Protocol):
@@ -38,9 +42,73 @@ class UpdateStage(Protocol):
     def __call__(self, update: Arrays, ctx: SiteContext) -> Arrays: ...
 
 
-def update_stages(task: SiteTask) -> list[UpdateStage]:
-    """The stages ``task`` asks for, in pipeline order (none: the update leaves as computed)."""
-    return []
+def simulated_site(node_config: Mapping[str, Any]) -> tuple[int, int] | None:
+    """``(partition-id, num-partitions)`` of a simulated site; None for a real site."""
+    if "data-path" in node_config or "partition-id" not in node_config:
+        return None
+    return int(node_config["partition-id"]), int(node_config["num-partitions"])
+
+
+def attackers(task: SiteTask, num_sites: int) -> list[int]:
+    """The simulated site ids that attack (reproducible from the federation seed)."""
+    a = task.attack
+    if a.kind == "none":
+        return []
+    return select_attackers(num_sites, a.fraction, a.sites or None, task.partition_seed)
+
+
+def is_attacker(task: SiteTask, node_config: Mapping[str, Any]) -> bool:
+    """Whether this site attacks. A real site refuses a task that asks for attacks."""
+    if task.attack.kind == "none":
+        return False
+    sim = simulated_site(node_config)
+    if sim is None:
+        raise ValueError(
+            f"the server asked this site to simulate an attack (attack.kind={task.attack.kind}); "
+            "attacks exist for simulation only and a real site never runs one"
+        )
+    return sim[0] in attackers(task, sim[1])
+
+
+class AttackStage:
+    """A malicious simulated site: replaces its honest update (``clients/attacks.py``).
+
+    ALIE and IPM need the honest updates' statistics. Colluding attackers know their own honest
+    updates, so each computes every colluder's (the same seeded training the colluder runs) and
+    uses their mean / std; no attacker sees an honest site's data or update.
+    """
+
+    def __init__(self, task: SiteTask) -> None:
+        self.task = task
+        a = task.attack
+        self.name = f"attack: {a.kind} (scale={a.scale}, simulation only)"
+
+    def __call__(self, update: Arrays, ctx: SiteContext) -> Arrays:
+        a = self.task.attack
+        pid, num = simulated_site(ctx.node_config) or (0, 1)
+        colluders = attackers(self.task, num)
+        benign = None
+        if a.kind in ("alie", "ipm") and ctx.honest_update_of is not None:
+            benign = [update if i == pid else ctx.honest_update_of(i) for i in colluders]
+        rng = np.random.default_rng([self.task.partition_seed, self.task.server_round, pid])
+        return attack_update(
+            a.kind,
+            update,
+            scale=a.scale,
+            rng=rng,
+            benign=benign,
+            num_sites=num,
+            num_attackers=len(colluders),
+        )
+
+
+def update_stages(task: SiteTask, node_config: Mapping[str, Any]) -> list[UpdateStage]:
+    """The stages ``task`` asks for at this site, in pipeline order (none: the update leaves
+    as computed)."""
+    stages: list[UpdateStage] = []
+    if is_attacker(task, node_config) and task.attack.kind != "label_flip":
+        stages.append(AttackStage(task))
+    return stages
 
 
 def run_stages(stages: Sequence[UpdateStage], update: Arrays, ctx: SiteContext) -> Arrays:
@@ -51,12 +119,11 @@ def run_stages(stages: Sequence[UpdateStage], update: Arrays, ctx: SiteContext) 
 
 def describe(task: SiteTask) -> list[str]:
     """The site pipeline as text, for ``--dry-run``."""
-    steps = (
-        f"{task.local_steps} step(s)" if task.local_steps else f"{task.local_epochs} epoch(s)"
-    )
+    steps = f"{task.local_steps} step(s)" if task.local_steps else f"{task.local_epochs} epoch(s)"
     head = [
         f"train: AdamW lr={task.train.lr} batch={task.train.micro_batch_size}, {steps}"
         + (f", FedProx mu={task.proximal_mu}" if task.proximal_mu else ""),
         "update: w_local - w_received (trainable tensors)",
     ]
-    return [*head, *(s.name for s in update_stages(task)), "reply: update + num-examples"]
+    stages = [AttackStage(task).name] if task.attack.kind != "none" else []
+    return [*head, *stages, "reply: update + num-examples"]

@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from strategies.aggregators import RuleConfig
 from strategies.base import DeltaStrategy, RoundReport, SiteReport, stream_replies
 from strategies.fedavg import FedAvg, FedProx
 from strategies.fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
+from strategies.robust_strategy import RobustStrategy
 
 if TYPE_CHECKING:
     from orchestrator.config.federated import FederatedJob
 
 log = logging.getLogger(__name__)
+
+ROBUST = ("median", "trimmed_mean", "krum", "multikrum", "centered_clip")
 
 STRATEGIES: dict[str, type[DeltaStrategy]] = {
     "fedavg": FedAvg,
@@ -32,9 +37,25 @@ def build_strategy(
     job: FederatedJob,
     update_keys: Iterable[str] | None = None,
     num_classes: int | None = None,
+    work_dir: str | Path | None = None,
 ) -> DeltaStrategy:
-    """The strategy named by ``job.strategy`` with the federation's sampling settings."""
+    """The strategy named by ``job.strategy`` with the federation's sampling settings.
+
+    ``work_dir``: where rules that keep a round's replies on disk put them (the run directory).
+    """
     s, f = job.strategy, job.federation
+    rule = RuleConfig(
+        rule=s.name if s.name in ROBUST else "mean",
+        weighting=s.weighting,
+        weight_cap=s.weight_cap,
+        clip_update_norm=s.clip_update_norm,
+        clip_relative=s.clip_relative,
+        trim_fraction=s.trim_fraction,
+        num_byzantine=s.num_byzantine,
+        num_selected=s.num_selected,
+        clip_radius=s.clip_radius,
+        clip_iters=s.clip_iters,
+    )
     common = dict(
         eta=s.eta,
         sites_per_round=f.sites_per_round,
@@ -47,7 +68,11 @@ def build_strategy(
         rejoin_wait_s=f.rejoin_wait_s,
         accumulate=s.accumulate,
         num_classes=num_classes,
+        rule=rule,
+        work_dir=work_dir,
     )
+    if s.name in ROBUST:
+        return RobustStrategy(name=s.name, **common)
     if s.name == "fedprox":
         if s.proximal_mu == 0:
             log.warning("strategy.proximal_mu=0: FedProx without its proximal term is FedAvg")
@@ -66,6 +91,7 @@ __all__ = [
     "FedOpt",
     "FedProx",
     "FedYogi",
+    "RobustStrategy",
     "RoundReport",
     "SiteReport",
     "build_strategy",

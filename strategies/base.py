@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import logging
 import random
+import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +27,7 @@ from flwr.serverapp.strategy import Strategy
 
 from orchestrator.contract.arrays import from_numpy, to_numpy
 from orchestrator.contract.metrics import classification_metrics, perplexity
+from strategies.aggregators import NormClipStage, RuleConfig, StoredAggregator
 from strategies.math import Arrays, RunningSum, apply_sgd_from_sum
 from strategies.pipeline import (
     AggregateStage,
@@ -117,6 +120,8 @@ class DeltaStrategy(Strategy):
         rejoin_wait_s: float = 0.0,
         accumulate: str = "float64",
         num_classes: int | None = None,
+        rule: RuleConfig | None = None,
+        work_dir: str | Path | None = None,
         reply_stages: Sequence[ReplyStage] = (),
         aggregate_stages: Sequence[AggregateStage] = (),
         weighted_by_key: str = "num-examples",
@@ -136,7 +141,13 @@ class DeltaStrategy(Strategy):
         self.accumulate = np.dtype(accumulate)  # of the running sum; see RunningSum
         # Evaluate replies' confusion matrices must be num_classes^2 (None = any square).
         self.num_classes = num_classes
+        self.rule = rule or RuleConfig()
+        # Where rules that keep the round's replies on disk put them (the run directory).
+        self.work_dir = Path(work_dir) if work_dir else Path(tempfile.gettempdir()) / "fedray"
         self.reply_stages = list(reply_stages)
+        if self.rule.clip_update_norm and not self.rule.clip_relative and self.rule.rule == "mean":
+            # A fixed bound needs no other reply: clip each reply as it streams in.
+            self.reply_stages.append(NormClipStage(self.rule.clip_update_norm))
         self.aggregate_stages = list(aggregate_stages)
         self._federation_seen = False
         self.weighted_by_key = weighted_by_key
@@ -230,8 +241,19 @@ class DeltaStrategy(Strategy):
     # ---- the round's stages (see strategies/pipeline.py) --------------------------------------
 
     def make_aggregator(self, server_round: int) -> Aggregator:
-        """The fold stage of a round (a fresh one each round)."""
-        return WeightedMean(self.accumulate)
+        """The fold stage of a round (a fresh one each round): streamed unless the settings
+        need every reply (capped weights, median-relative clipping, a robust rule)."""
+        if (
+            self.rule.rule != "mean"
+            or self.rule.weighting == "capped"
+            or (self.rule.clip_update_norm and self.rule.clip_relative)
+        ):
+            return StoredAggregator(self.rule, self.work_dir, center=self.center())
+        return WeightedMean(self.accumulate, uniform=self.rule.weighting == "uniform")
+
+    def center(self) -> Arrays | None:
+        """Centered clipping's starting point (RobustStrategy keeps the last aggregate)."""
+        return None
 
     def server_step_name(self) -> str:
         return f"{self.name}: w + {self.eta} * mean update"
@@ -239,7 +261,10 @@ class DeltaStrategy(Strategy):
     def pipeline(self) -> list[str]:
         """The stages a train round runs, for ``--dry-run``."""
         return describe(
-            self.reply_stages, self.make_aggregator(0), self.aggregate_stages, self.server_step_name()
+            self.reply_stages,
+            self.make_aggregator(0),
+            self.aggregate_stages,
+            self.server_step_name(),
         )
 
     def aggregate_train(
@@ -249,6 +274,7 @@ class DeltaStrategy(Strategy):
             raise RuntimeError("aggregate_train before configure_train: no global arrays")
         agg = self.make_aggregator(server_round)
         metric_sums: dict[str, float] = {}
+        notes: dict[str, str] = {}
         report = RoundReport()
         for msg in replies:
             try:
@@ -265,6 +291,8 @@ class DeltaStrategy(Strategy):
                 )
                 continue
             agg.add(reply)
+            if reply.note:
+                notes[reply.site] = reply.note
             if self.update_keys is None:
                 self.update_keys = set(reply.update)
             for k, v in reply.metrics.items():
@@ -287,10 +315,16 @@ class DeltaStrategy(Strategy):
                 self.min_sites,
             )
             return None, out
-        aggregate = agg.result()
+        try:
+            aggregate = agg.result()
+        except ValueError as e:  # e.g. Krum with too few accepted replies this round
+            log.warning(
+                "round %d: aggregation failed (%s); the global model is unchanged", server_round, e
+            )
+            return None, out
         for stage in self.aggregate_stages:
             aggregate = stage(aggregate, server_round)
-        report.notes = dict(aggregate.notes)
+        report.notes = {**notes, **aggregate.notes}
         new = self.server_update(self._global, aggregate.folded, server_round)
         return from_numpy(new), out
 

@@ -80,6 +80,17 @@ class RunningSum:
         self.total_weight = 0.0
         self.count = 0
 
+    @classmethod
+    def of_mean(cls, mean: Mapping[str, np.ndarray], count: int) -> RunningSum:
+        """A sum whose ``mean()`` is ``mean`` (total weight 1): how a rule that computes its
+        aggregate directly (median, Krum, ...) hands it to the server step."""
+        acc = cls(np.float32)
+        for key, value in mean.items():
+            acc.sums[key] = np.ascontiguousarray(value)
+            acc.out_dtypes[key] = np.result_type(value.dtype, np.float32)
+        acc.total_weight, acc.count = 1.0, count
+        return acc
+
     def fold(self, update: Mapping[str, np.ndarray], weight: float) -> None:
         if weight <= 0:
             raise ValueError(f"weight must be > 0, got {weight}")

@@ -35,6 +35,8 @@ class Reply:
     """``num-examples`` as the site reported it (bounded by validation)."""
     metrics: dict[str, float] = field(default_factory=dict)
     nbytes: int = 0
+    note: str = ""
+    """Set by a reply stage that changed the reply (e.g. ``clipped``); goes to the record."""
 
 
 @dataclass
@@ -85,12 +87,14 @@ class Aggregator(ABC):
 class WeightedMean(Aggregator):
     """``sum_k n_k delta_k / sum_k n_k``, folded on arrival (memory: one update-sized sum)."""
 
-    def __init__(self, accumulate: np.dtype | str = "float64") -> None:
+    def __init__(self, accumulate: np.dtype | str = "float64", uniform: bool = False) -> None:
         self.sum = RunningSum(accumulate)
-        self.name = f"weighted mean (num-examples, {np.dtype(accumulate).name} sum)"
+        self.uniform = uniform
+        by = "uniform weights" if uniform else "num-examples"
+        self.name = f"weighted mean ({by}, {np.dtype(accumulate).name} sum, streamed)"
 
     def add(self, reply: Reply) -> None:
-        self.sum.fold(reply.update, reply.weight)
+        self.sum.fold(reply.update, 1.0 if self.uniform else reply.weight)
 
     def result(self) -> Aggregate:
         return Aggregate(self.sum)

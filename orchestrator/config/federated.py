@@ -10,6 +10,7 @@ are refused here instead of silently ignored), ``finetune``, ``strategy``, ``fed
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -23,7 +24,21 @@ from orchestrator.config.schema import (
 
 TaskKind = Literal["classification", "causal_lm"]
 FinetuneMode = Literal["full", "lora"]
-StrategyName = Literal["fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad"]
+StrategyName = Literal[
+    "fedavg",
+    "fedprox",
+    "fedadam",
+    "fedyogi",
+    "fedadagrad",
+    "median",
+    "trimmed_mean",
+    "krum",
+    "multikrum",
+    "centered_clip",
+]
+ROBUST = ("median", "trimmed_mean", "krum", "multikrum", "centered_clip")
+Weighting = Literal["examples", "uniform", "capped"]
+AttackKind = Literal["none", "sign_flip", "scale", "gaussian", "alie", "ipm", "label_flip"]
 PartitionKind = Literal["natural", "dirichlet", "iid"]
 Accumulate = Literal["float64", "float32"]
 TASKS: tuple[str, ...] = get_args(TaskKind)
@@ -122,7 +137,32 @@ class StrategyConfig:
 
     name: StrategyName = "fedavg"
     """``fedavg`` | ``fedprox`` (FedAvg + proximal term at the sites) | ``fedadam`` |
-    ``fedyogi`` | ``fedadagrad`` (server optimizer on the averaged update)."""
+    ``fedyogi`` | ``fedadagrad`` (server optimizer on the averaged update) | robust rules:
+    ``median`` (coordinate-wise), ``trimmed_mean``, ``krum``, ``multikrum``, ``centered_clip``
+    (docs/federated.md, "Robustness and threat model")."""
+    weighting: Weighting = "examples"
+    """How replies are weighted: ``examples`` (by the ``num-examples`` a site reports),
+    ``uniform`` (every accepted reply counts the same), ``capped`` (by examples, but at most
+    ``weight_cap`` x the round's median: one site cannot outweigh the rest by claiming 1e9 rows)."""
+    weight_cap: float = 3.0
+    """``capped`` weighting: a site's weight is at most this multiple of the round's median."""
+    clip_update_norm: float = 0.0
+    """Bound each update's L2 norm (over all tensors) before aggregation, with any strategy;
+    0 = off. See ``clip_relative``."""
+    clip_relative: bool = False
+    """``clip_update_norm`` is a multiple of the round's median update norm (e.g. 2.0) instead
+    of an absolute norm."""
+    trim_fraction: float = 0.1
+    """``trimmed_mean``: per coordinate, drop this fraction of the largest and of the smallest
+    values (tolerates that fraction of attackers)."""
+    num_byzantine: int = 1
+    """``krum`` / ``multikrum``: attackers to tolerate (needs sites per round > 2f + 2)."""
+    num_selected: int | None = None
+    """``multikrum``: replies averaged after selection; ``None`` = sites - num_byzantine."""
+    clip_radius: float = 1.0
+    """``centered_clip``: radius tau around the running center (in update L2 norm)."""
+    clip_iters: int = 3
+    """``centered_clip``: clipping iterations per round (the paper uses 1-3)."""
     proximal_mu: float = 0.01
     """FedProx: sites add ``mu/2 * ||w - w_global||^2`` to their loss (only with ``fedprox``)."""
     server_lr: float | None = None
@@ -149,12 +189,44 @@ class StrategyConfig:
         require(0 <= self.beta2 < 1, self, "beta2", "a float in [0, 1)")
         require(self.tau > 0, self, "tau", "a float > 0")
         require(self.accumulate in ("float64", "float32"), self, "accumulate", "float64 | float32")
+        require(self.weight_cap >= 1, self, "weight_cap", "a float >= 1")
+        require(self.clip_update_norm >= 0, self, "clip_update_norm", "a float >= 0 (0 = off)")
+        require(0 <= self.trim_fraction < 0.5, self, "trim_fraction", "a float in [0, 0.5)")
+        require(self.num_byzantine >= 0, self, "num_byzantine", "an integer >= 0")
+        if self.num_selected is not None:
+            require(self.num_selected >= 1, self, "num_selected", "an integer >= 1 or null")
+        require(self.clip_radius > 0, self, "clip_radius", "a float > 0")
+        require(self.clip_iters >= 1, self, "clip_iters", "an integer >= 1")
 
     @property
     def eta(self) -> float:
         if self.server_lr is not None:
             return self.server_lr
-        return 1.0 if self.name in ("fedavg", "fedprox") else 0.01
+        return 0.01 if self.name in ("fedadam", "fedyogi", "fedadagrad") else 1.0
+
+
+@dataclass
+class AttackConfig:
+    """Simulated attackers (``fedray simulate`` only; real sites refuse it). The attack runs at
+    the site, so the server sees exactly what a malicious site would send."""
+
+    kind: AttackKind = "none"
+    """``none`` | ``sign_flip`` (-scale x update) | ``scale`` (scale x update) | ``gaussian``
+    (noise of std ``scale``) | ``alie`` (Baruch et al. 2019) | ``ipm`` (Xie et al. 2020,
+    epsilon = ``scale``) | ``label_flip`` (class i -> C-1-i before local training)."""
+    fraction: float = 0.2
+    """Share of the federation's sites that attack, chosen reproducibly from
+    ``federation.seed`` (ignored when ``sites`` is given)."""
+    sites: list[int] = field(default_factory=list)
+    """Explicit attacking site ids (0-based, as ``site-<id>``); empty = use ``fraction``."""
+    scale: float = 1.0
+    """Strength: the factor of ``scale``/``sign_flip``, the std of ``gaussian``, IPM's epsilon."""
+
+    def __post_init__(self) -> None:
+        require(0 <= self.fraction < 1, self, "fraction", "a float in [0, 1)")
+        require(len(set(self.sites)) == len(self.sites), self, "sites", "distinct site ids")
+        require(all(s >= 0 for s in self.sites), self, "sites", "site ids >= 0")
+        require(math.isfinite(self.scale), self, "scale", "a finite float")
 
 
 @dataclass
@@ -261,6 +333,7 @@ class FederatedJob:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
@@ -272,3 +345,18 @@ class FederatedJob:
                 "at most one labelled file (csv/jsonl/parquet) to partition into sites",
                 "Concatenate the files, or give each real site its own file (`fedray site --data`).",
             )
+        a, n = self.attack, self.federation.num_sites
+        if a.sites and max(a.sites) >= n:
+            raise FieldError(a, "sites", a.sites, f"site ids in [0, federation.num_sites={n})")
+        s = self.strategy
+        k = self.federation.sampled_sites
+        if s.name in ("krum", "multikrum") and k <= 2 * s.num_byzantine + 2:
+            raise FieldError(
+                s,
+                "num_byzantine",
+                s.num_byzantine,
+                f"< (sites per round - 2) / 2 = {(k - 2) / 2:g} (Krum needs K > 2f + 2)",
+                "Sample more sites per round or lower strategy.num_byzantine.",
+            )
+        if s.name == "multikrum" and s.num_selected is not None and s.num_selected > k:
+            raise FieldError(s, "num_selected", s.num_selected, f"<= sites per round = {k}")

@@ -25,7 +25,12 @@ from typing import Any
 from flwr.app import ConfigRecord
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from orchestrator.config.federated import FederatedJob, PartitionConfig, SiteTrainConfig
+from orchestrator.config.federated import (
+    AttackConfig,
+    FederatedJob,
+    PartitionConfig,
+    SiteTrainConfig,
+)
 from orchestrator.contract.model import ModelSpec
 
 SPECIAL_TOKENS = ("eos_token", "bos_token", "pad_token", "unk_token")
@@ -91,6 +96,8 @@ class SiteTask:
     sim_data_path: str = ""
     """The labelled file simulated sites partition ("" = bundled demo); a real site's own
     ``data-path`` wins."""
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    """Simulated attackers (simulation only; a real site refuses a task with an attack)."""
     server_round: int = 0
     """Set by the strategy on each message."""
     proximal_mu: float = 0.0
@@ -137,6 +144,7 @@ def site_task(
         local_epochs=job.finetune.local_epochs,
         local_steps=job.finetune.local_steps or 0,
         partition=job.partition,
+        attack=job.attack,
         partition_seed=job.federation.seed,
         sim_data_path=str(Path(job.data.paths[0]).expanduser().absolute())
         if job.data.paths
@@ -181,6 +189,10 @@ def _decode(cls: type, record: dict[str, Any], prefix: str) -> Any:
             known.add(key)
             kwargs[f.name] = ModelSpec.from_json(_typed(record[key], str, key))
         elif isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            if not any(k.startswith(f"{key}.") for k in record) and f.default_factory is not (
+                dataclasses.MISSING
+            ):
+                continue  # an older server that sends no such section: its defaults
             kwargs[f.name] = _decode(hint, record, f"{key}.")
             known.update(k for k in record if k.startswith(f"{key}."))
         elif key in record:
@@ -217,7 +229,8 @@ def _value(value: Any, hint: Any, key: str) -> Any:
     if origin in (tuple, list):
         if not isinstance(value, list):
             raise ValueError(f"message config {key}: expected a list, got {type(value).__name__}")
-        items = [_typed(v, str, key) for v in value]
+        item_type = args[0] if args else str
+        items = [_typed(v, item_type, key) for v in value]
         return tuple(items) if origin is tuple else items
     return _typed(value, hint, key)
 

@@ -22,6 +22,7 @@ from flwr.serverapp import Grid
 from orchestrator.config.federated import FederatedJob
 from orchestrator.config.loader import to_yaml
 from orchestrator.contract.arrays import from_numpy, nbytes, to_numpy
+from orchestrator.contract.attackers import select_attackers
 from orchestrator.contract.model import export, load_state, model_state
 from orchestrator.federated import checkpoint
 from orchestrator.federated.report import RoundTable
@@ -83,6 +84,15 @@ def attribute_lost_replies(
         reports[i] = replace(reports[i], node_id=node, site=name)
 
 
+def simulated_attackers(job: FederatedJob) -> list[str]:
+    """Names of the simulated sites that attack (the same choice the sites make)."""
+    a = job.attack
+    ids = select_attackers(
+        job.federation.num_sites, a.fraction, a.sites or None, job.federation.seed
+    )
+    return [f"site-{i}" for i in ids]
+
+
 class FederatedRun:
     """One run (or resumed run) of a job on a grid; :meth:`run` does all rounds."""
 
@@ -99,7 +109,10 @@ class FederatedRun:
         self.table, self.on_round = table, on_round
         self.metrics_path = run_dir / "metrics.jsonl"
         self.strategy = build_strategy(
-            job, update_keys=setup.update_keys, num_classes=len(setup.labels) or None
+            job,
+            update_keys=setup.update_keys,
+            num_classes=len(setup.labels) or None,
+            work_dir=run_dir / "replies",
         )
         self.result = FederatedResult(run_dir, run_dir / "export")
         self.task_record = setup.task.to_record()
@@ -172,7 +185,9 @@ class FederatedRun:
         msgs = list(s.configure_train(server_round, arrays, self.task_record, self.grid))
         bytes_down = nbytes(arrays) * len(msgs)
         sampled = [m.metadata.dst_node_id for m in msgs]
-        new, metrics = s.aggregate_train(server_round, stream_replies(self.grid, msgs, self.timeout))
+        new, metrics = s.aggregate_train(
+            server_round, stream_replies(self.grid, msgs, self.timeout)
+        )
         del msgs
         replied = {r.node_id for r in s.last_train.sites}
         dropped = [self.site_names.get(n, f"node-{n}") for n in sampled if n not in replied]
@@ -200,6 +215,9 @@ class FederatedRun:
             "round_time_s": round(time.monotonic() - t0, 3),
             "elapsed_s": round(time.monotonic() - self.t_run, 3),
         }
+        if self.job.attack.kind != "none":
+            # For analysis only: computed from the config, never from replies or used to filter.
+            rec["attack"] = {"kind": self.job.attack.kind, "sites": simulated_attackers(self.job)}
         for s in train["lost"]:
             rec["sites"].pop(s.site, None)
         for name in train["dropped"]:

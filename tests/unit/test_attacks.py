@@ -20,9 +20,9 @@ from clients.attacks import (
     gaussian,
     ipm,
     scale_attack,
-    select_attackers,
     sign_flip,
 )
+from orchestrator.contract.attackers import select_attackers
 
 
 def f32(*values: float) -> np.ndarray:

@@ -77,7 +77,7 @@ def test_values_the_config_section_forbids_are_refused_at_the_site():
 def test_missing_key_says_how_to_fix():
     rec = dict(task().to_record().items())
     del rec["max-length"]
-    with pytest.raises(ValueError, match="lacks key 'max-length'.*same\\s+version"):
+    with pytest.raises(ValueError, match=r"lacks key .max-length.*same\s+version"):
         SiteTask.from_record(ConfigRecord(rec))
 
 

@@ -54,7 +54,7 @@ def test_a_row_lost_to_a_crash_is_restored_and_a_changed_job_is_refused(cache_di
     assert (run_dir / "checkpoints" / "round-0001").is_dir()
 
     changed = job(cache_dir, "federation.num_sites=2", "federation.num_rounds=2", "train.lr=0.01")
-    with pytest.raises(ConfigError, match="train.lr"):
+    with pytest.raises(ConfigError, match=r"train\.lr"):
         FederatedRun(grid(), changed, run_dir, setup, RoundTable(j.task.kind)).run()
 
     g = grid()
