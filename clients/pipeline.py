@@ -15,7 +15,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from clients.attacks import attack_update, select_attackers
+from clients.attacks import attack_update
+from orchestrator.contract.attackers import select_attackers
 from orchestrator.contract.task import SiteTask
 
 Arrays = dict[str, np.ndarray]
