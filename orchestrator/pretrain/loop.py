@@ -8,10 +8,12 @@ metrics to the driver's MetricsSink. Checkpoints every N steps go through ``ray.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -148,14 +150,39 @@ def maybe_inject_fault(job: PretrainJob, step: int, rank: int, run_dir: Path) ->
     raise RuntimeError(f"fedray fault injection: rank {rank} fails at step {step}")
 
 
-def quiet_ray_train_reports() -> None:
-    """Ray Train logs every ``report()`` payload at INFO under a logger named after its file;
-    our progress lines already show those metrics."""
-    import logging
+# Ray Train (2.55) echoes every ``ray.train.report()`` payload at INFO from each worker, as
+# "Reporting training result <n>: <report>". Our progress lines already show those metrics.
+REPORT_ECHO_PREFIX = "Reporting training result"
 
-    from ray.train.v2._internal.execution import context
 
-    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+class DropReportEcho(logging.Filter):
+    """Drops Ray Train's INFO echo of a ``report()`` payload; passes every other record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.getMessage().startswith(
+            REPORT_ECHO_PREFIX
+        )
+
+
+def quiet_ray_train_reports(loggers: Iterable[logging.Logger] | None = None) -> None:
+    """Put a ``DropReportEcho`` on the handlers of this worker's root and ``ray.train`` loggers.
+
+    Ray 2.55 has no public switch for the echo (``ray.train.LoggingConfig`` comes in a later Ray
+    and covers only the ``ray.train`` logger). The echo's logger is named after its source *file*
+    (``logging.getLogger(__file__)``), outside the ``ray.train`` hierarchy, so it reaches the
+    console through the root logger that Ray Train configures on every worker. Matching the
+    message on the handlers needs no import of Ray's ``_internal`` package and keeps working if
+    Ray moves that logger under ``ray.train`` (whose handlers are filtered too); handlers, since a
+    logger's own filters never see records propagated from its children. As with the log-level
+    switch this replaces, the echo also leaves Ray's worker log files.
+    tests/unit/test_pretrain_logging.py fails if Ray stops logging the echo with this prefix.
+    """
+    if loggers is None:
+        loggers = (logging.getLogger(), logging.getLogger("ray.train"))
+    for logger in loggers:
+        for handler in logger.handlers:
+            if not any(isinstance(f, DropReportEcho) for f in handler.filters):
+                handler.addFilter(DropReportEcho())
 
 
 def train_loop_per_worker(cfg: dict[str, Any]) -> None:
