@@ -1,5 +1,6 @@
-"""DeepSpeed JSON generation and validation, and per-rank checkpoint manifests: no Ray, no
-processes, no DeepSpeed engine."""
+"""DeepSpeed JSON generation and validation, and consolidating a ZeRO checkpoint's weights: no
+Ray, no processes, no DeepSpeed engine. Per-rank checkpoint manifests are in
+test_pretrain_checkpoint.py."""
 
 from __future__ import annotations
 
@@ -11,13 +12,8 @@ import pytest
 from orchestrator.config import PretrainJob, load_config
 from orchestrator.config.loader import ConfigError
 from orchestrator.pretrain.backends.deepspeed import deepspeed_config, load_model_state
-from orchestrator.pretrain.checkpoint import (
-    latest_complete,
-    verify,
-    write_manifest,
-    write_rank_manifest,
-)
-from orchestrator.pretrain.runner import check_resumable, launch_plan
+from orchestrator.pretrain.checkpoint import write_rank_manifest
+from orchestrator.pretrain.runner import launch_plan
 
 
 def job(*overrides: str) -> PretrainJob:
@@ -236,99 +232,6 @@ def test_cli_exit_code_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     path = user_json(tmp_path, {"train_batch_size": 7})
     rc = main(["pretrain", "backend=deepspeed", f"deepspeed.config_file={path}", "--dry-run"])
     assert rc == 2 and "train_batch_size=7" in capsys.readouterr().err
-
-
-# ------------------------------------------------------------------------------------------
-# Per-rank manifests on real files
-
-
-def _rank_ckpt(root: Path, step: int, world: int = 2, sizes: tuple[int, ...] = (100, 60)) -> Path:
-    """What Ray leaves after merging each rank's directory: shards + one manifest per rank."""
-    d = root / f"checkpoint_{step:08d}"
-    for r in range(world):
-        own = root / f"rank{r}-{step}"  # the rank's temp dir before Ray copies it
-        (own / "global_step").mkdir(parents=True)
-        (own / "global_step" / f"zero_pp_rank_{r}_optim_states.pt").write_bytes(b"x" * sizes[r])
-        (own / f"extra.rank{r}.pt").write_bytes(b"e" * 10)
-        if r == 0:
-            (own / "latest").write_text("global_step")
-        write_rank_manifest(own, step, world, r, "deepspeed", tag="global_step", zero_stage=3)
-        for p in own.rglob("*"):
-            if p.is_file():
-                (d / p.relative_to(own)).parent.mkdir(parents=True, exist_ok=True)
-                p.rename(d / p.relative_to(own))
-    return d
-
-
-def test_rank_manifests_list_only_own_files(tmp_path: Path):
-    d = _rank_ckpt(tmp_path, 4)
-    m1 = json.loads((d / "manifest.rank1.json").read_text())
-    assert m1["files"] == {"extra.rank1.pt": 10, "global_step/zero_pp_rank_1_optim_states.pt": 60}
-    assert (m1["rank"], m1["world_size"], m1["step"], m1["tag"]) == (1, 2, 4, "global_step")
-    info = verify(d)
-    assert (info.step, info.world_size, info.backend) == (4, 2, "deepspeed")
-    assert len(info.manifest["files"]) == 5 and info.manifest["zero_stage"] == 3
-
-
-def test_missing_shard_is_refused_and_previous_used(tmp_path: Path):
-    _rank_ckpt(tmp_path, 2)
-    d = _rank_ckpt(tmp_path, 4)
-    (d / "global_step" / "zero_pp_rank_1_optim_states.pt").unlink()
-    with pytest.raises(ValueError, match=r"missing global_step/zero_pp_rank_1_optim_states\.pt"):
-        verify(d)
-    assert latest_complete(tmp_path).step == 2
-
-
-def test_wrong_size_shard_is_refused(tmp_path: Path):
-    d = _rank_ckpt(tmp_path, 4)
-    (d / "global_step" / "zero_pp_rank_0_optim_states.pt").write_bytes(b"x" * 99)
-    with pytest.raises(ValueError, match="has 99 bytes, manifest says 100"):
-        verify(d)
-
-
-def test_missing_rank_manifest_is_refused(tmp_path: Path):
-    """Rank 1's upload never finished: its shards may be there, its manifest is not."""
-    _rank_ckpt(tmp_path, 2)
-    d = _rank_ckpt(tmp_path, 4)
-    (d / "manifest.rank1.json").unlink()
-    with pytest.raises(ValueError, match=r"no manifest from rank\(s\) \[1\]"):
-        verify(d)
-    (d / "manifest.rank0.json").unlink()
-    with pytest.raises(ValueError, match="never completed"):
-        verify(d)
-    assert latest_complete(tmp_path).step == 2
-
-
-def test_mixed_world_sizes_or_steps_are_refused(tmp_path: Path):
-    a = _rank_ckpt(tmp_path / "a", 4)
-    b = _rank_ckpt(tmp_path / "b", 6)
-    (a / "manifest.rank1.json").write_text((b / "manifest.rank1.json").read_text())
-    with pytest.raises(ValueError, match="mixed checkpoints"):
-        verify(a)
-    c = _rank_ckpt(tmp_path / "c", 4, world=1, sizes=(100,))
-    (c / "manifest.rank3.json").write_text((c / "manifest.rank0.json").read_text())
-    with pytest.raises(ValueError, match=r"unexpected manifests from rank\(s\) \[3\]"):
-        verify(c)
-
-
-def test_single_manifest_checkpoints_unchanged(tmp_path: Path):
-    """DDP's one manifest.json per checkpoint keeps working alongside."""
-    d = tmp_path / "checkpoint_00000003"
-    d.mkdir()
-    (d / "state.pt").write_bytes(b"s" * 7)
-    write_manifest(d, 3, world_size=4, backend="ddp")
-    info = verify(d)
-    assert (info.step, info.world_size, info.manifest["files"]) == (3, 4, {"state.pt": 7})
-
-
-def test_resume_checks_world_size_and_backend(tmp_path: Path):
-    info = verify(_rank_ckpt(tmp_path, 4))
-    check_resumable(job(), info)  # 2 workers wrote it, 2 resume it
-    with pytest.raises(ConfigError, match=r"scaling.num_workers=2") as e:
-        check_resumable(job("scaling.num_workers=4", "train.global_batch_size=32"), info)
-    assert e.value.key == "scaling.num_workers" and "holds ZeRO shards of 2 workers" in str(e.value)
-    with pytest.raises(ConfigError, match="written by backend='deepspeed'"):
-        check_resumable(job("backend=ddp"), info)
 
 
 def test_load_model_state_zero0(tmp_path: Path):

@@ -1,9 +1,10 @@
-"""Model factory, lr schedule, checkpoint manifests and export: no Ray, no processes."""
+"""Model factory, lr schedule and Hugging Face export: no Ray, no processes.
+
+Checkpoint manifests and resume checks are in test_pretrain_checkpoint.py."""
 
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from pathlib import Path
 
@@ -13,12 +14,6 @@ from transformers import AutoModelForCausalLM
 
 from orchestrator.config import ConfigError, ModelConfig
 from orchestrator.models import build_model, count_params, hf_config
-from orchestrator.pretrain.checkpoint import (
-    latest_complete,
-    list_checkpoints,
-    verify,
-    write_manifest,
-)
 from orchestrator.pretrain.export import export_hf
 from orchestrator.pretrain.schedule import lr_factor
 
@@ -68,44 +63,6 @@ def test_lr_schedule_warmup_then_cosine():
     assert f[60] == pytest.approx(0.1 + 0.9 * 0.5)  # half-way through the cosine
     assert lr_factor(110, 10, 110, 0.1) == pytest.approx(0.1)
     assert all(a >= b for a, b in itertools.pairwise(f[10:]))
-
-
-def _ckpt(root: Path, step: int, payload: bytes = b"x" * 100) -> Path:
-    d = root / f"checkpoint_{step:08d}"
-    d.mkdir(parents=True)
-    (d / "state.pt").write_bytes(payload)
-    write_manifest(d, step, world_size=2, backend="ddp")
-    return d
-
-
-def test_manifest_verification_and_fallback(tmp_path: Path):
-    _ckpt(tmp_path, 10)
-    newest = _ckpt(tmp_path, 20)
-    assert [p.name for p in list_checkpoints(tmp_path)] == [
-        "checkpoint_00000020",
-        "checkpoint_00000010",
-    ]
-    assert verify(newest).step == 20
-    # truncated file -> refused, previous complete checkpoint used
-    (newest / "state.pt").write_bytes(b"x" * 50)
-    with pytest.raises(ValueError, match="has 50 bytes, manifest says 100"):
-        verify(newest)
-    assert latest_complete(tmp_path).step == 10
-    # missing file and missing manifest
-    (newest / "state.pt").unlink()
-    with pytest.raises(ValueError, match=r"missing state\.pt"):
-        verify(newest)
-    (newest / "manifest.json").unlink()
-    with pytest.raises(ValueError, match="never completed"):
-        verify(newest)
-    (tmp_path / "checkpoint_00000010" / "manifest.json").write_text("{not json")
-    assert latest_complete(tmp_path) is None
-
-
-def test_manifest_records_sizes(tmp_path: Path):
-    d = _ckpt(tmp_path, 5)
-    m = json.loads((d / "manifest.json").read_text())
-    assert m["files"] == {"state.pt": 100} and m["world_size"] == 2 and m["backend"] == "ddp"
 
 
 def test_export_roundtrip_with_plain_transformers(tmp_path: Path):
