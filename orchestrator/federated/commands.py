@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import shlex
 import sys
 import tempfile
 import time
@@ -267,7 +268,7 @@ def server_plan(job: object, opts: ServerOptions, run_dir: Path) -> dict[str, ob
             database=state / "superlink.db",
         ),
         "register": [f"flwr supernode register {k}" for k in site_public_keys(opts.site_keys)],
-        "submit": " ".join(submit_argv(state / "app", state / "run-config.toml")),
+        "submit": shlex.join(submit_argv(state / "app", state / "run-config.toml")),
         "app_components": {"serverapp": SERVERAPP, "clientapp": CLIENTAPP},
         "site_example": supernode_argv(
             address,

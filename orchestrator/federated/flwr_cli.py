@@ -122,13 +122,17 @@ class ServerRun:
         return self.status.startswith("finished:completed")
 
 
-def _echo(proc: subprocess.Popen[str], out: IO[str], logf: IO[str] | None) -> int | None:
-    """Copy ``proc``'s output to ``out`` (and ``logf``) line by line; return the run id."""
+def _echo(
+    proc: subprocess.Popen[str], out: IO[str], logf: IO[str] | None, hide: re.Pattern[str] | None
+) -> int | None:
+    """Copy ``proc``'s output to ``logf`` and, unless ``hide`` matches a line, to ``out``, line
+    by line; return the run id."""
     run_id: int | None = None
     assert proc.stdout is not None
     for line in proc.stdout:
-        out.write(line)
-        out.flush()
+        if hide is None or not hide.search(line):
+            out.write(line)
+            out.flush()
         if logf:
             logf.write(line)
             logf.flush()
@@ -145,10 +149,12 @@ def submit(
     out: Any = None,
     log_path: Path | None = None,
     federation_config: Mapping[str, Any] | None = None,
+    hide: re.Pattern[str] | None = None,
 ) -> tuple[int | None, str]:
-    """``flwr run APP fedray --run-config FILE --stream``: echo its lines, return (run id,
-    final status from ``flwr ls``). ``federation_config``: the simulation engine's settings
-    (``num-supernodes``, ``client-resources-num-cpus``, ...)."""
+    """``flwr run APP fedray --run-config FILE --stream``: echo its lines (those ``hide``
+    matches go to ``log_path`` only), return (run id, final status from ``flwr ls``).
+    ``federation_config``: the simulation engine's settings (``num-supernodes``,
+    ``client-resources-num-cpus``, ...)."""
     argv = submit_argv(app_dir, run_config, federation_config)
     log.info("submitting: %s", " ".join(argv))
     logf = open(log_path, "a") if log_path else None  # noqa: SIM115
@@ -163,7 +169,7 @@ def submit(
             start_new_session=True,
         ) as proc:
             try:
-                run_id = _echo(proc, out or sys.stdout, logf)
+                run_id = _echo(proc, out or sys.stdout, logf, hide)
             finally:
                 if proc.poll() is None:
                     proc.terminate()
@@ -195,6 +201,7 @@ def submit_job(
     *,
     federation_config: Mapping[str, Any] | None = None,
     serverapp: str = SERVERAPP,
+    hide: re.Pattern[str] | None = None,
 ) -> ServerRun:
     """Write ``STATE_DIR/app`` and ``STATE_DIR/run-config.toml``, submit them to the SuperLink
     that ``env``'s ``FLWR_HOME`` names, stream the run (``STATE_DIR/logs/run.log`` keeps a
@@ -207,7 +214,13 @@ def submit_job(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     run_id, status = submit(
-        app_dir, run_config, env, out=out, log_path=log_path, federation_config=federation_config
+        app_dir,
+        run_config,
+        env,
+        out=out,
+        log_path=log_path,
+        federation_config=federation_config,
+        hide=hide,
     )
     log.info("run %s: %s after %.0f s", run_id, status, time.monotonic() - t0)
     return ServerRun(run_dir, run_id, status, read_metrics(run_dir / "metrics.jsonl"))

@@ -27,15 +27,28 @@ class ProcessFailed(RuntimeError):
     """A managed process exited (or never became ready); the message holds its log tail."""
 
 
+def fedray_root() -> Path:
+    """The directory holding the ``orchestrator``, ``clients`` and ``strategies`` packages that
+    this process imported (a source checkout, or site-packages)."""
+    import orchestrator
+
+    return Path(orchestrator.__file__).resolve().parent.parent
+
+
 def flower_env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """Environment for every Flower process: no runtime ``uv sync``, no update check, a private
     ``FLWR_HOME``, and this interpreter's ``bin/`` first on PATH (Flower starts ``flwr-serverapp``
-    / ``flwr-clientapp`` by name, which must be the ones installed next to fedray)."""
+    / ``flwr-clientapp`` by name, which must be the ones installed next to fedray). When fedray
+    runs from a source directory, that directory goes first on PYTHONPATH, so the ServerApp and
+    ClientApps Flower starts import the same fedray as this process."""
     import sys
 
     env = dict(os.environ)
     bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    root = fedray_root()
+    if root.name != "site-packages":
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
     env["FLWR_HOME"] = str(flwr_home)
     env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
     env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
@@ -211,6 +224,7 @@ def stop_all(procs: Sequence[ManagedProcess], timeout: float = 10.0) -> None:
 __all__ = [
     "ManagedProcess",
     "ProcessFailed",
+    "fedray_root",
     "flower_env",
     "port_open",
     "stop_all",

@@ -4,46 +4,85 @@
     fedray simulate my.yaml model.path=runs/pre/export strategy.name=fedadam \\
         federation.num_sites=20 partition.kind=dirichlet partition.alpha=0.3 run.dir=runs/fed1
 
-Each simulated site is a Flower SuperNode whose ClientApp (clients/client_app.py) gets node config
-``partition-id``/``num-partitions`` and cuts its own slice of the labelled file; the ServerApp
-runs in this process with the resolved job (``make_server_app``), since ``run_simulation`` gives
-a ServerApp an empty ``context.run_config``.
+Flower's supported simulation path, run the way ``fedray server`` runs a deployment:
+
+1. start ``flower-superlink --simulation --insecure`` on a free 127.0.0.1 port, with a private
+   ``FLWR_HOME`` (``RUN_DIR/simulation/flwr-home``) and ``RAY_ADDRESS=local`` (its Ray never
+   joins another cluster);
+2. submit the job with ``flwr run APP fedray --run-config FILE --federation-config
+   "num-supernodes=N client-resources-num-cpus=... init-args-num-cpus=..." --stream``
+   (:func:`orchestrator.federated.flwr_cli.submit_job`: the app's components are
+   ``orchestrator.federated.server_app:app`` and ``clients.client_app:app``, the run config
+   carries the whole resolved job as ``config-yaml`` and ``run-dir``). The SuperLink starts
+   ``flwr-simulation``, which runs the ServerApp and N simulated SuperNodes on an embedded Ray;
+   ``--stream`` brings the ServerApp's round table to this terminal;
+3. stop the SuperLink by PID (with everything it started) on success, failure or Ctrl-C, and
+   read the rounds back from ``RUN_DIR/metrics.jsonl``.
+
+Each simulated site's ClientApp (clients/client_app.py) gets node config
+``partition-id``/``num-partitions`` and cuts its own slice of the labelled file.
 """
 
 from __future__ import annotations
 
 import logging
-import os
+import re
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+from orchestrator.cluster import free_local_port
 from orchestrator.config.federated import FederatedJob
-from orchestrator.federated.report import print_partition
-from orchestrator.federated.server_app import (
-    FederatedResult,
-    ServerSetup,
-    make_server_app,
-    prepare,
-    server_data_path,
+from orchestrator.config.loader import ConfigError, to_yaml
+from orchestrator.federated.flwr_cli import ServerRun, submit_job
+from orchestrator.federated.launch import (
+    CLIENTAPP,
+    SERVERAPP,
+    format_node_config,
+    submit_argv,
+    superlink_argv,
 )
+from orchestrator.federated.report import print_partition
+from orchestrator.federated.server_app import FederatedResult, server_data_path
+from orchestrator.federated.server_session import ServerOptions, SuperLinkProcess
 from orchestrator.runs import resolve_run_dir
 
 log = logging.getLogger(__name__)
 
+SIMULATION_ENV = {"RAY_ADDRESS": "local"}
+"""Environment of the simulation SuperLink and what it starts: ``flwr-simulation`` calls
+``ray.init()`` without an address, which would otherwise join a cluster named by RAY_ADDRESS
+(or one left running by ``ray start``)."""
 
-def backend_config(job: FederatedJob) -> dict[str, Any]:
-    """Flower's Ray backend settings: resources per simulated site and for the embedded Ray."""
+
+FLOWER_CLI_HINTS = re.compile(
+    r"default simulated SuperNodes changed|To change federation size|"
+    r"flwr federation simulation-config"
+)
+"""Lines of ``flwr-simulation`` about sizing a federation with Flower's own CLI; fedray sizes it
+from ``federation.num_sites``, so they are kept out of the terminal (``run.log`` has them)."""
+
+
+def federation_config(job: FederatedJob) -> dict[str, Any]:
+    """``flwr run --federation-config`` settings: the number of simulated sites, the resources
+    each one reserves, and the CPUs of the embedded Ray."""
     fed = job.federation
-    init_args: dict[str, Any] = {
-        # A fresh local Ray: never join a cluster left behind by an earlier `ray start`.
-        "address": "local",
-        "include_dashboard": False,
+    if float(fed.cpus_per_site) != int(fed.cpus_per_site):
+        raise ConfigError(
+            f"federation.cpus_per_site={fed.cpus_per_site} is not allowed: Flower's simulation "
+            "engine reserves whole CPUs per simulated site (client-resources-num-cpus is an "
+            "integer). Use 1, 2, ...; to run more sites at once, raise federation.num_cpus.",
+            "federation.cpus_per_site",
+        )
+    cfg: dict[str, Any] = {
+        "num-supernodes": fed.num_sites,
+        "client-resources-num-cpus": int(fed.cpus_per_site),
+        "client-resources-num-gpus": float(fed.gpus_per_site),
     }
     if fed.num_cpus is not None:
-        init_args["num_cpus"] = fed.num_cpus
-    return {
-        "client_resources": {"num_cpus": fed.cpus_per_site, "num_gpus": fed.gpus_per_site},
-        "init_args": init_args,
-    }
+        cfg["init-args-num-cpus"] = fed.num_cpus
+    return cfg
 
 
 def partition_summary(job: FederatedJob) -> list[dict[str, object]]:
@@ -61,49 +100,109 @@ def partition_summary(job: FederatedJob) -> list[dict[str, object]]:
     return summary(parts, labels or ["-"] * len(texts))
 
 
+def check_server_inputs(job: FederatedJob) -> None:
+    """What the ServerApp reads from this machine's files before round 0 (``model.path``, the
+    tokenizer, the class names), checked before anything starts: a ``ConfigError`` here is
+    exit code 2, not a failed run."""
+    from orchestrator.federated.setup import resolve_labels, resolve_tokenizer
+    from orchestrator.models import check_model_dir
+
+    if job.model.path:
+        check_model_dir(job.model.path)
+    resolve_tokenizer(job)
+    resolve_labels(job)
+
+
 def simulation_plan(job: FederatedJob) -> dict[str, Any]:
-    """What ``--dry-run`` prints: Flower settings and the partition."""
+    """What ``--dry-run`` prints: the SuperLink and ``flwr run`` commands, the partition.
+    Starts nothing."""
     fed = job.federation
+    run_dir = resolve_run_dir(job.run, "simulate")
+    state = run_dir / "simulation"
+    superlink = superlink_argv("127.0.0.1", 0, None, False, simulation=True)
+    superlink[superlink.index("--port") + 1] = "<free port>"
     return {
         "flower": {
-            "engine": "simulation (flwr.simulation.run_simulation, Ray backend)",
+            "engine": "simulation: flower-superlink --simulation on 127.0.0.1 + flwr run "
+            "--stream (flwr-simulation runs the ServerApp and the simulated SuperNodes on an "
+            "embedded Ray)",
             "num_supernodes": fed.num_sites,
-            "backend_config": backend_config(job),
-            "serverapp": "orchestrator.federated.server_app:make_server_app(job)",
-            "clientapp": "clients.client_app:app",
+            "federation_config": federation_config(job),
+            "superlink": superlink,
+            "submit": shlex.join(
+                submit_argv(state / "app", state / "run-config.toml", federation_config(job))
+            ),
+            "env": {**SIMULATION_ENV, "FLWR_HOME": str(state / "flwr-home")},
+            "serverapp": SERVERAPP,
+            "clientapp": CLIENTAPP,
         },
         "strategy": {"name": job.strategy.name, "server_lr": job.strategy.eta},
         "rounds": fed.num_rounds,
         "sites_per_round": fed.sampled_sites,
         "min_sites": fed.min_sites,
         "partition": partition_summary(job),
-        "run_dir": str(resolve_run_dir(job.run, "simulate")),
+        "run_dir": str(run_dir),
     }
 
 
-def simulate(job: FederatedJob, setup: ServerSetup | None = None) -> FederatedResult:
-    """Run the job's federation on an embedded Ray; returns the per-round records."""
-    from flwr.simulation import run_simulation
-
-    from clients.client_app import app as client_app
-
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # Flower has its own console handler; propagating too would print every line twice.
-    logging.getLogger("flwr").propagate = False
-    run_dir = resolve_run_dir(job.run, "simulate")
-    print_partition(partition_summary(job), job.partition.kind)
-    setup = setup or prepare(job)
-    box: list[FederatedResult] = []
-    run_simulation(
-        server_app=make_server_app(job, run_dir, setup=setup, on_result=box.append),
-        client_app=client_app,
-        num_supernodes=job.federation.num_sites,
-        backend_config=backend_config(job),  # type: ignore[arg-type]
-    )
-    if not box:
-        raise RuntimeError(
-            f"the federated run did not finish (see the log above); partial results in {run_dir}"
+def run_on_simulation_engine(
+    config_yaml: str,
+    run_dir: Path,
+    fed_config: Mapping[str, Any],
+    *,
+    serverapp: str = SERVERAPP,
+    extra_env: Mapping[str, str] | None = None,
+    out: Any = None,
+    hide: re.Pattern[str] | None = FLOWER_CLI_HINTS,
+) -> ServerRun:
+    """Start a simulation SuperLink (state in ``RUN_DIR/simulation``), submit the job, stream
+    it, stop the SuperLink; returns the run's status and metrics."""
+    run_dir = run_dir.absolute()
+    state_dir = run_dir / "simulation"
+    opts = ServerOptions(host="127.0.0.1", port=free_local_port(), insecure=True, site_auth=False)
+    env = {**SIMULATION_ENV, **(extra_env or {})}
+    superlink = SuperLinkProcess(opts, state_dir, None, simulation=True, extra_env=env)
+    log.info("simulation SuperLink on %s (log: %s)", superlink.address, superlink.proc.log_path)
+    try:
+        superlink.start()
+        return submit_job(
+            state_dir,
+            superlink.env,
+            config_yaml,
+            run_dir,
+            out=out,
+            federation_config=fed_config,
+            serverapp=serverapp,
+            hide=hide,
         )
-    result = box[0]
+    finally:
+        superlink.stop()
+
+
+def simulate(job: FederatedJob) -> FederatedResult:
+    """Run the job's federation on Flower's simulation engine; returns the per-round records."""
+    run_dir = resolve_run_dir(job.run, "simulate")
+    fed_config = federation_config(job)  # config errors before anything starts
+    print_partition(partition_summary(job), job.partition.kind)
+    check_server_inputs(job)
+    log.info("federation config: %s", format_node_config(fed_config))
+    run = run_on_simulation_engine(to_yaml(job), run_dir, fed_config)
+    if not run.ok:
+        raise RuntimeError(
+            f"the federated run did not finish ({run.status}; see the log above and "
+            f"{run_dir / 'simulation' / 'logs'}); partial results in {run_dir}"
+        )
+    result = FederatedResult(run_dir, run.export_dir, run.metrics)
     print(f"run directory: {result.run_dir}\nexport: {result.export_dir}")
     return result
+
+
+__all__ = [
+    "SIMULATION_ENV",
+    "check_server_inputs",
+    "federation_config",
+    "partition_summary",
+    "run_on_simulation_engine",
+    "simulate",
+    "simulation_plan",
+]

@@ -347,3 +347,69 @@ def test_error_replies_for_lost_sites_get_the_sites_name():
     reports = [SiteReport(1, "1", False)]
     attribute_lost_replies(reports, sent=[22, 33], site_names={})
     assert reports[0].site == "1"
+
+
+# ---- fedray simulate: the simulation SuperLink and flwr run --federation-config ------------
+
+
+def test_simulation_settings_reach_flower_as_a_simulation_config() -> None:
+    from flwr.cli.run.run import _parse_federation_config_overrides
+    from flwr.cli.typing import SuperLinkConnection
+    from flwr.simulation.app import _run_simulation_settings
+
+    from orchestrator.config.federated import FederatedJob
+    from orchestrator.config.loader import load_config
+    from orchestrator.federated.simulate import federation_config
+
+    job = load_config(
+        FederatedJob,
+        None,
+        ["federation.num_sites=5", "federation.num_cpus=3", "federation.gpus_per_site=0.25"],
+        "simulate-demo",
+    )
+    argv = launch.submit_argv(Path("app"), Path("rc.toml"), federation_config(job))
+    text = argv[argv.index("--federation-config") + 1]
+    assert argv[-1] == "--stream"
+    # What `flwr run` sends, then what `flwr-simulation` makes of it.
+    sim = _parse_federation_config_overrides(
+        [text], SuperLinkConnection(name="x", address="127.0.0.1:1", insecure=True)
+    )
+    num, backend, backend_config, _, _ = _run_simulation_settings(sim)
+    assert (num, backend) == (5, "ray")
+    assert backend_config == {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.25},
+        "init_args": {"num_cpus": 3},
+    }
+
+
+def test_fractional_cpus_per_site_is_a_config_error() -> None:
+    from orchestrator.config.federated import FederatedJob
+    from orchestrator.config.loader import ConfigError, load_config
+    from orchestrator.federated.simulate import federation_config
+
+    job = load_config(FederatedJob, None, ["federation.cpus_per_site=0.5"], "simulate-demo")
+    with pytest.raises(ConfigError, match="whole CPUs") as e:
+        federation_config(job)
+    assert e.value.key == "federation.cpus_per_site"
+
+
+def test_simulation_superlink_command_parses_with_flower() -> None:
+    from flwr.superlink.cli.flower_superlink import _parse_args_run_superlink
+
+    argv = launch.superlink_argv("127.0.0.1", 40123, None, False, simulation=True)
+    ns = _parse_args_run_superlink().parse_args(argv[1:])
+    assert ns.simulation and ns.insecure and ns.port == 40123 and ns.host == "127.0.0.1"
+    assert ns.runtime_dependency_install is False
+
+
+def test_simulate_dry_run_shows_the_supported_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from orchestrator.cli import main
+
+    rc = main(["simulate", "federation.num_sites=3", f"run.dir={tmp_path / 'run'}", "--dry-run"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "flower-superlink --simulation" in out and "num-supernodes=3" in out
+    assert "run_simulation" not in out
+    assert not (tmp_path / "run").exists()  # nothing started, nothing written
