@@ -14,14 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from orchestrator.contract.partition import partition, train_eval_split
 from orchestrator.contract.task import SiteTask
-from orchestrator.data.sources import DEMO_LABELLED, demo_path
+from orchestrator.data.sources import DEMO_LABELLED, demo_path, read_columns
 
 
 @dataclass
@@ -33,30 +32,6 @@ class SiteData:
     eval_labels: list[str] | None
 
 
-@lru_cache(maxsize=4)
-def read_table(
-    path: str, text_field: str, label_field: str, extra_column: str
-) -> tuple[tuple[str, ...], tuple[str, ...] | None, tuple[str, ...] | None]:
-    """Texts, labels (None when the column is absent) and one extra column, cached per process."""
-    p = Path(path)
-    if p.suffix in (".txt", ".md"):
-        lines = tuple(x for x in p.read_text(encoding="utf-8", errors="replace").splitlines() if x)
-        return lines, None, None
-    from orchestrator.data.sources import load_table
-
-    ds = load_table(p)
-    if text_field not in ds.column_names:
-        raise ValueError(
-            f"{path}: no column {text_field!r} (columns: {', '.join(ds.column_names)}); the "
-            "server's data.text_field must name the text column of every site's file"
-        )
-
-    def col(name: str) -> tuple[str, ...] | None:
-        return tuple(str(v) for v in ds[name]) if name in ds.column_names else None
-
-    return col(text_field) or (), col(label_field), col(extra_column)
-
-
 def load_site_data(node_config: Mapping[str, object], task: SiteTask) -> SiteData:
     """This site's train and held-out examples (see the module docstring for the keys)."""
     need_labels = task.spec.task == "classification"
@@ -65,14 +40,14 @@ def load_site_data(node_config: Mapping[str, object], task: SiteTask) -> SiteDat
         path = Path(str(node_config["data-path"])).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"node config data-path={str(path)!r} is not a file")
-        texts, labels, _ = read_table(str(path), task.text_field, task.label_field, "")
+        texts, labels, _ = read_columns(str(path), task.text_field, task.label_field, "")
         idx = np.arange(len(texts))
         name = str(node_config.get("site-name", path.stem))
         seed = task.partition_seed
     elif "partition-id" in node_config and "num-partitions" in node_config:
         pid, num = int(node_config["partition-id"]), int(node_config["num-partitions"])  # type: ignore[arg-type]
         path = Path(task.sim_data_path) if task.sim_data_path else demo_path(DEMO_LABELLED)
-        texts, labels, column = read_table(
+        texts, labels, column = read_columns(
             str(path), task.text_field, task.label_field, task.partition.column
         )
         if task.partition.kind == "dirichlet" and labels is None:
@@ -97,6 +72,11 @@ def load_site_data(node_config: Mapping[str, object], task: SiteTask) -> SiteDat
         )
     if need_labels and labels is None:
         raise ValueError(f"{path}: classification needs a {task.label_field!r} column")
+    if len(idx) < 2:
+        raise ValueError(
+            f"{path}: this site has {len(idx)} usable row(s); it needs at least 2 (one to train "
+            "on, one held out for evaluation)"
+        )
     train_idx, eval_idx = train_eval_split(idx, task.partition.eval_fraction, seed, cap)
 
     def pick(values: tuple[str, ...] | None, ix: np.ndarray) -> list[str] | None:

@@ -131,7 +131,11 @@ def local_train(model: torch.nn.Module, data: Encoded, task: SiteTask) -> dict[s
     )
     losses: list[float] = []
     order = batch_order(
-        len(data), hp.micro_batch_size, round_seed(task), task.local_steps or None, task.local_epochs
+        len(data),
+        hp.micro_batch_size,
+        round_seed(task),
+        task.local_steps or None,
+        task.local_epochs,
     )
     for idx in order:
         loss, _ = task_loss(model, data.batch(idx), task.spec.task)

@@ -29,6 +29,7 @@ from strategies.robust import (
     effective_weights,
     multi_krum,
     trimmed_mean,
+    trimmed_per_side,
     update_norm,
 )
 
@@ -46,7 +47,7 @@ class RuleConfig:
     weight_cap: float = 3.0
     clip_update_norm: float = 0.0
     clip_relative: bool = False
-    trim_fraction: float = 0.1
+    trim_fraction: float = 0.2
     num_byzantine: int = 1
     num_selected: int | None = None
     clip_radius: float = 1.0
@@ -157,6 +158,14 @@ class StoredAggregator(Aggregator):
         if c.rule == "median":
             return coordinate_median(view)
         if c.rule == "trimmed_mean":
+            if trimmed_per_side(k, c.trim_fraction) == 0:
+                log.warning(
+                    "trimmed_mean: trim_fraction=%g of %d replies trims nothing (plain mean); "
+                    "raise strategy.trim_fraction to at least %.2f",
+                    c.trim_fraction,
+                    k,
+                    1 / k,
+                )
             tm = trimmed_mean(view, c.trim_fraction)
             total = sum(int(np.prod(s)) for s in view.shapes.values())
             for i, n in enumerate(tm.trimmed):

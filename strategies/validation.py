@@ -157,9 +157,7 @@ def _confusion(value: object, num_classes: int | None, n: float) -> np.ndarray:
         raise RejectedReply("confusion must be a list of integers")
     k = math.isqrt(len(value))
     if k * k != len(value) or (num_classes is not None and k != num_classes):
-        raise RejectedReply(
-            f"confusion has {len(value)} entries, expected {num_classes or 'k'}^2"
-        )
+        raise RejectedReply(f"confusion has {len(value)} entries, expected {num_classes or 'k'}^2")
     c = np.asarray(value, dtype=np.int64)
     if (c < 0).any() or int(c.sum()) != int(n):
         raise RejectedReply(f"confusion entries must be >= 0 and sum to num-examples={n:g}")

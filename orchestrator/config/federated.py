@@ -152,9 +152,10 @@ class StrategyConfig:
     clip_relative: bool = False
     """``clip_update_norm`` is a multiple of the round's median update norm (e.g. 2.0) instead
     of an absolute norm."""
-    trim_fraction: float = 0.1
-    """``trimmed_mean``: per coordinate, drop this fraction of the largest and of the smallest
-    values (tolerates that fraction of attackers)."""
+    trim_fraction: float = 0.2
+    """``trimmed_mean``: per coordinate, drop ``floor(trim_fraction x K)`` of the largest and of
+    the smallest of the K values (tolerates that many attackers; with fewer than
+    ``1 / trim_fraction`` replies nothing is trimmed, which is logged)."""
     num_byzantine: int = 1
     """``krum`` / ``multikrum``: attackers to tolerate (needs sites per round > 2f + 2)."""
     num_selected: int | None = None

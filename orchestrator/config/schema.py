@@ -178,9 +178,7 @@ class TrainConfig:
         require(self.global_batch_size >= 1, self, "global_batch_size", "an integer >= 1")
         require(self.micro_batch_size >= 1, self, "micro_batch_size", "an integer >= 1")
         if self.grad_accum_steps is not None:
-            require(
-                self.grad_accum_steps >= 1, self, "grad_accum_steps", "an integer >= 1 or null"
-            )
+            require(self.grad_accum_steps >= 1, self, "grad_accum_steps", "an integer >= 1 or null")
         require(self.lr > 0, self, "lr", "a float > 0")
         require(0.0 <= self.min_lr_ratio <= 1.0, self, "min_lr_ratio", "a float in [0, 1]")
         require(self.warmup_steps >= 0, self, "warmup_steps", "an integer >= 0")

@@ -9,8 +9,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord
 
 ALLOWED_DTYPES = frozenset(
-    np.dtype(t) for t in ("float16", "float32", "float64", "int8", "int16", "int32", "int64",
-                          "uint8", "bool")
+    np.dtype(t)
+    for t in ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")
 )
 """Element types a tensor may have on the wire (bfloat16 travels as float32)."""
 MAX_DIMS = 8

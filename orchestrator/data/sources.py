@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -71,7 +72,15 @@ def fingerprint(files: Sequence[Path]) -> str:
 def load_table(path: Path):
     import datasets
 
-    kind = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}[path.suffix]
+    kinds = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+    if path.suffix not in kinds:
+        raise ConfigError(
+            f"data file {str(path)!r} has unsupported suffix {path.suffix!r}; "
+            f"supported: {', '.join(SUPPORTED)}."
+        )
+    if not path.is_file():
+        raise ConfigError(f"data file {str(path)!r} does not exist or is not a file.")
+    kind = kinds[path.suffix]
     try:
         return datasets.load_dataset(kind, data_files=str(path), split="train")
     except Exception as e:  # datasets raises many types for malformed files
@@ -113,3 +122,36 @@ def load_labelled(
             )
     cols = {c: [str(v) for v in ds[c]] for c in ds.column_names}
     return cols[text_field], cols[label_field], cols
+
+
+Columns = tuple[tuple[str, ...], tuple[str, ...] | None, tuple[str, ...] | None]
+
+
+@lru_cache(maxsize=4)
+def read_columns(path: str, text_field: str, label_field: str, extra_column: str) -> Columns:
+    """Texts, labels and one extra column of a labelled file (None when a column is absent),
+    cached per process. A ``.txt``/``.md`` file is one example per non-empty line, no labels.
+
+    A missing text column is a :class:`ConfigError` naming ``data.text_field``; callers decide
+    whether a missing label or extra column is an error (a causal-LM site needs no labels).
+    """
+    p = Path(path)
+    if p.suffix in TEXT_SUFFIXES:
+        if not p.is_file():
+            raise ConfigError(f"data file {path!r} does not exist or is not a file.")
+        lines = tuple(x for x in p.read_text(encoding="utf-8", errors="replace").splitlines() if x)
+        return lines, None, None
+    ds = load_table(p)
+    if text_field not in ds.column_names:
+        raise ConfigError(
+            f"data file {path!r} has no column {text_field!r} (columns: "
+            f"{', '.join(ds.column_names)}). Set data.text_field to the text column.",
+            "data.text_field",
+        )
+
+    def col(name: str) -> tuple[str, ...] | None:
+        if not name or name not in ds.column_names:
+            return None
+        return tuple("" if v is None else str(v) for v in ds[name])
+
+    return col(text_field) or (), col(label_field), col(extra_column)

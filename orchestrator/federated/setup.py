@@ -13,6 +13,7 @@ from transformers import PreTrainedTokenizerBase
 from orchestrator.config.federated import FederatedJob
 from orchestrator.config.loader import ConfigError
 from orchestrator.contract.model import ModelSpec, build, classification_config, trainable_names
+from orchestrator.contract.partition import Partition, partition
 from orchestrator.contract.task import SiteTask, site_task
 from orchestrator.data.sources import (
     DEMO_LABELLED,
@@ -20,6 +21,7 @@ from orchestrator.data.sources import (
     demo_path,
     fingerprint,
     iter_texts,
+    read_columns,
 )
 
 
@@ -115,3 +117,47 @@ def prepare(job: FederatedJob) -> ServerSetup:
         update_keys=trainable_names(model),
         task=site_task(job, spec, tok, labels),
     )
+
+
+def simulation_partition(job: FederatedJob) -> tuple[Partition, list[str]]:
+    """The simulated sites' slices of the labelled file and its labels (for the summary), cut
+    exactly as every simulated site cuts them; bad data is a :class:`ConfigError` that names
+    the file, the column or count, and the fix (so ``--dry-run`` catches it, nothing starts)."""
+    p, n = job.partition, job.federation.num_sites
+    path = server_data_path(job)
+    texts, labels, column = read_columns(
+        str(path), job.data.text_field, job.data.label_field, p.column
+    )
+    where = f"data file {str(path)!r}"
+    if labels is None and (job.task.kind == "classification" or p.kind == "dirichlet"):
+        raise ConfigError(
+            f"{where} has no label column {job.data.label_field!r}; "
+            f"{job.task.kind} with partition.kind={p.kind} needs one. Set data.label_field.",
+            "data.label_field",
+        )
+    if p.kind == "natural" and column is None:
+        raise ConfigError(
+            f"{where} has no column {p.column!r} to split sites by. Set partition.column to a "
+            "column of the file, or use partition.kind=iid or dirichlet.",
+            "partition.column",
+        )
+    if len(texts) < 2 * n:
+        raise ConfigError(
+            f"{where} has {len(texts)} row(s): too few for federation.num_sites={n} (each site "
+            f"needs >= 2: one to train on, one held out). Use at most {len(texts) // 2} sites "
+            "or a larger file.",
+            "federation.num_sites",
+        )
+    try:
+        parts = partition(p.kind, labels or texts, column, n, p.alpha, job.federation.seed)
+    except ValueError as e:
+        key = "partition.alpha" if p.kind == "dirichlet" else "federation.num_sites"
+        raise ConfigError(f"{where}: {e}", key) from e
+    small = [i for i, part in enumerate(parts) if len(part) < 2]
+    if small:
+        raise ConfigError(
+            f"{where}: site(s) {small} get fewer than 2 rows with partition.kind={p.kind}. "
+            "Lower federation.num_sites or change the partition.",
+            "federation.num_sites",
+        )
+    return parts, list(labels) if labels is not None else ["-"] * len(texts)

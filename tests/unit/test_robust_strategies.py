@@ -84,7 +84,7 @@ def test_krum_and_multikrum_select_the_honest_cluster(tmp_path):
     attackers = [[50.0, -50.0], [49.0, -51.0]]
     values = honest + attackers
     for name, extra in (("krum", []), ("multikrum", ["strategy.num_selected=5"])):
-        s = strategy(tmp_path, f"strategy.name={name}", "strategy.num_byzantine=2")
+        s = strategy(tmp_path, f"strategy.name={name}", "strategy.num_byzantine=2", *extra)
         out = run(s, [reply(v, 10, f"site-{i}") for i, v in enumerate(values, 1)])
         assert np.abs(out - 1.0).max() < 0.15, (name, out)
         assert {"site-6", "site-7"} <= set(s.last_train.notes)
