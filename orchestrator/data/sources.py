@@ -127,14 +127,25 @@ def load_labelled(
 Columns = tuple[tuple[str, ...], tuple[str, ...] | None, tuple[str, ...] | None]
 
 
-@lru_cache(maxsize=4)
 def read_columns(path: str, text_field: str, label_field: str, extra_column: str) -> Columns:
     """Texts, labels and one extra column of a labelled file (None when a column is absent),
-    cached per process. A ``.txt``/``.md`` file is one example per non-empty line, no labels.
+    cached per process while the file is unchanged (a site reads it every round). A
+    ``.txt``/``.md`` file is one example per non-empty line, no labels.
 
     A missing text column is a :class:`ConfigError` naming ``data.text_field``; callers decide
     whether a missing label or extra column is an error (a causal-LM site needs no labels).
     """
+    try:
+        st = Path(path).stat()
+    except OSError as e:
+        raise ConfigError(f"data file {path!r} cannot be read: {e.strerror}.") from e
+    return _read_columns(path, st.st_mtime_ns, st.st_size, text_field, label_field, extra_column)
+
+
+@lru_cache(maxsize=4)
+def _read_columns(
+    path: str, mtime_ns: int, size: int, text_field: str, label_field: str, extra_column: str
+) -> Columns:
     p = Path(path)
     if p.suffix in TEXT_SUFFIXES:
         if not p.is_file():

@@ -172,7 +172,7 @@ def test_every_hostile_train_reply_is_rejected_and_the_round_goes_on(name):
         np.testing.assert_array_equal(to_numpy(new)["b"], HONEST["b"])
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     data=st.binary(max_size=300),
     dtype=st.sampled_from(["float32", "float64", "int64", "object", "<f4", "V8", "S3", "bogus"]),
@@ -215,7 +215,7 @@ def test_hostile_evaluate_replies_are_rejected_and_pooling_uses_the_honest_one(n
     assert s.last_evaluate.rejected == len(HOSTILE_EVALUATIONS)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     values=st.one_of(
         st.lists(st.integers(-5, 10**6), max_size=20), st.lists(st.floats(), max_size=20)
