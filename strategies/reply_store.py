@@ -141,6 +141,20 @@ class ReplyStore:
             offset += size * a.dtype.itemsize
         return layout
 
+    def sort_by_site(self) -> None:
+        """Order the replies by site name (metadata only; no file is moved or read).
+
+        Rows are in arrival order until then, and arrival order changes from run to run. The
+        rules break ties by row index and sum selected rows in row order, so calling this once
+        every reply is in makes a round's result and records depend only on what was received,
+        not on when: a rerun or a resumed run reproduces the same bits.
+        """
+        order = sorted(range(len(self)), key=self._sites.__getitem__)
+        self._files = [self._files[i] for i in order]
+        self._sites = [self._sites[i] for i in order]
+        self._weights = [self._weights[i] for i in order]
+        self._norms = [self._norms[i] for i in order]
+
     # ---- what was stored --------------------------------------------------------------------
 
     def __len__(self) -> int:

@@ -221,3 +221,28 @@ def test_blocks_reuse_one_buffer(tmp_path):
         store.add("a", {"x": np.arange(8, dtype=np.float32)}, 1)
         blocks = [b for _, b in store.chunks("x", 4)]
         assert np.shares_memory(blocks[0], blocks[1])
+
+
+def test_sort_by_site_makes_rows_independent_of_arrival_order(tmp_path):
+    updates = {name: _update(i) for i, name in enumerate(["c", "a", "b"])}
+    with ReplyStore(tmp_path) as s1, ReplyStore(tmp_path) as s2:
+        for name in ["c", "a", "b"]:
+            s1.add(name, updates[name], ord(name))
+        for name in ["b", "c", "a"]:
+            s2.add(name, updates[name], ord(name))
+        s1.sort_by_site()
+        s2.sort_by_site()
+        for s in (s1, s2):
+            assert s.sites == ["a", "b", "c"]
+            np.testing.assert_array_equal(s.weights, [ord("a"), ord("b"), ord("c")])
+            want = np.stack([updates[n]["w"] for n in "abc"])
+            np.testing.assert_array_equal(_reassemble(s, "w", 6), want)
+            np.testing.assert_allclose(
+                s.norms,
+                [
+                    np.sqrt(
+                        sum(np.sum(np.square(a, dtype=np.float64)) for a in updates[n].values())
+                    )
+                    for n in "abc"
+                ],
+            )

@@ -502,3 +502,35 @@ def test_trim_counts_follow_a_stable_ranking_with_many_ties(x, beta, chunk):
     np.testing.assert_array_equal(r.trimmed_high, np.bincount(order[k - b :].ravel(), minlength=k))
     want = np.sort(x.astype(np.float64), axis=0)[b : k - b].mean(axis=0)
     np.testing.assert_allclose(r.arrays["x"], want, rtol=1e-6)
+
+
+def test_sorted_store_results_do_not_depend_on_arrival_order(tmp_path):
+    """After ReplyStore.sort_by_site, every rule gives the same bits and the same per-site
+    records whatever order the replies arrived in (ties included)."""
+    rng = np.random.default_rng(3)
+    names = [f"site-{i}" for i in range(7)]
+    updates = {
+        n: {"w": rng.standard_normal((4, 5)).astype(np.float32), "t": np.zeros(3, np.float32)}
+        for n in names
+    }  # "t" ties at every coordinate
+    results = []
+    for order in (names, names[::-1], [names[i] for i in (3, 0, 6, 1, 5, 2, 4)]):
+        with ReplyStore(tmp_path) as store:
+            for n in order:
+                store.add(n, updates[n], 1.0 + names.index(n))
+            store.sort_by_site()
+            tm = trimmed_mean(store, 0.3, chunk_elems=3)
+            mk = multi_krum(store, 1, 4, chunk_elems=3)
+            cc = centered_clipping(store, 0.5, clip_iters=3, chunk_elems=3)
+            results.append(
+                (
+                    store.sites,
+                    {k: v.tobytes() for k, v in tm.arrays.items()},
+                    tm.trimmed.tolist(),
+                    mk.selected.tolist(),
+                    {k: v.tobytes() for k, v in mk.arrays.items()},
+                    {k: v.tobytes() for k, v in cc.arrays.items()},
+                    cc.clipped.tolist(),
+                )
+            )
+    assert results[0] == results[1] == results[2]
