@@ -38,17 +38,20 @@ from orchestrator.config.loader import ConfigError, to_yaml
 from orchestrator.federated.flwr_cli import ServerRun, submit_job
 from orchestrator.federated.launch import (
     CLIENTAPP,
-    SERVERAPP,
     format_node_config,
     submit_argv,
     superlink_argv,
 )
 from orchestrator.federated.report import print_partition
-from orchestrator.federated.server_app import FederatedResult, server_data_path
+from orchestrator.federated.server_app import FederatedResult
 from orchestrator.federated.server_session import ServerOptions, SuperLinkProcess
 from orchestrator.runs import resolve_run_dir
 
 log = logging.getLogger(__name__)
+
+SIM_SERVERAPP = "orchestrator.federated.sim_serverapp:app"
+"""The ServerApp component submitted to the simulation engine: ``server_app:app`` behind a
+thread-safe import order (see :mod:`orchestrator.federated.sim_serverapp`)."""
 
 SIMULATION_ENV = {"RAY_ADDRESS": "local"}
 """Environment of the simulation SuperLink and what it starts: ``flwr-simulation`` calls
@@ -86,18 +89,13 @@ def federation_config(job: FederatedJob) -> dict[str, Any]:
 
 
 def partition_summary(job: FederatedJob) -> list[dict[str, object]]:
-    """The per-site size/label table of the simulated partition (same code the sites run)."""
-    from clients.site_data import read_table
-    from orchestrator.contract.partition import partition, summary
+    """The per-site size/label table of the simulated partition (same code the sites run);
+    bad data is a ConfigError (exit 2, nothing started)."""
+    from orchestrator.contract.partition import summary
+    from orchestrator.federated.setup import simulation_partition
 
-    p = job.partition
-    texts, labels, column = read_table(
-        str(server_data_path(job)), job.data.text_field, job.data.label_field, p.column
-    )
-    parts = partition(
-        p.kind, labels or texts, column, job.federation.num_sites, p.alpha, job.federation.seed
-    )
-    return summary(parts, labels or ["-"] * len(texts))
+    parts, labels = simulation_partition(job)
+    return summary(parts, labels)
 
 
 def check_server_inputs(job: FederatedJob) -> None:
@@ -133,7 +131,7 @@ def simulation_plan(job: FederatedJob) -> dict[str, Any]:
                 submit_argv(state / "app", state / "run-config.toml", federation_config(job))
             ),
             "env": {**SIMULATION_ENV, "FLWR_HOME": str(state / "flwr-home")},
-            "serverapp": SERVERAPP,
+            "serverapp": SIM_SERVERAPP,
             "clientapp": CLIENTAPP,
         },
         "strategy": {"name": job.strategy.name, "server_lr": job.strategy.eta},
@@ -150,7 +148,7 @@ def run_on_simulation_engine(
     run_dir: Path,
     fed_config: Mapping[str, Any],
     *,
-    serverapp: str = SERVERAPP,
+    serverapp: str = SIM_SERVERAPP,
     extra_env: Mapping[str, str] | None = None,
     out: Any = None,
     hide: re.Pattern[str] | None = FLOWER_CLI_HINTS,
@@ -199,6 +197,7 @@ def simulate(job: FederatedJob) -> FederatedResult:
 
 __all__ = [
     "SIMULATION_ENV",
+    "SIM_SERVERAPP",
     "check_server_inputs",
     "federation_config",
     "partition_summary",
