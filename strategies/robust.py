@@ -13,6 +13,7 @@ Rules and their papers:
 - :func:`coordinate_median`: coordinate-wise median (Yin et al. 2018, "Byzantine-Robust
   Distributed Learning: Towards Optimal Statistical Rates").
 - :func:`trimmed_mean`: coordinate-wise trimmed mean (same paper), with per-site trim counts.
+- :func:`weighted_mean`: plain FedAvg over the store (for round-wide weights or clip factors).
 - :func:`multi_krum` / :func:`krum`: Krum and Multi-Krum (Blanchard et al. 2017, "Machine
   Learning with Adversaries: Byzantine Tolerant Gradient Descent").
 - :func:`centered_clipping`: centered clipping (Karimireddy, He, Jaggi 2021, "Learning from
@@ -355,6 +356,29 @@ def _count_trimmed(
         order = np.argsort(block[:, ties], axis=0, kind="stable")
         low += np.bincount(order[:b].ravel(), minlength=k)
         high += np.bincount(order[k - b :].ravel(), minlength=k)
+
+
+def weighted_mean(
+    replies: ReplySource | np.ndarray, *, weighted: bool = True, chunk_elems: int | None = None
+) -> Arrays:
+    """The (weighted) mean over the replies, read block by block:
+
+        out = sum_k a_k x_k / sum_k a_k,   a_k = the source's weights (weighted) or 1
+
+    FedAvg over a store: what a strategy needs when the weights or clipping scales depend on the
+    whole round (``effective_weights(..., "capped")``, ``clip_update_norms(..., "median")``) and
+    so cannot be applied while folding replies as they arrive. Sums in float64.
+    """
+    src = _source(replies)
+    a = src.weights if weighted else np.ones(len(src))
+    coef = a / a.sum()
+    step = _chunk(src, chunk_elems)
+    out = _empty_like(src)
+    for key in src.keys:
+        flat = out[key].reshape(-1)
+        for sl, block in src.chunks(key, step):
+            flat[sl] = coef @ block.astype(np.float64)
+    return out
 
 
 # ---- Krum / Multi-Krum -----------------------------------------------------------------------

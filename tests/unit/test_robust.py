@@ -25,6 +25,7 @@ from strategies.robust import (
     trimmed_mean,
     trimmed_per_side,
     update_norm,
+    weighted_mean,
 )
 
 # Four replies of a 2-coordinate tensor, used by the median and trimmed-mean cases.
@@ -534,3 +535,19 @@ def test_sorted_store_results_do_not_depend_on_arrival_order(tmp_path):
                 )
             )
     assert results[0] == results[1] == results[2]
+
+
+def test_weighted_mean_with_capped_weights_and_median_clipping():
+    # Replies 1, 2, 3, 40 (1-D) claiming n = 10, 20, 30, 1e30 examples.
+    x = np.array([[1.0], [2.0], [3.0], [40.0]], np.float32)
+    src = StackedReplies(x, weights=[10, 20, 30, 1e30])
+    # uniform: (1 + 2 + 3 + 40) / 4 = 11.5
+    np.testing.assert_allclose(weighted_mean(src, weighted=False)["x"], [11.5])
+    # capped at 2 x median(n) = 2 x 25 = 50, sum 110: (10 + 40 + 90 + 50 * 40) / 110 = 2140 / 110
+    capped = ReplyView(src, weights=effective_weights(src.weights, "capped", cap=2.0))
+    np.testing.assert_allclose(weighted_mean(capped)["x"], [2140 / 110], rtol=1e-6)
+    # and norms clipped at 2 x median(1, 2, 3, 40) = 5: 40 -> 5:
+    # (10 + 40 + 90 + 50 * 5) / 110 = 390 / 110
+    clip = clip_update_norms(src.norms, 2.0, mode="median")
+    view = ReplyView(src, scales=clip.scales, weights=capped.weights)
+    np.testing.assert_allclose(weighted_mean(view, chunk_elems=1)["x"], [390 / 110], rtol=1e-6)
