@@ -21,7 +21,6 @@ from strategies.math import Arrays, RunningSum
 from strategies.pipeline import Aggregate, Aggregator, Reply
 from strategies.reply_store import ReplyStore
 from strategies.robust import (
-    ReplySource,
     ReplyView,
     centered_clipping,
     clip_update_norms,
@@ -31,6 +30,7 @@ from strategies.robust import (
     trimmed_mean,
     trimmed_per_side,
     update_norm,
+    weighted_mean,
 )
 
 log = logging.getLogger(__name__)
@@ -86,20 +86,6 @@ class NormClipStage:
         return replace(reply, update=scaled, note=note)
 
 
-def weighted_mean_of(src: ReplySource, chunk_elems: int = 1 << 18) -> Arrays:
-    """``sum_k a_k x_k / sum_k a_k`` over a reply source, chunk by chunk (float64 sums)."""
-    w = np.asarray(src.weights, dtype=np.float64)
-    w = w / w.sum()
-    out: Arrays = {}
-    for key in src.keys:
-        dtype = np.result_type(src.dtypes[key], np.float32)
-        flat = np.empty(int(np.prod(src.shapes[key], dtype=np.int64)), dtype)
-        for sl, block in src.chunks(key, chunk_elems):
-            flat[sl] = w @ block.astype(np.float64)
-        out[key] = flat.reshape(src.shapes[key])
-    return out
-
-
 class StoredAggregator(Aggregator):
     """Keeps the round's replies on disk, then applies ``cfg`` (weights, clip, rule)."""
 
@@ -134,6 +120,7 @@ class StoredAggregator(Aggregator):
 
     def _result(self) -> Aggregate:
         c, store = self.cfg, self.store
+        store.sort_by_site()  # the result no longer depends on the order replies arrived in
         sites = store.sites
         notes: dict[str, str] = {}
         weights = effective_weights(store.weights, c.weighting, c.weight_cap)
@@ -154,7 +141,7 @@ class StoredAggregator(Aggregator):
     def _rule(self, view: ReplyView, notes: dict[str, str]) -> Arrays:
         c, sites, k = self.cfg, view.sites, len(view)
         if c.rule == "mean":
-            return weighted_mean_of(view)
+            return weighted_mean(view)
         if c.rule == "median":
             return coordinate_median(view)
         if c.rule == "trimmed_mean":

@@ -163,3 +163,17 @@ def test_krum_config_needs_enough_sites():
         load_config(
             FederatedJob, None, ["strategy.name=krum", "strategy.num_byzantine=2"], "simulate-demo"
         )
+
+
+@pytest.mark.parametrize("name", ["median", "trimmed_mean", "multikrum", "centered_clip"])
+def test_robust_aggregate_is_the_same_bits_in_any_reply_order(tmp_path, name):
+    import itertools
+
+    rng = np.random.default_rng(0)
+    values = [rng.normal(size=2).astype(np.float32).tolist() for _ in range(5)]
+    outs = []
+    for order in itertools.islice(itertools.permutations(range(5)), 0, 120, 17):
+        s = strategy(tmp_path, f"strategy.name={name}", "strategy.num_byzantine=1")
+        outs.append(run(s, [reply(values[i], 10 + i, f"site-{i + 1}") for i in order]))
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out, outs[0])
