@@ -23,15 +23,13 @@ from strategies.reply_store import ReplyStore
 from strategies.robust import (
     ReplyView,
     centered_clipping,
-    clip_update_norms,
     coordinate_median,
-    effective_weights,
     multi_krum,
     trimmed_mean,
     trimmed_per_side,
-    update_norm,
     weighted_mean,
 )
+from strategies.weights import clip_update_norms, effective_weights, update_norm
 
 log = logging.getLogger(__name__)
 

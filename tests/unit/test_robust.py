@@ -15,18 +15,16 @@ from strategies.robust import (
     ReplyView,
     StackedReplies,
     centered_clipping,
-    clip_update_norms,
     coordinate_median,
-    effective_weights,
     krum,
     krum_scores,
     multi_krum,
     pairwise_sq_distances,
     trimmed_mean,
     trimmed_per_side,
-    update_norm,
     weighted_mean,
 )
+from strategies.weights import clip_update_norms, effective_weights, update_norm
 
 # Four replies of a 2-coordinate tensor, used by the median and trimmed-mean cases.
 #            coord 0  coord 1
