@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import logging
 import re
-import shlex
 import sys
 import tempfile
 import time
@@ -26,17 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator.federated.launch import (
-    CLIENTAPP,
-    DEFAULT_PORT,
-    SERVERAPP,
-    ServerTLS,
-    format_address,
-    submit_argv,
-    superlink_argv,
-    supernode_argv,
-)
-from orchestrator.federated.server_session import ServerOptions
+from orchestrator.federated.launch import DEFAULT_PORT
+from orchestrator.federated.server_session import ServerOptions, server_plan
 from orchestrator.federated.site import SiteOptions, refused_message, site_process
 
 log = logging.getLogger(__name__)
@@ -247,40 +237,6 @@ def _serve(job: Any, opts: ServerOptions, run_dir: Path, resume: bool) -> int:
     return EXIT_OK
 
 
-def server_plan(job: object, opts: ServerOptions, run_dir: Path) -> dict[str, object]:
-    """What ``--dry-run`` prints: the SuperLink command, the app, a site command."""
-    from orchestrator.federated.flwr_cli import site_public_keys
-
-    tls = None if opts.insecure else ServerTLS.in_dir(Path("<certs>"))
-    if opts.certs is not None and not opts.insecure:
-        tls = ServerTLS.in_dir(opts.certs.absolute())
-    address = opts.superlink or format_address(opts.host, opts.port)
-    state = run_dir / "server"
-    return {
-        "run_dir": str(run_dir),
-        "superlink": None
-        if opts.superlink
-        else superlink_argv(
-            opts.host,
-            opts.port,
-            tls,
-            opts.site_auth and tls is not None,
-            database=state / "superlink.db",
-        ),
-        "register": [f"flwr supernode register {k}" for k in site_public_keys(opts.site_keys)],
-        "submit": shlex.join(submit_argv(state / "app", state / "run-config.toml")),
-        "app_components": {"serverapp": SERVERAPP, "clientapp": CLIENTAPP},
-        "site_example": supernode_argv(
-            address,
-            {"data-path": "/path/to/site.csv"},
-            root_cert=None if opts.insecure else Path("ca.pem"),
-            insecure=opts.insecure,
-            key=None if not opts.site_auth or opts.insecure else Path("site.key"),
-            port=9094,
-        ),
-    }
-
-
 # --------------------------------------------------------------------------------------------
 # fedray site
 
@@ -399,4 +355,4 @@ def site_main(argv: Sequence[str]) -> int:
         time.sleep(10)
 
 
-__all__ = ["certs_main", "server_main", "server_plan", "site_key_main", "site_main"]
+__all__ = ["certs_main", "server_main", "site_key_main", "site_main"]

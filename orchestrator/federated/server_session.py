@@ -19,6 +19,7 @@ Every process started here is stopped by PID on success, failure or Ctrl-C
 from __future__ import annotations
 
 import logging
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,11 +32,15 @@ from orchestrator.federated.flwr_cli import (
     submit_job,
 )
 from orchestrator.federated.launch import (
+    CLIENTAPP,
     DEFAULT_PORT,
+    SERVERAPP,
     ServerTLS,
     format_address,
     parse_address,
+    submit_argv,
     superlink_argv,
+    supernode_argv,
     write_flwr_config,
 )
 from orchestrator.federated.processes import (
@@ -267,10 +272,43 @@ def serve(
         return session.run(config_yaml, run_dir, out=out)
 
 
+def server_plan(job: object, opts: ServerOptions, run_dir: Path) -> dict[str, object]:
+    """What ``--dry-run`` prints: the SuperLink command, the app, a site command."""
+    tls = None if opts.insecure else ServerTLS.in_dir(Path("<certs>"))
+    if opts.certs is not None and not opts.insecure:
+        tls = ServerTLS.in_dir(opts.certs.absolute())
+    address = opts.superlink or format_address(opts.host, opts.port)
+    state = run_dir / "server"
+    return {
+        "run_dir": str(run_dir),
+        "superlink": None
+        if opts.superlink
+        else superlink_argv(
+            opts.host,
+            opts.port,
+            tls,
+            opts.site_auth and tls is not None,
+            database=state / "superlink.db",
+        ),
+        "register": [f"flwr supernode register {k}" for k in site_public_keys(opts.site_keys)],
+        "submit": shlex.join(submit_argv(state / "app", state / "run-config.toml")),
+        "app_components": {"serverapp": SERVERAPP, "clientapp": CLIENTAPP},
+        "site_example": supernode_argv(
+            address,
+            {"data-path": "/path/to/site.csv"},
+            root_cert=None if opts.insecure else Path("ca.pem"),
+            insecure=opts.insecure,
+            key=None if not opts.site_auth or opts.insecure else Path("site.key"),
+            port=9094,
+        ),
+    }
+
+
 __all__ = [
     "ServerOptions",
     "ServerRun",
     "ServerSession",
     "SuperLinkProcess",
     "serve",
+    "server_plan",
 ]
