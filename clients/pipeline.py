@@ -82,7 +82,7 @@ class AttackStage:
     def __init__(self, task: SiteTask) -> None:
         self.task = task
         a = task.attack
-        self.name = f"attack: {a.kind} (scale={a.scale}, simulation only)"
+        self.name = f"attack: {a.kind} (scale={a.scale}; the attacking simulated sites only)"
 
     def __call__(self, update: Arrays, ctx: SiteContext) -> Arrays:
         a = self.task.attack

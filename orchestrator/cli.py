@@ -42,10 +42,14 @@ def _pretrain_command() -> Command:
 
 
 def _simulate_command() -> Command:
+    from orchestrator.cli_args import round_pipeline
     from orchestrator.config.federated import FederatedJob
     from orchestrator.federated.simulate import simulate, simulation_plan
 
-    return FederatedJob, "simulate-demo", simulate, simulation_plan
+    def plan(job: FederatedJob) -> dict:
+        return {**simulation_plan(job), "round_pipeline": round_pipeline(job)}
+
+    return FederatedJob, "simulate-demo", simulate, plan
 
 
 # Job commands share one shape: [CONFIG] key=value ... [--print-config] [--dry-run].

@@ -28,4 +28,18 @@ def print_dry_run(job: Any, plan: Mapping[str, Any], file: IO[str] | None = None
     print(json.dumps(plan, indent=2), file=file)
 
 
-__all__ = ["print_dry_run", "split_config_args"]
+def round_pipeline(job: Any) -> dict[str, list[str]]:
+    """The stages a federated round runs for ``job``, site side and server side (``--dry-run``).
+
+    The CLI is where both sides meet, so it may ask each for its own description.
+    """
+    from clients.pipeline import describe
+    from orchestrator.contract.model import ModelSpec
+    from orchestrator.contract.task import site_task
+    from strategies import build_strategy
+
+    task = site_task(job, ModelSpec(task=job.task.kind, hf_config={}), None, list(job.task.labels))
+    return {"site": describe(task), "server": build_strategy(job).pipeline()}
+
+
+__all__ = ["print_dry_run", "round_pipeline", "split_config_args"]

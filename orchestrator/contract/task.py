@@ -130,12 +130,16 @@ def key_of(name: str) -> str:
 
 
 def site_task(
-    job: FederatedJob, spec: ModelSpec, tokenizer: PreTrainedTokenizerBase, labels: list[str]
+    job: FederatedJob,
+    spec: ModelSpec,
+    tokenizer: PreTrainedTokenizerBase | None,
+    labels: list[str],
 ) -> SiteTask:
-    """The task every train/evaluate message carries, from the job (server side)."""
+    """The task every train/evaluate message carries, from the job (server side). ``None`` for
+    the tokenizer leaves it out (``--dry-run`` describes a task without building one)."""
     return SiteTask(
         spec=spec,
-        tokenizer_json=tokenizer_to_json(tokenizer),
+        tokenizer_json=tokenizer_to_json(tokenizer) if tokenizer is not None else "",
         labels=tuple(labels),
         text_field=job.data.text_field,
         label_field=job.data.label_field,

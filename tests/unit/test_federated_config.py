@@ -50,3 +50,18 @@ def test_cli_print_config_dry_run_and_exit_code(capsys):
     out = capsys.readouterr().out
     assert '"num_supernodes": 3' in out and '"partition"' in out
     assert main(["simulate", "strategy.name=nope"]) == 2
+
+
+def test_dry_run_shows_the_round_pipeline_of_both_sides(capsys):
+    import json
+
+    from orchestrator.cli import main
+
+    args = ["strategy.name=trimmed_mean", "strategy.clip_update_norm=2", "attack.kind=sign_flip"]
+    assert main(["simulate", *args, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    plan = json.loads(out.split("# launch plan\n", 1)[1])
+    site, server = plan["round_pipeline"]["site"], plan["round_pipeline"]["server"]
+    assert site[0].startswith("train: AdamW") and any("attack: sign_flip" in s for s in site)
+    assert any(s.startswith("fold: clip update norms to 2") and "trimmed mean" in s for s in server)
+    assert server[-2].startswith("server step")
