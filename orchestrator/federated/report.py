@@ -68,6 +68,13 @@ class RoundTable:
                 markup=False,
                 soft_wrap=True,
             )
+        if rec.get("attack"):  # simulated attackers (recorded from the config, for analysis)
+            a = rec["attack"]
+            self.console.print(
+                f"      simulated attack {a['kind']} by: {', '.join(a['sites']) or '-'}",
+                markup=False,
+                soft_wrap=True,
+            )
         for name, s in sorted(rec.get("sites", {}).items()):
             parts = [f"{name:>12}:"]
             if "train-loss" in s:
@@ -78,6 +85,8 @@ class RoundTable:
                 parts.append(f"macro-F1 {s['macro-f1']:.4f}")
             if "num-examples" in s:
                 parts.append(f"n={int(s['num-examples'])}")
+            if s.get("aggregation"):  # what a robust rule / clip / cap did to this reply
+                parts.append(s["aggregation"])
             if s.get("rejected"):
                 parts.append(f"REJECTED: {s['rejected']}")
             if s.get("dropped"):
