@@ -63,6 +63,17 @@ COMMANDS: dict[str, tuple[str, Callable[[], Command]]] = {
 OTHER_COMMANDS: dict[str, tuple[str, Callable[[], Callable[[list[str]], int]]]] = {}
 
 
+def _tool(name: str) -> Callable[[], Callable[[list[str]], int]]:
+    """``orchestrator/<name>.py``'s ``main(argv) -> exit code``, imported on use."""
+
+    def load() -> Callable[[list[str]], int]:
+        import importlib
+
+        return importlib.import_module(f"orchestrator.{name}").main
+
+    return load
+
+
 def _federated_command(name: str) -> Callable[[], Callable[[list[str]], int]]:
     def load() -> Callable[[list[str]], int]:
         from orchestrator.federated import commands
@@ -81,6 +92,8 @@ OTHER_COMMANDS.update(
         "site": ("join a federation as a site (Flower SuperNode)", _federated_command("site")),
         "certs": ("create a test CA + server certificate", _federated_command("certs")),
         "site-key": ("create a site's key pair", _federated_command("site_key")),
+        "report": ("plots and an HTML report of one or more run directories", _tool("report")),
+        "doctor": ("check versions, GPUs, disk, Ray, certificates and ports", _tool("doctor")),
     }
 )
 
