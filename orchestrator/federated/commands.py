@@ -2,15 +2,17 @@
 
     fedray certs certs/ --host fl.example.org
     fedray site-key keys/hospital-a
-    fedray server job.yaml --certs certs/ --site-keys keys/ --host 0.0.0.0 --port 9092
-    fedray server --resume runs/server-20260101-120000 --certs certs/ --site-keys keys/
+    fedray server job.yaml run.dir=runs/fed1 --certs certs/ --site-keys keys/ --port 9093
+    fedray server --resume runs/fed1 federation.num_rounds=10 --certs certs/ --site-keys keys/
     fedray site --server fl.example.org:9092 --data /data/a.csv --key keys/hospital-a \\
         --root-cert certs/ca.pem
 
 The work is done by :mod:`orchestrator.federated.server_session` (server),
 :mod:`orchestrator.federated.site` (site) and :mod:`orchestrator.federated.credentials`; each
-``*_main(argv)`` returns an exit code (0 ok, 1 failed while running, 2 bad input,
-130 interrupted).
+``*_main(argv)`` returns an exit code: 0 ok, 1 failed while running, 2 bad input (nothing was
+started), 128 + N after signal N (130 SIGINT, 143 SIGTERM, 129 SIGHUP), once every process the
+command started is stopped by PID
+(:func:`orchestrator.federated.processes.stop_children_on_signals`).
 """
 
 from __future__ import annotations
@@ -21,22 +23,34 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from orchestrator.config.loader import ConfigError
 from orchestrator.federated.launch import DEFAULT_PORT
+from orchestrator.federated.processes import interrupted_exit_code, stop_children_on_signals
 from orchestrator.federated.server_session import ServerOptions, server_plan
-from orchestrator.federated.site import SiteOptions, refused_message, site_process
+from orchestrator.federated.site import PORT_TAKEN, SiteOptions, refused_message, site_process
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 REFUSED = re.compile(r"Failed to activate SuperNode|Exit Code: 30[25]")
 
 
 def _err(msg: str) -> None:
-    print(f"error: {msg}", file=sys.stderr)
+    print(f"error: {msg}", file=sys.stderr, flush=True)
+
+
+def _stoppable(body: Callable[[], int]) -> int:
+    """Run a command's body so that SIGINT, SIGTERM and SIGHUP stop it and every process it
+    started (by PID); returns the body's exit code, or 128 + the signal number."""
+    try:
+        with stop_children_on_signals():
+            return body()
+    except KeyboardInterrupt as e:
+        return interrupted_exit_code(e)
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,14 +132,26 @@ def server_parser() -> argparse.ArgumentParser:
         metavar="[CONFIG] key=value",
         help="YAML file or preset (same format as `fedray simulate`), then overrides",
     )
-    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a stopped run")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue a stopped run with RUN_DIR/config.yaml; key=value overrides may change "
+        "only what does not change the result (e.g. federation.num_rounds=10 to extend it)",
+    )
     p.add_argument(
         "--superlink",
         metavar="HOST:PORT",
         help="submit to an already running SuperLink instead of starting one",
     )
     p.add_argument("--root-cert", type=Path, help="CA to verify --superlink with")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 = all)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address the SuperLink binds (default 127.0.0.1). Anything else exposes Flower's "
+        "unauthenticated Control API: keep it on loopback behind the Fleet-only proxy "
+        "(cluster-configs/federated/nginx-fleet.conf); a warning is logged otherwise",
+    )
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="SuperLink HTTPS port")
     p.add_argument(
         "--certs",
@@ -157,24 +183,33 @@ def server_parser() -> argparse.ArgumentParser:
 
 
 def _server_job(ns: argparse.Namespace) -> tuple[Any, Path] | None:
-    """The job and run directory from CONFIG/overrides or ``--resume``; None = usage error."""
+    """The job and run directory from CONFIG/overrides, or from ``--resume RUN_DIR`` with
+    overrides merged over its ``config.yaml``; None = usage error (printed). A changed key that
+    a resumed run may not change is a :class:`ConfigError` naming the keys."""
     from orchestrator.cli_args import split_config_args
     from orchestrator.config.federated import FederatedJob
-    from orchestrator.config.loader import load_config
+    from orchestrator.config.loader import load_config, to_yaml
+    from orchestrator.federated.resume import check_resumable
     from orchestrator.runs import resolve_run_dir
 
+    source, overrides = split_config_args(ns.args)
     if ns.resume is None:
-        source, overrides = split_config_args(ns.args)
         job = load_config(FederatedJob, source, overrides, default_preset="simulate-demo")
         return job, resolve_run_dir(job.run, "server")
-    if ns.args:
-        _err("--resume RUN_DIR takes the config from RUN_DIR/config.yaml; drop CONFIG/overrides")
+    if source is not None:
+        _err(
+            f"--resume RUN_DIR takes the config from RUN_DIR/config.yaml; drop {source!r} "
+            "(key=value overrides are allowed, e.g. federation.num_rounds=10)"
+        )
         return None
-    cfg = ns.resume / "config.yaml"
+    run_dir = ns.resume.expanduser().absolute()
+    cfg = run_dir / "config.yaml"
     if not cfg.is_file():
         _err(f"{cfg} not found: --resume needs the directory of a run started by fedray")
         return None
-    return load_config(FederatedJob, str(cfg)), ns.resume.absolute()
+    job = load_config(FederatedJob, str(cfg), overrides)
+    check_resumable(cfg.read_text(), to_yaml(job), run_dir)
+    return job, run_dir
 
 
 def _server_options(ns: argparse.Namespace) -> ServerOptions:
@@ -191,11 +226,19 @@ def _server_options(ns: argparse.Namespace) -> ServerOptions:
 
 
 def server_main(argv: Sequence[str]) -> int:
+    ns = server_parser().parse_args(list(argv))
+    return _stoppable(lambda: _server(ns))
+
+
+def _server(ns: argparse.Namespace) -> int:
     from orchestrator.cli_args import print_dry_run
     from orchestrator.config.loader import to_yaml
 
-    ns = server_parser().parse_args(list(argv))
-    loaded = _server_job(ns)
+    try:
+        loaded = _server_job(ns)
+    except ConfigError as e:
+        _err(f"config error: {e}")
+        return EXIT_USAGE
     if loaded is None:
         return EXIT_USAGE
     job, run_dir = loaded
@@ -209,7 +252,32 @@ def server_main(argv: Sequence[str]) -> int:
     if ns.dry_run:
         print_dry_run(job, server_plan(job, opts, run_dir))
         return EXIT_OK
+    try:
+        _check_before_start(job, opts)
+    except ValueError as e:  # ConfigError, PortInUse, a bad --superlink address
+        _err(f"config error: {e}" if isinstance(e, ConfigError) else str(e))
+        return EXIT_USAGE
     return _serve(job, opts, run_dir, resume=ns.resume is not None)
+
+
+def _check_before_start(job: Any, opts: ServerOptions) -> None:
+    """What can be checked before a process starts: the SuperLink's port and, when the
+    ServerApp will run on this machine, the files it reads before round 0."""
+    from orchestrator.federated.launch import parse_address
+    from orchestrator.federated.processes import check_port_free
+    from orchestrator.federated.setup import check_inputs
+
+    if opts.superlink:
+        parse_address(opts.superlink)
+        return  # the ServerApp runs next to that SuperLink, which holds its files
+    check_port_free(
+        opts.host,
+        opts.port,
+        "--port",
+        "another SuperLink or program listens there. Pick another with --port, or submit to "
+        "the running SuperLink with --superlink HOST:PORT",
+    )
+    check_inputs(job)
 
 
 def _serve(job: Any, opts: ServerOptions, run_dir: Path, resume: bool) -> int:
@@ -220,9 +288,9 @@ def _serve(job: Any, opts: ServerOptions, run_dir: Path, resume: bool) -> int:
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         _err(str(e))
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        _err(f"interrupted; continue with: fedray server --resume {run_dir}")
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:
+        _err(f"{e or 'interrupted'}; continue with: fedray server --resume {run_dir}")
+        return interrupted_exit_code(e)
     except (RuntimeError, TimeoutError) as e:
         _err(str(e))
         return EXIT_FAILED
@@ -253,7 +321,12 @@ def site_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", type=Path, help="this site's private key (fedray site-key)")
     p.add_argument("--root-cert", type=Path, help="CA that signed the server certificate")
     p.add_argument("--insecure", action="store_true", help="plain HTTP (logs a warning)")
-    p.add_argument("--port", type=int, default=9094, help="local ClientApp API port")
+    p.add_argument(
+        "--port",
+        type=int,
+        help="local port (127.0.0.1) the SuperNode serves its ClientApps on; default: a free "
+        "port, so several sites can run on one machine",
+    )
     p.add_argument("--num-threads", type=int, help="torch threads for local training")
     p.add_argument(
         "--state-dir", type=Path, help="FLWR_HOME and logs (default: a temporary directory)"
@@ -298,9 +371,9 @@ def _follow(path: Path, pos: int) -> int:
     return pos + len(data)
 
 
-def _run_site_once(opts: SiteOptions, log_path: Path, state_dir: Path) -> tuple[int | None, bool]:
-    """Start the SuperNode, echo its log until it exits, stop it by PID.
-    Returns (exit code, whether the server refused it)."""
+def _run_site_once(opts: SiteOptions, log_path: Path, state_dir: Path) -> tuple[int | None, str]:
+    """Start the SuperNode, echo its log until it exits, stop it by PID (also when a signal
+    interrupts this). Returns (exit code, the last lines of its log)."""
     proc = site_process(opts, log_path, state_dir)
     pos = 0
     try:
@@ -312,11 +385,15 @@ def _run_site_once(opts: SiteOptions, log_path: Path, state_dir: Path) -> tuple[
         _follow(log_path, pos)
     finally:
         proc.stop()
-    return proc.returncode, bool(REFUSED.search(proc.log_tail(60)))
+    return proc.returncode, proc.log_tail(60)
 
 
 def site_main(argv: Sequence[str]) -> int:
     ns = site_parser().parse_args(list(argv))
+    return _stoppable(lambda: _site(ns))
+
+
+def _site(ns: argparse.Namespace) -> int:
     opts = site_options(ns)
     try:
         opts.validate()
@@ -330,17 +407,21 @@ def site_main(argv: Sequence[str]) -> int:
         )
     state_dir = ns.state_dir or Path(tempfile.mkdtemp(prefix="fedray-site-"))
     deadline = time.monotonic() + ns.retry_refused_s
-    attempt = 0
+    attempt, port_retries = 0, 3
     while True:
         attempt += 1
         log_path = state_dir / "logs" / f"supernode-{attempt}.log"
         try:
-            code, refused = _run_site_once(opts, log_path, state_dir)
-        except KeyboardInterrupt:
-            return EXIT_INTERRUPTED
+            code, tail = _run_site_once(opts, log_path, state_dir)
+        except KeyboardInterrupt as e:
+            _err(f"{e or 'interrupted'}: the SuperNode was stopped")
+            return interrupted_exit_code(e)
         if code == 0:
             return EXIT_OK
-        if not refused:
+        if opts.port is None and port_retries and PORT_TAKEN.search(tail):
+            port_retries -= 1  # the free port we picked was taken before the SuperNode bound it
+            continue
+        if not REFUSED.search(tail):
             _err(f"flower-supernode exited with code {code}; log: {log_path}")
             return EXIT_FAILED
         if time.monotonic() >= deadline:

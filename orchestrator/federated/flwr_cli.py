@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from orchestrator.federated.launch import (
+    CLIENTAPP,
     SERVERAPP,
     submit_argv,
     write_app_dir,
@@ -201,14 +202,16 @@ def submit_job(
     *,
     federation_config: Mapping[str, Any] | None = None,
     serverapp: str = SERVERAPP,
+    clientapp: str = CLIENTAPP,
     hide: re.Pattern[str] | None = None,
 ) -> ServerRun:
     """Write ``STATE_DIR/app`` and ``STATE_DIR/run-config.toml``, submit them to the SuperLink
     that ``env``'s ``FLWR_HOME`` names, stream the run (``STATE_DIR/logs/run.log`` keeps a
-    copy), and return its status and ``RUN_DIR/metrics.jsonl``."""
+    copy), and return its status and ``RUN_DIR/metrics.jsonl``. ``serverapp`` / ``clientapp``
+    are the app's components (``module:attribute``, importable where each runs)."""
     run_dir = run_dir.absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
-    app_dir = write_app_dir(state_dir / "app", serverapp=serverapp)
+    app_dir = write_app_dir(state_dir / "app", serverapp=serverapp, clientapp=clientapp)
     run_config = write_run_config(state_dir / "run-config.toml", config_yaml, str(run_dir))
     log_path = state_dir / "logs" / "run.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -49,6 +49,19 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps a server on this machine (``localhost``, 127.0.0.0/8,
+    ``::1``); ``0.0.0.0``, ``::``, other addresses and names count as reachable from outside."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True)
 class ServerTLS:
     """The SuperLink's TLS files (``fedray certs`` writes them with these names)."""
@@ -255,6 +268,7 @@ __all__ = [
     "app_pyproject",
     "format_address",
     "format_node_config",
+    "is_loopback",
     "parse_address",
     "submit_argv",
     "superlink_argv",

@@ -4,6 +4,13 @@ Every process is started by us (``ManagedProcess.start``), logs to a file, and i
 PID: SIGTERM, then SIGKILL after a grace period; its descendants (Flower's SuperExec and the
 ServerApp/ClientApp processes it spawns) are collected by PID first and stopped the same way, so
 nothing outlives a run or a failed test. Nothing here looks processes up by name.
+
+Signals: inside :func:`stop_children_on_signals` (what ``fedray server`` / ``fedray site`` run
+under), SIGINT, SIGTERM and SIGHUP raise :class:`Interrupted` in the main thread, so every
+``finally`` that stops a process runs; leaving the block stops whatever is still running by PID.
+Each child runs in its own session, so a terminal's Ctrl-C reaches fedray alone, which then stops
+the children in order. Exit code after a signal: ``128 + signal number`` (130 SIGINT, 143
+SIGTERM, 129 SIGHUP), as a shell reports a process killed by that signal.
 """
 
 from __future__ import annotations
@@ -14,8 +21,9 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import psutil
@@ -25,6 +33,31 @@ log = logging.getLogger(__name__)
 
 class ProcessFailed(RuntimeError):
     """A managed process exited (or never became ready); the message holds its log tail."""
+
+
+class PortInUse(ValueError):
+    """A port fedray was told to bind is taken (a usage error: exit code 2, nothing started)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP arrived (see :func:`stop_children_on_signals`)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def interrupted_exit_code(e: KeyboardInterrupt) -> int:
+    """128 + the signal number (a plain KeyboardInterrupt counts as SIGINT: 130)."""
+    return e.exit_code if isinstance(e, Interrupted) else 128 + signal.SIGINT
+
+
+_RUNNING: list[ManagedProcess] = []
+"""Processes started by this process and not yet stopped (for the final sweep on a signal)."""
 
 
 def fedray_root() -> Path:
@@ -76,6 +109,7 @@ class ManagedProcess:
         self.env = dict(env) if env is not None else None
         self.cwd = cwd
         self.popen: subprocess.Popen[bytes] | None = None
+        self._seen: dict[int, psutil.Process] = {}
 
     def start(self) -> ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,6 +136,7 @@ class ManagedProcess:
             ) from e
         finally:
             logf.close()
+        _RUNNING.append(self)
         return self
 
     @property
@@ -133,12 +168,14 @@ class ManagedProcess:
             )
 
     def descendants(self) -> list[psutil.Process]:
-        if not self.alive():
-            return []
-        try:
-            return psutil.Process(self.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            return []
+        """Its children, grandchildren, ... now, plus those seen earlier that still run (a
+        grandchild whose parent already exited is no longer found through the tree). psutil
+        refuses to signal a PID that was reused by another process since it was seen."""
+        if self.alive():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                for p in psutil.Process(self.pid).children(recursive=True):
+                    self._seen.setdefault(p.pid, p)
+        return [p for p in self._seen.values() if _live(p)]
 
     def signal_tree(self, sig: int) -> None:
         """Send ``sig`` to the process and all its descendants (by PID)."""
@@ -157,6 +194,8 @@ class ManagedProcess:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(timeout=5)
         psutil.wait_procs(kids, timeout=5)
+        with contextlib.suppress(ValueError):
+            _RUNNING.remove(self)
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM, wait ``timeout`` s, then SIGKILL; the same for leftover descendants."""
@@ -181,7 +220,51 @@ class ManagedProcess:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.kill()
         psutil.wait_procs(alive, timeout=timeout)
+        # Only now: a stop cut short leaves it listed for the final sweep (stop_all).
+        with contextlib.suppress(ValueError):
+            _RUNNING.remove(self)
         return self.popen.returncode
+
+
+def _live(p: psutil.Process) -> bool:
+    """Running, the same process as when seen, and not a zombie (an exited orphan that a
+    container's non-reaping init leaves behind counts as gone)."""
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def running_processes() -> list[ManagedProcess]:
+    """Processes this process started (``ManagedProcess.start``) and has not stopped yet."""
+    return list(_RUNNING)
+
+
+def port_free(host: str, port: int) -> bool:
+    """Whether ``host:port`` can be bound now (as a server would: SO_REUSEADDR, so a port left
+    in TIME_WAIT counts as free, one with a listener as taken)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def check_port_free(host: str, port: int, flag: str, hint: str) -> None:
+    """Raise :class:`PortInUse` (one line, naming ``flag`` and a fix) if ``host:port`` is taken."""
+    if not port_free(host, port):
+        raise PortInUse(f"{flag} {port}: port {port} on {host} is already in use; {hint}")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that can be bound on ``host`` right now (the OS picks it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -221,12 +304,62 @@ def stop_all(procs: Sequence[ManagedProcess], timeout: float = 10.0) -> None:
             log.warning("stopping %s failed: %s", p.name, e)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def stop_children_on_signals(signals: Sequence[int] = STOP_SIGNALS) -> Iterator[None]:
+    """Run a block so that a signal stops it and everything it started, by PID.
+
+    The first of ``signals`` raises :class:`Interrupted` in the main thread (unwinding through
+    the ``finally`` blocks that stop processes); later ones are logged and ignored, so they
+    cannot cut the clean-up short. On leaving the block, every :class:`ManagedProcess` still
+    running is stopped (:func:`stop_all`), then the previous handlers come back. Outside the main
+    thread (where Python cannot install handlers) only the final sweep applies.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        try:
+            yield
+        finally:
+            stop_all(running_processes())
+        return
+
+    def stopping(signum: int, frame: object) -> None:
+        log.warning("%s: already stopping", signal.Signals(signum).name)
+
+    def interrupt(signum: int, frame: object) -> None:
+        for s in signals:
+            signal.signal(s, stopping)
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, interrupt) for s in signals}
+    try:
+        yield
+    finally:
+        for s in signals:
+            signal.signal(s, stopping)
+        try:
+            stop_all(running_processes())
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
 __all__ = [
+    "STOP_SIGNALS",
+    "Interrupted",
     "ManagedProcess",
+    "PortInUse",
     "ProcessFailed",
+    "check_port_free",
     "fedray_root",
     "flower_env",
+    "free_port",
+    "interrupted_exit_code",
+    "port_free",
     "port_open",
+    "running_processes",
     "stop_all",
+    "stop_children_on_signals",
     "wait_until",
 ]

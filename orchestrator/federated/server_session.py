@@ -1,8 +1,9 @@
 """The server side of real federated sites: ``fedray server``.
 
-    # coordinating machine (TLS + site authentication by default)
+    # coordinating machine (TLS + site authentication by default); the SuperLink stays on
+    # loopback, sites reach its Fleet API through cluster-configs/federated/nginx-fleet.conf
     fedray certs certs/ --host fl.example.org
-    fedray server my.yaml --certs certs/ --site-keys keys/ --host 0.0.0.0 --port 9092
+    fedray server my.yaml --certs certs/ --site-keys keys/ --host 127.0.0.1 --port 9093
 
 The server starts a Flower SuperLink (``flower-superlink``; Fleet, Control and Runtime APIs on
 one HTTPS port), registers the sites' public keys through the Control API
@@ -12,8 +13,10 @@ runs exactly the rounds of ``fedray simulate`` (same config file, same run direc
 metrics.jsonl, checkpoints, HF export). The job's config travels inside the run config
 (``config-yaml``), so the SuperLink may be on another machine (``--superlink``).
 
-Every process started here is stopped by PID on success, failure or Ctrl-C
-(:mod:`orchestrator.federated.processes`).
+Every process started here is stopped by PID on success, failure or a signal
+(:mod:`orchestrator.federated.processes`). Binding the SuperLink to anything but a loopback
+address logs a warning: its Control API (register site keys, start runs) has no authentication
+in open-source Flower, and it shares the one port with the Fleet API sites use.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from orchestrator.federated.launch import (
     SERVERAPP,
     ServerTLS,
     format_address,
+    is_loopback,
     parse_address,
     submit_argv,
     superlink_argv,
@@ -45,7 +49,7 @@ from orchestrator.federated.launch import (
 )
 from orchestrator.federated.processes import (
     ManagedProcess,
-    ProcessFailed,
+    check_port_free,
     flower_env,
     port_open,
     stop_all,
@@ -60,7 +64,9 @@ class ServerOptions:
     """How ``fedray server`` reaches (or starts) the SuperLink."""
 
     host: str = "127.0.0.1"
-    """Address the SuperLink binds (``0.0.0.0`` to accept sites from other machines)."""
+    """Address the SuperLink binds. Keep it on loopback and let sites in through the Fleet-only
+    proxy (``cluster-configs/federated/nginx-fleet.conf``): anything else (``0.0.0.0``) also
+    exposes the unauthenticated Control API, and logs a warning."""
     port: int = DEFAULT_PORT
     """The SuperLink's one HTTPS port (Fleet, Control and Runtime APIs)."""
     insecure: bool = False
@@ -117,12 +123,17 @@ class SuperLinkProcess:
         )
 
     def start(self) -> SuperLinkProcess:
+        """Start it and wait until it accepts connections; a taken port is a
+        :class:`~orchestrator.federated.processes.PortInUse` (a ValueError) before anything
+        starts."""
         host, port = parse_address(self.address)
-        if port_open(host, port):
-            raise ProcessFailed(
-                f"port {port} on {host} is already in use (another SuperLink?). Pick another "
-                "with --port, or submit to the running one with --superlink HOST:PORT"
-            )
+        check_port_free(
+            self.opts.host or "0.0.0.0",
+            port,
+            "--port",
+            "another SuperLink or program listens there. Pick another with --port, or submit "
+            "to the running SuperLink with --superlink HOST:PORT",
+        )
         write_flwr_config(
             self.flwr_home,
             self.address,
@@ -181,6 +192,16 @@ class ServerSession:
         if self.opts.superlink:
             self._reach_existing()
             return self
+        if not is_loopback(self.opts.host):
+            log.warning(
+                "--host %s is not a loopback address: the SuperLink serves Flower's Control API "
+                "(register site keys, start runs; no authentication in open-source Flower) on "
+                "the same port as the Fleet API sites use, so it is now reachable from the "
+                "network. Bind --host 127.0.0.1 and let sites in through the Fleet-only proxy "
+                "(cluster-configs/federated/nginx-fleet.conf; docs/sites.md, 'Deployment files "
+                "and network exposure').",
+                self.opts.host,
+            )
         tls = _resolve_tls(self.opts, self.tls_dir)
         if tls is not None and not self.opts.site_auth:
             log.warning(
@@ -234,8 +255,13 @@ class ServerSession:
         print(f"registered sites: {', '.join(ids)}", file=out)
         return ids
 
-    def run(self, config_yaml: str, run_dir: Path, out: Any = None) -> ServerRun:
-        return submit_job(self.state_dir, self.env, config_yaml, run_dir, out=out)
+    def run(
+        self, config_yaml: str, run_dir: Path, out: Any = None, *, clientapp: str = CLIENTAPP
+    ) -> ServerRun:
+        """Submit the job (``clientapp``: the ClientApp component the sites run) and wait."""
+        return submit_job(
+            self.state_dir, self.env, config_yaml, run_dir, out=out, clientapp=clientapp
+        )
 
     def close(self) -> None:
         if self.superlink is not None:
@@ -258,14 +284,18 @@ def serve(
     """Start (or reach) the SuperLink, register site keys, submit the run, wait, stop.
 
     ``job`` is a validated ``FederatedJob``. With ``resume``, ``run_dir`` must hold a run's
-    ``config.yaml`` and checkpoints; the ServerApp continues from the last complete round.
-    SuperLink state (registered keys) lives in ``RUN_DIR/server/superlink.db``, so a resumed
-    server knows its sites.
+    checkpoints and ``job`` is its ``config.yaml`` with any overrides merged (the CLI checks
+    them with :func:`orchestrator.federated.resume.check_resumable`, and so does the ServerApp
+    on restore); the ServerApp continues from the last complete round. SuperLink state
+    (registered keys) lives in ``RUN_DIR/server/superlink.db``, so a resumed server knows its
+    sites.
     """
     from orchestrator.config.loader import to_yaml
 
     run_dir = run_dir.absolute()
-    config_yaml = (run_dir / "config.yaml").read_text() if resume else to_yaml(job)
+    if resume and not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir / 'config.yaml'} not found: not a fedray run directory")
+    config_yaml = to_yaml(job)
     with ServerSession(opts, run_dir / "server", run_dir / "tls") as session:
         session.open(out=out)
         session.register(opts.site_keys, out=out)
@@ -279,6 +309,15 @@ def server_plan(job: object, opts: ServerOptions, run_dir: Path) -> dict[str, ob
         tls = ServerTLS.in_dir(opts.certs.absolute())
     address = opts.superlink or format_address(opts.host, opts.port)
     state = run_dir / "server"
+    site_example = supernode_argv(
+        address,
+        {"data-path": "/path/to/site.csv"},
+        root_cert=None if opts.insecure else Path("ca.pem"),
+        insecure=opts.insecure,
+        key=None if not opts.site_auth or opts.insecure else Path("site.key"),
+        port=0,
+    )
+    site_example[site_example.index("--port") + 1] = "<free port>"
     return {
         "run_dir": str(run_dir),
         "superlink": None
@@ -293,14 +332,7 @@ def server_plan(job: object, opts: ServerOptions, run_dir: Path) -> dict[str, ob
         "register": [f"flwr supernode register {k}" for k in site_public_keys(opts.site_keys)],
         "submit": shlex.join(submit_argv(state / "app", state / "run-config.toml")),
         "app_components": {"serverapp": SERVERAPP, "clientapp": CLIENTAPP},
-        "site_example": supernode_argv(
-            address,
-            {"data-path": "/path/to/site.csv"},
-            root_cert=None if opts.insecure else Path("ca.pem"),
-            insecure=opts.insecure,
-            key=None if not opts.site_auth or opts.insecure else Path("site.key"),
-            port=9094,
-        ),
+        "site_example": site_example,
     }
 
 

@@ -83,6 +83,18 @@ def resolve_labels(job: FederatedJob) -> list[str]:
     return sorted(set(labels))
 
 
+def check_inputs(job: FederatedJob) -> None:
+    """What the server reads from this machine's files before round 0 (``model.path``, the
+    tokenizer, the class names), checked before anything starts: a :class:`ConfigError` here is
+    exit code 2 of ``fedray simulate`` / ``fedray server``, not a failed run."""
+    from orchestrator.models import check_model_dir
+
+    if job.model.path:
+        check_model_dir(job.model.path)
+    resolve_tokenizer(job)
+    resolve_labels(job)
+
+
 def prepare(job: FederatedJob) -> ServerSetup:
     """Tokenizer, labels, model spec and the starting model (seeded by ``train.seed``)."""
     from orchestrator.models import check_model_dir, hf_config

@@ -45,6 +45,7 @@ from orchestrator.federated.launch import (
 from orchestrator.federated.report import print_partition
 from orchestrator.federated.server_app import FederatedResult
 from orchestrator.federated.server_session import ServerOptions, SuperLinkProcess
+from orchestrator.federated.setup import check_inputs
 from orchestrator.runs import resolve_run_dir
 
 log = logging.getLogger(__name__)
@@ -96,19 +97,6 @@ def partition_summary(job: FederatedJob) -> list[dict[str, object]]:
 
     parts, labels = simulation_partition(job)
     return summary(parts, labels)
-
-
-def check_server_inputs(job: FederatedJob) -> None:
-    """What the ServerApp reads from this machine's files before round 0 (``model.path``, the
-    tokenizer, the class names), checked before anything starts: a ``ConfigError`` here is
-    exit code 2, not a failed run."""
-    from orchestrator.federated.setup import resolve_labels, resolve_tokenizer
-    from orchestrator.models import check_model_dir
-
-    if job.model.path:
-        check_model_dir(job.model.path)
-    resolve_tokenizer(job)
-    resolve_labels(job)
 
 
 def simulation_plan(job: FederatedJob) -> dict[str, Any]:
@@ -182,7 +170,7 @@ def simulate(job: FederatedJob) -> FederatedResult:
     run_dir = resolve_run_dir(job.run, "simulate")
     fed_config = federation_config(job)  # config errors before anything starts
     print_partition(partition_summary(job), job.partition.kind)
-    check_server_inputs(job)
+    check_inputs(job)
     log.info("federation config: %s", format_node_config(fed_config))
     run = run_on_simulation_engine(to_yaml(job), run_dir, fed_config)
     if not run.ok:
@@ -198,7 +186,6 @@ def simulate(job: FederatedJob) -> FederatedResult:
 __all__ = [
     "SIMULATION_ENV",
     "SIM_SERVERAPP",
-    "check_server_inputs",
     "federation_config",
     "partition_summary",
     "run_on_simulation_engine",

@@ -6,19 +6,34 @@ A site starts a Flower SuperNode (``flower-supernode``) with node config ``data-
 each message the SuperNode starts the ClientApp (``clients/client_app.py``), which reads only
 that file. Only weight updates leave the machine. The process is stopped by PID
 (:mod:`orchestrator.federated.processes`).
+
+The SuperNode also serves a local API to its ClientApp processes (``--port``, on 127.0.0.1
+only). Without ``--port`` fedray picks a free port, so several sites can run on one machine; a
+given ``--port`` that is taken is a usage error before anything starts.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from orchestrator.federated.launch import SUPERNODE_REFUSED, parse_address, supernode_argv
-from orchestrator.federated.processes import ManagedProcess, flower_env
+from orchestrator.federated.processes import (
+    ManagedProcess,
+    check_port_free,
+    flower_env,
+    free_port,
+)
 
 log = logging.getLogger(__name__)
+
+LOCAL_HOST = "127.0.0.1"
+"""Where a SuperNode serves its ClientApp API (never the network)."""
+PORT_TAKEN = re.compile(r"address already in use|Runtime HTTP API failed to start", re.IGNORECASE)
+"""What ``flower-supernode`` logs when its ``--port`` was taken between our check and its bind."""
 
 
 @dataclass
@@ -37,8 +52,9 @@ class SiteOptions:
     """CA certificate that signed the server's certificate (None = the system CAs)."""
     insecure: bool = False
     """Plain-text transport (logs a warning)."""
-    port: int = 9094
-    """Local port of the SuperNode's ClientApp API (127.0.0.1 only)."""
+    port: int | None = None
+    """Local port of the SuperNode's ClientApp API (127.0.0.1 only); None = a free one, picked
+    when the process is built (:func:`site_process`)."""
     num_threads: int | None = None
     """torch threads for local training (default: torch's choice)."""
 
@@ -61,21 +77,37 @@ class SiteOptions:
         for p, flag in ((self.key, "--key"), (self.root_cert, "--root-cert")):
             if p is not None and not p.is_file():
                 raise FileNotFoundError(f"{flag} {p} is not a file")
+        if self.port is not None:
+            if not 1 <= self.port <= 65535:
+                raise ValueError(f"--port {self.port} is not in 1..65535")
+            check_port_free(
+                LOCAL_HOST,
+                self.port,
+                "--port",
+                "another site or program listens there. Leave --port out to use a free port, "
+                "or pick another.",
+            )
 
     def argv(self) -> list[str]:
+        """The ``flower-supernode`` command (a free port is picked here when ``port`` is None;
+        :func:`site_process` fixes it first, so the process and its printed command agree)."""
         return supernode_argv(
             self.server,
             self.node_config(),
             root_cert=self.root_cert,
             insecure=self.insecure,
             key=self.key,
-            port=self.port,
+            port=self.port if self.port is not None else free_port(LOCAL_HOST),
+            host=LOCAL_HOST,
         )
 
 
 def site_process(opts: SiteOptions, log_path: Path, state_dir: Path) -> ManagedProcess:
-    """A (not yet started) SuperNode process for ``opts``; ``state_dir`` holds its FLWR_HOME."""
+    """A (not yet started) SuperNode process for ``opts``; ``state_dir`` holds its FLWR_HOME.
+    Without ``opts.port`` the SuperNode gets a port that is free now."""
     opts.validate()
+    if opts.port is None:
+        opts = replace(opts, port=free_port(LOCAL_HOST))
     if opts.insecure:
         log.warning("--insecure: this site talks to %s over plain HTTP", opts.server)
     return ManagedProcess(
@@ -97,4 +129,4 @@ def refused_message(opts: SiteOptions) -> str:
     )
 
 
-__all__ = ["SiteOptions", "refused_message", "site_process"]
+__all__ = ["LOCAL_HOST", "PORT_TAKEN", "SiteOptions", "refused_message", "site_process"]
