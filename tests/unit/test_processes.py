@@ -1,0 +1,199 @@
+"""Process management without Flower: signals stop a command and everything it started (by
+PID), descendants are remembered, ports are checked before anything binds them."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from orchestrator.federated.launch import is_loopback
+from orchestrator.federated.processes import (
+    Interrupted,
+    ManagedProcess,
+    PortInUse,
+    check_port_free,
+    free_port,
+    interrupted_exit_code,
+    port_free,
+    running_processes,
+    wait_until,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# A stand-in for `fedray site` / `fedray server`: under stop_children_on_signals it starts a
+# ManagedProcess (a "SuperNode") that starts a grandchild (its "SuperExec"), prints every PID as
+# JSON, and waits. Exit code as the commands compute it.
+COMMAND = """
+import json, sys, time
+from pathlib import Path
+from orchestrator.federated.processes import (
+    ManagedProcess, interrupted_exit_code, stop_children_on_signals)
+
+CHILD = '''
+import subprocess, sys, time
+gc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+print("grandchild", gc.pid, flush=True)
+time.sleep(600)
+'''
+
+def body():
+    p = ManagedProcess("child", [sys.executable, "-c", CHILD], Path(sys.argv[1])).start()
+    while "grandchild" not in p.log_tail():
+        time.sleep(0.05)
+    gc = int(p.log_tail().split("grandchild ")[1].split()[0])
+    print(json.dumps({"child": p.pid, "grandchild": gc}), flush=True)
+    try:
+        time.sleep(600)
+    finally:
+        print("finally ran", flush=True)
+    return 0
+
+try:
+    with stop_children_on_signals():
+        code = body()
+except KeyboardInterrupt as e:
+    code = interrupted_exit_code(e)
+sys.exit(code)
+"""
+
+
+def _gone(pid: int) -> bool:
+    """Exited (a zombie left for a non-reaping init in containers counts as exited)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _start_command(tmp_path: Path) -> tuple[subprocess.Popen[str], dict[str, int]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", COMMAND, str(tmp_path / "child.log")],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    pids = json.loads(line)
+    return proc, pids
+
+
+@pytest.mark.parametrize(
+    ("sig", "code"),
+    [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)],
+)
+def test_signal_stops_the_command_and_its_whole_tree(
+    tmp_path: Path, sig: signal.Signals, code: int
+) -> None:
+    proc, pids = _start_command(tmp_path)
+    try:
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == code
+        assert "finally ran" in out  # the command's own clean-up ran
+        for name, pid in pids.items():
+            assert _gone(pid), f"{name} {pid} survived {sig.name}"
+    finally:
+        proc.kill()
+        for pid in pids.values():
+            if not _gone(pid):
+                psutil.Process(pid).kill()
+
+
+def test_a_second_signal_does_not_cut_the_clean_up_short(tmp_path: Path) -> None:
+    proc, pids = _start_command(tmp_path)
+    try:
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+        assert proc.returncode == 143  # the first signal decides
+        assert all(_gone(pid) for pid in pids.values())
+    finally:
+        proc.kill()
+
+
+def test_interrupted_exit_codes() -> None:
+    assert interrupted_exit_code(Interrupted(signal.SIGTERM)) == 143
+    assert interrupted_exit_code(Interrupted(signal.SIGHUP)) == 129
+    assert interrupted_exit_code(KeyboardInterrupt()) == 130
+    assert str(Interrupted(signal.SIGTERM)) == "stopped by SIGTERM"
+    assert isinstance(Interrupted(signal.SIGTERM), KeyboardInterrupt)
+
+
+def test_an_orphaned_grandchild_seen_earlier_is_still_stopped(tmp_path: Path) -> None:
+    script = (
+        "import subprocess, sys, time\n"
+        "gc = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        "print('grandchild', gc.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    p = ManagedProcess("parent", [sys.executable, "-c", script], tmp_path / "p.log").start()
+    try:
+        wait_until(lambda: "grandchild" in p.log_tail(), 20, "grandchild", watch=[p])
+        gc = int(p.log_tail().split("grandchild ")[1].split()[0])
+        assert gc in {k.pid for k in p.descendants()}
+        psutil.Process(p.pid).kill()  # the parent dies alone: its child is reparented
+        p.popen.wait(timeout=10)  # type: ignore[union-attr]
+        assert not _gone(gc)
+        p.stop(timeout=2)
+        assert _gone(gc)
+    finally:
+        p.stop(timeout=1)
+
+
+def test_started_processes_are_listed_until_stopped(tmp_path: Path) -> None:
+    p = ManagedProcess(
+        "sleeper", [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "s.log"
+    )
+    assert p not in running_processes()
+    p.start()
+    try:
+        assert p in running_processes()
+    finally:
+        p.stop(timeout=2)
+    assert p not in running_processes()
+
+
+def test_port_checks() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert not port_free("127.0.0.1", port)
+        assert not port_free("0.0.0.0", port)  # a wildcard bind conflicts with it too
+        with pytest.raises(PortInUse, match=f"--port {port}: port {port} on 127.0.0.1") as e:
+            check_port_free("127.0.0.1", port, "--port", "pick another")
+        assert "\n" not in str(e.value)
+        assert isinstance(e.value, ValueError)  # a usage error (exit 2)
+    assert port_free("127.0.0.1", port)
+    p1, p2 = free_port(), free_port()
+    assert port_free("127.0.0.1", p1) and port_free("127.0.0.1", p2)
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.0.1.1", True),
+        ("localhost", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("10.0.0.5", False),
+        ("fl.example.org", False),
+        ("", False),
+    ],
+)
+def test_is_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
