@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 import stat
 import subprocess
 import sys
@@ -16,7 +17,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
 from orchestrator.federated import commands, credentials, launch, site
-from orchestrator.federated.processes import ManagedProcess, ProcessFailed, wait_until
+from orchestrator.federated.processes import (
+    ManagedProcess,
+    ProcessFailed,
+    free_port,
+    port_free,
+    running_processes,
+    wait_until,
+)
 
 # ---- certificates and keys ---------------------------------------------------------------
 
@@ -255,6 +263,195 @@ def test_site_rejects_missing_data_and_insecure_key(tmp_path: Path) -> None:
     key = credentials.make_site_key(tmp_path / "k")
     argv = ["--server", "h:1", "--data", str(data), "--insecure", "--key", str(key.private)]
     assert commands.site_main(argv) == 2
+
+
+def _listening() -> socket.socket:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    return s
+
+
+def test_site_port_in_use_is_a_one_line_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    data = tmp_path / "a.csv"
+    data.write_text("text,label\nhi,positive\n")
+    with _listening() as s:
+        port = s.getsockname()[1]
+        argv = ["--server", "127.0.0.1:1", "--data", str(data), "--insecure", "--port", str(port)]
+        assert commands.site_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0, err  # one line, no traceback
+    assert f"--port {port}" in err and "already in use" in err and "Leave --port out" in err
+    assert not (tmp_path / "logs").exists() and not running_processes()
+
+
+def test_site_without_port_gets_its_own_free_port(tmp_path: Path) -> None:
+    from flwr.supernode.cli.flower_supernode import _parse_args_run_supernode
+
+    data = tmp_path / "a.csv"
+    data.write_text("text,label\nhi,positive\n")
+    opts = commands.site_options(
+        commands.site_parser().parse_args(["--server", "h:1", "--data", str(data), "--insecure"])
+    )
+    assert opts.port is None
+    ports = []
+    for i in range(2):  # two sites on one machine; nothing is started
+        proc = site.site_process(opts, tmp_path / f"{i}.log", tmp_path / str(i))
+        ns = _parse_args_run_supernode().parse_args(proc.argv[1:])
+        assert ns.host == "127.0.0.1"
+        ports.append(ns.port)
+    assert all(port_free("127.0.0.1", p) for p in ports)
+    assert ports[0] != ports[1]
+
+
+def test_server_port_in_use_exits_2_before_starting(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    with _listening() as s:
+        port = s.getsockname()[1]
+        rc = commands.server_main(
+            [f"run.dir={tmp_path / 'run'}", "--insecure", "--port", str(port)]
+        )
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert f"--port {port}: port {port} on 127.0.0.1 is already in use" in err
+    assert err.strip().count("\n") == 0, err
+    assert not (tmp_path / "run").exists() and not running_processes()
+
+
+def test_server_checks_model_path_before_starting(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = [
+        f"model.path={tmp_path / 'no-model'}",
+        f"run.dir={tmp_path / 'run'}",
+        "--insecure",
+        "--port",
+        str(free_port()),
+    ]
+    assert commands.server_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "config error: model.path" in err and "no config.json" in err
+    assert not (tmp_path / "run").exists() and not running_processes()
+
+
+def test_check_inputs_names_the_missing_tokenizer(tmp_path: Path) -> None:
+    from orchestrator.config.federated import FederatedJob
+    from orchestrator.config.loader import ConfigError, load_config
+    from orchestrator.federated.setup import check_inputs
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    job = load_config(FederatedJob, None, [f"model.path={model}"], "simulate-demo")
+    with pytest.raises(ConfigError, match="holds no tokenizer") as e:
+        check_inputs(job)
+    assert e.value.key == "data.tokenizer.path"
+
+
+def _run_dir_with_config(tmp_path: Path, *overrides: str) -> Path:
+    from orchestrator.config.federated import FederatedJob
+    from orchestrator.config.loader import load_config, to_yaml
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    job = load_config(FederatedJob, None, ["federation.num_rounds=2", *overrides], "simulate-demo")
+    (run_dir / "config.yaml").write_text(to_yaml(job))
+    return run_dir
+
+
+def test_server_resume_merges_overrides_that_may_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator.federated import server_session
+
+    run_dir = _run_dir_with_config(tmp_path)
+    seen = {}
+
+    def fake_serve(job, opts, run_dir, resume=False, out=None):  # type: ignore[no-untyped-def]
+        seen.update(job=job, run_dir=run_dir, resume=resume)
+        return server_session.ServerRun(run_dir, 1, "finished:completed", [])
+
+    monkeypatch.setattr(server_session, "serve", fake_serve)
+    argv = [
+        "--resume",
+        str(run_dir),
+        "federation.num_rounds=10",
+        "federation.round_timeout_s=30",
+        "--insecure",
+        "--port",
+        str(free_port()),
+    ]
+    assert commands.server_main(argv) == 0
+    assert seen["resume"] and seen["run_dir"] == run_dir
+    assert seen["job"].federation.num_rounds == 10
+    assert seen["job"].federation.round_timeout_s == 30
+    assert seen["job"].strategy.name == "fedavg"  # the rest from RUN_DIR/config.yaml
+
+
+def test_server_resume_refuses_changed_keys_naming_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator.federated import server_session
+
+    run_dir = _run_dir_with_config(tmp_path)
+    monkeypatch.setattr(server_session, "serve", lambda *a, **k: pytest.fail("started"))
+    argv = ["--resume", str(run_dir), "federation.num_rounds=10", "strategy.name=fedadam"]
+    assert commands.server_main([*argv, "train.lr=0.5", "--insecure"]) == 2
+    err = capsys.readouterr().err
+    assert "strategy.name: 'fedavg' -> 'fedadam'" in err and "train.lr" in err
+    assert "federation.num_rounds" not in err
+    # --dry-run and --print-config check the same way; a CONFIG file is refused.
+    assert commands.server_main([*argv, "--dry-run"]) == 2
+    assert commands.server_main(["--resume", str(run_dir), "job.yaml"]) == 2
+    assert "drop 'job.yaml'" in capsys.readouterr().err
+
+
+def test_server_resume_print_config_shows_the_merged_job(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run_dir = _run_dir_with_config(tmp_path)
+    argv = ["--resume", str(run_dir), "federation.num_rounds=7", "--print-config"]
+    assert commands.server_main(argv) == 0
+    assert "num_rounds: 7" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("host", "warned"), [("0.0.0.0", True), ("127.0.0.1", False)])
+def test_non_loopback_host_warns_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, host, warned
+) -> None:
+    from orchestrator.federated import server_session
+
+    class FakeSuperLink:  # what ServerSession.open uses of SuperLinkProcess; starts nothing
+        def __init__(self, opts, state_dir, tls, **kw):  # type: ignore[no-untyped-def]
+            self.opts, self.tls, self.env = opts, tls, {"FLWR_HOME": str(state_dir)}
+            self.address = f"127.0.0.1:{opts.port}"
+            self.proc = ManagedProcess("superlink", ["true"], state_dir / "superlink.log")
+
+        def start(self):  # type: ignore[no-untyped-def]
+            return self
+
+        def stop(self) -> None:
+            pass
+
+    monkeypatch.setattr(server_session, "SuperLinkProcess", FakeSuperLink)
+    opts = server_session.ServerOptions(host=host, port=9093, insecure=True, site_auth=False)
+    session = server_session.ServerSession(opts, tmp_path / "s", tmp_path / "tls")
+    with caplog.at_level("WARNING", logger=server_session.__name__), session:
+        session.open()
+    hits = [r.getMessage() for r in caplog.records if "not a loopback address" in r.getMessage()]
+    assert len(hits) == (1 if warned else 0), hits
+    if warned:
+        assert "Control API" in hits[0] and "nginx-fleet.conf" in hits[0]
+
+
+def test_server_dry_run_site_example_gets_a_free_port(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert commands.server_main([f"run.dir={tmp_path / 'r'}", "--dry-run", "--insecure"]) == 0
+    assert '"<free port>"' in capsys.readouterr().out
 
 
 def test_certs_and_site_key_commands(tmp_path: Path) -> None:
