@@ -123,13 +123,13 @@ class Run:
         return self.total("round_time_s")
 
     def note_counts(self) -> dict[str, list[tuple[int, int]]]:
-        """Per round, how many sites were rejected, sent nothing, or were clipped/trimmed/
-        discarded/capped by the aggregation (from ``train`` and the per-site notes)."""
+        """Per round, how many sites were accepted, rejected, sent nothing, or were clipped/
+        trimmed/discarded/capped by the aggregation (from ``train`` and the per-site notes)."""
         out: dict[str, list[tuple[int, int]]] = {}
         for r in self.rows:
             if r["round"] == 0:
                 continue
-            counts = dict.fromkeys(("rejected", "dropped", *NOTE_KINDS), 0)
+            counts = dict.fromkeys(("accepted", "rejected", "dropped", *NOTE_KINDS), 0)
             for s in (r.get("sites") or {}).values():
                 if not isinstance(s, dict):
                     continue
@@ -141,6 +141,8 @@ class Run:
             train = r.get("train") if isinstance(r.get("train"), dict) else {}
             if finite(train.get("sites-rejected")):
                 counts["rejected"] = max(counts["rejected"], int(train["sites-rejected"]))
+            if finite(train.get("sites-accepted")):
+                counts["accepted"] = int(train["sites-accepted"])
             for k, n in counts.items():
                 out.setdefault(k, []).append((int(r["round"]), n))
         return out

@@ -196,23 +196,31 @@ def federated_plots(run: Run) -> list[Plot]:
         _legend(ax, 2)
         plots.append(_plot("bytes", "Bytes per round", fig, "down includes evaluation rounds"))
     counts = run.note_counts()
-    shown = {k: v for k, v in counts.items() if k == "rejected" or any(n for _, n in v)}
+    always = ("accepted", "rejected")
+    shown = {k: v for k, v in counts.items() if k in always or any(n for _, n in v)}
     if counts:
         fig, (ax,) = _figure()
-        kinds = [k for k in ("rejected", "dropped", *NOTE_KINDS) if k in shown]
+        kinds = [k for k in ("accepted", "rejected", "dropped", *NOTE_KINDS) if k in shown]
+        colors = {"accepted": "tab:green", "rejected": "tab:red", "dropped": "tab:gray"}
         w = 0.8 / len(kinds)
         for i, k in enumerate(kinds):
             xs = [x - 0.4 + w * (i + 0.5) for x, _ in shown[k]]
-            ax.bar(xs, [n for _, n in shown[k]], w, label=k)
+            ax.bar(xs, [n for _, n in shown[k]], w, label=k, color=colors.get(k, f"C{i + 1}"))
         ax.set(xlabel="round", ylabel="sites", ylim=(0, max(1, n_sites) + 0.5))
+        ax.yaxis.get_major_locator().set_params(integer=True)
         _integer_x(ax)
         _legend(ax, len(kinds))
         attack = next((r["attack"] for r in run.rows if isinstance(r.get("attack"), dict)), None)
-        caption = "rejected: failed validation; dropped: sent no update; others: aggregation notes"
+        caption = (
+            "rejected: failed validation; dropped: sent no update; clipped/trimmed/discarded/"
+            "capped: what the aggregation did to an accepted update"
+        )
         if attack:
             sites = ", ".join(map(str, attack.get("sites") or [])) or "-"
             caption += f". Simulated attack {attack.get('kind')} by {sites}"
-        plots.append(_plot("sites", "Rejected / dropped / clipped sites per round", fig, caption))
+        plots.append(
+            _plot("sites", "Sites per round: accepted, rejected, dropped, clipped", fig, caption)
+        )
     ex, eps = run.series("epsilon")
     if eps:
         fig, (ax,) = _figure()
