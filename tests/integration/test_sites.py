@@ -3,13 +3,20 @@ SuperNode per site, each reading only its own CSV file. Every process is stopped
 
 One uninterrupted 3-site run (``reference``) serves three checks: it completes with TLS + auth
 and improves the model, a fourth site with an unregistered key is refused, and its final model
-is what a server killed after round 1 and resumed must reproduce.
+is what a server killed after round 1 and resumed must reproduce. The one-machine quickstart of
+docs/sites.md runs as written (its code blocks are read from the file), and a site whose replies
+are malformed is rejected with a reason while the rounds complete.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import re
+import shlex
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -25,8 +32,11 @@ from orchestrator.config.loader import load_config, to_yaml
 from orchestrator.federated import credentials, server_session, site
 from orchestrator.federated.processes import ManagedProcess, flower_env, stop_all, wait_until
 from tests.conftest import free_port
+from tests.integration.malformed_site_app import MALFORMED_SITE
 
 pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
 
 SITES = ("s0", "s1", "s2")
 JOB = """\
@@ -278,3 +288,148 @@ def test_server_killed_after_round_1_resumes_to_the_same_model(
     # makes the aggregate independent of the order the replies happened to arrive in.
     for k in want:
         np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+# ---- docs/sites.md quickstart, as written ------------------------------------------------------
+
+QUICKSTART_PORT = "9092"
+SMALL_JOB = "federation.num_rounds=1 partition.max_examples_per_site=60 finetune.local_steps=2"
+"""Added after `fedray server` (the docs say so): one short round instead of the demo's four."""
+
+
+def quickstart_blocks() -> tuple[list[str], str, list[str]]:
+    """The ```bash blocks of docs/sites.md's Quickstart: (setup blocks, the server command, the
+    site commands)."""
+    docs = (ROOT / "docs" / "sites.md").read_text()
+    section = docs.split("## Quickstart", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+    servers = [b for b in blocks if b.startswith("fedray server ")]
+    sites = [b for b in blocks if b.startswith("fedray site ")]
+    setup = [b for b in blocks if b not in servers and b not in sites]
+    assert len(servers) == 1 and len(sites) == 2 and setup, blocks
+    return setup, servers[0], sites
+
+
+def _gone(pid: int) -> bool:
+    """Exited (a zombie left for a non-reaping init in containers counts as exited)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def command_argv(block: str, port: int) -> list[str]:
+    """One documented command (continuation lines joined, comments dropped), on ``port``."""
+    argv = shlex.split(block.replace("\\\n", " "), comments=True)
+    return [a.replace(QUICKSTART_PORT, str(port)) for a in argv]
+
+
+def test_quickstart_runs_as_written(tmp_path: Path) -> None:
+    setup, server_cmd, site_cmds = quickstart_blocks()
+    port = free_port()
+    env = {
+        **os.environ,
+        "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
+        "TMPDIR": str(tmp_path),  # fedray site's default state dir
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "PYTHONUNBUFFERED": "1",  # the test reads the server's output as it comes
+    }
+    for block in setup:
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", block],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+    server_argv = command_argv(server_cmd, port)
+    assert server_argv[:2] == ["fedray", "server"] and f"--port {port}" in shlex.join(server_argv)
+    server_argv[2:2] = SMALL_JOB.split()
+    logs = tmp_path / "logs"
+    procs: list[ManagedProcess] = []
+    try:
+        server = ManagedProcess("server", server_argv, logs / "server.log", env=env, cwd=tmp_path)
+        procs.append(server.start())
+        wait_until(lambda: "registered sites" in server.log_tail(80), 180, "keys", watch=[server])
+        for i, cmd in enumerate(site_cmds):
+            argv = command_argv(cmd, port)
+            assert f"127.0.0.1:{port}" in argv and "--port" not in argv  # free local ports
+            procs.append(
+                ManagedProcess(f"site {i}", argv, logs / f"site-{i}.log", env=env, cwd=tmp_path)
+            )
+            procs[-1].start()
+        deadline = time.monotonic() + 480
+        while server.alive() and time.monotonic() < deadline:
+            for p in procs[1:]:
+                p.check_alive()  # a site that dies (e.g. a port clash) fails the test at once
+            time.sleep(1)
+        assert server.returncode == 0, server.log_tail(60)
+        # The docs say: stop each site with Ctrl-C. Nothing it started may survive.
+        for site_proc in procs[1:]:
+            family = site_proc.descendants()
+            assert family, site_proc.log_tail(30)  # its flower-supernode (+ flower-superexec)
+            site_proc.popen.send_signal(signal.SIGINT)  # type: ignore[union-attr]
+            assert site_proc.popen.wait(timeout=60) == 130  # type: ignore[union-attr]
+            assert not [p.pid for p in family if not _gone(p.pid)], site_proc.log_tail(30)
+    finally:
+        stop_all(procs)
+    run_dir = tmp_path / "runs" / "fed1"
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [0, 1]
+    assert rows[1]["train"]["sites-accepted"] == 2, rows[1]
+    assert set(rows[1]["sites"]) == {"site-a", "site-b"}
+    assert (run_dir / "export" / "config.json").is_file()
+    assert "finished:completed" in server.log_tail(40)
+
+
+# ---- a site that sends malformed replies ----------------------------------------------------------
+
+
+def test_malformed_replies_are_rejected_and_rounds_complete(fed: Fed) -> None:
+    """Sites s0, s1 run fedray's ClientApp; the third, named mallory, replaces one array's payload
+    with garbage bytes (tests/integration/malformed_site_app.py, sent to every site as the app's
+    ClientApp component). The server rejects mallory's update with a reason each round and
+    completes the run with the other two."""
+    run_dir = fed.root / "malformed"
+    opts = server_session.ServerOptions(port=free_port(), certs=fed.pki.ca_cert.parent)
+    procs: list[ManagedProcess] = []
+    with server_session.ServerSession(opts, run_dir / "server", run_dir / "tls") as session:
+        session.open()
+        session.register([fed.keys[n].public for n in SITES])
+        try:
+            procs += [start_site(fed, n, session.address, run_dir / "sites") for n in SITES[:2]]
+            mallory = site.SiteOptions(
+                server=session.address,
+                data=fed.data["s2"],
+                name=MALFORMED_SITE,
+                key=fed.keys["s2"].private,
+                root_cert=fed.pki.ca_cert,
+                num_threads=1,
+            )
+            log_dir = run_dir / "sites"
+            procs.append(
+                site.site_process(mallory, log_dir / "mallory.log", log_dir / "mallory").start()
+            )
+            run = session.run(
+                to_yaml(job(fed, "finetune.local_steps=2")),
+                run_dir,
+                clientapp="tests.integration.malformed_site_app:app",
+            )
+        finally:
+            stop_all(procs)
+    assert run.ok, run.status
+    assert [r["round"] for r in run.metrics] == [0, 1, 2]
+    for r in run.metrics[1:]:
+        assert r["train"]["sites-accepted"] == 2, r
+        assert not r["skipped"]
+        reason = r["sites"][MALFORMED_SITE].get("rejected")
+        assert reason and isinstance(reason, str), r["sites"]
+        for honest in SITES[:2]:
+            assert "rejected" not in r["sites"][honest], r["sites"][honest]
+    assert "eval-error" not in run.metrics[-1]["sites"][MALFORMED_SITE]  # it evaluates fine
+    assert (run.run_dir / "export" / "config.json").is_file()
