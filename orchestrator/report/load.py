@@ -47,6 +47,8 @@ class Run:
     summary: dict[str, Any] = field(default_factory=dict)
     """``summary.json`` of a finished pretraining run (``wall_s``, ``params``, ...), if any."""
     warnings: list[str] = field(default_factory=list)
+    wall_span: tuple[float, float] | None = None
+    """First and last ``wall_time`` of any row, events included (pretraining)."""
 
     @property
     def x_key(self) -> str:
@@ -113,13 +115,13 @@ class Run:
         return xs, ys
 
     def wall_s(self) -> float | None:
-        """Wall time: ``summary.json``'s ``wall_s`` (pretraining), else the span of the rows'
-        timestamps (pretraining) or the sum of ``round_time_s`` (federated; start-up excluded)."""
+        """Wall time: ``summary.json``'s ``wall_s`` (pretraining), else the span of the
+        ``wall_time`` stamps, events included (pretraining), or the sum of ``round_time_s``
+        (federated; start-up excluded)."""
         if finite(self.summary.get("wall_s")):
             return float(self.summary["wall_s"])
         if self.kind == "pretrain":
-            stamps = [float(r["wall_time"]) for r in self.rows if finite(r.get("wall_time"))]
-            return stamps[-1] - stamps[0] if len(stamps) > 1 else None
+            return self.wall_span[1] - self.wall_span[0] if self.wall_span else None
         return self.total("round_time_s")
 
     def note_counts(self) -> dict[str, list[tuple[int, int]]]:
@@ -260,6 +262,7 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
             evals = [r.get("eval") or {} for r in rows]
             has_acc = any("accuracy" in e for e in evals if isinstance(e, dict))
             task = "classification" if has_acc else "causal_lm"
+    stamps = [float(r["wall_time"]) for r in records if finite(r.get("wall_time"))]
     return Run(
         path=d,
         label=label or d.name,
@@ -271,6 +274,7 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
         config=config,
         summary=summary,
         warnings=warnings,
+        wall_span=(min(stamps), max(stamps)) if len(stamps) > 1 else None,
     )
 
 
