@@ -373,6 +373,8 @@ def _proto_string(buf: bytes, field: int) -> str | None:
                 varint()
             elif wire == 2:
                 n = varint()
+                if i + n > len(buf):
+                    return None
                 if number == field:
                     return buf[i : i + n].decode()
                 i += n
