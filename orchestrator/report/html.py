@@ -34,7 +34,9 @@ def fmt(v: Any, digits: int = 4) -> str:
         return "-"
     if isinstance(v, float) and not finite(v):
         return str(v)
-    if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and abs(v) < 1e6):
+    if abs(v) >= 10**digits:
+        return f"{v:,.0f}"
+    if isinstance(v, int) or (isinstance(v, float) and v.is_integer()):
         return str(int(v))
     return f"{v:.{digits}g}"
 
@@ -55,7 +57,8 @@ def summary_row(run: Run) -> dict[str, str]:
         tps = run.series("tokens_per_s")[1]
         row["tokens/s (median)"] = fmt(statistics.median(tps) if tps else None)
         mfu = run.series("mfu")[1]
-        row["MFU (median)"] = f"{statistics.median(mfu) * 100:.1f}%" if mfu else "-"
+        if mfu:
+            row["MFU (median)"] = f"{statistics.median(mfu) * 100:.1f}%"
     else:
         row["train loss"] = fmt(run.last("train", "train-loss"))
         row["eval loss"] = fmt(run.last("eval", "eval-loss"))
@@ -78,11 +81,29 @@ def summary_row(run: Run) -> dict[str, str]:
     return row
 
 
+COLUMNS = (
+    "run",
+    "kind",
+    "steps / rounds",
+    "train loss",
+    "eval loss",
+    "perplexity",
+    "accuracy",
+    "macro-F1",
+    "tokens/s (median)",
+    "MFU (median)",
+    "time (s)",
+    "MB up",
+    "MB down",
+    "site rejections",
+    "epsilon",
+)
+
+
 def summary_table(runs: Sequence[Run]) -> str:
     rows = [summary_row(r) for r in runs]
-    cols: list[str] = []
-    for r in rows:
-        cols += [c for c in r if c not in cols]
+    present = {c for r in rows for c in r}
+    cols = [c for c in COLUMNS if c in present] + sorted(present - set(COLUMNS))
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(r.get(c, '-'))}</td>" for c in cols) + "</tr>"
