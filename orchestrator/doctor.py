@@ -192,12 +192,14 @@ def check_versions(
 # ---- GPUs -----------------------------------------------------------------------------------
 
 
-def check_gpus() -> list[Check]:
-    """CUDA devices torch sees and the NCCL version; none is a WARN (CPU-only works, on gloo)."""
-    try:
-        import torch
-    except Exception as e:  # broken wheel, missing libraries
-        return [Check("FAIL", "cuda", f"torch does not import ({e})", "pip install -e .")]
+def check_gpus(torch: Any = None) -> list[Check]:
+    """CUDA devices torch sees and the NCCL version; none is a WARN (CPU-only works, on gloo).
+    ``torch``: the module to ask (tests pass a fake); default the installed one."""
+    if torch is None:
+        try:
+            import torch
+        except Exception as e:  # broken wheel, missing libraries
+            return [Check("FAIL", "cuda", f"torch does not import ({e})", "pip install -e .")]
     built = torch.version.cuda
     if not torch.cuda.is_available():
         smi = shutil.which("nvidia-smi")

@@ -283,3 +283,40 @@ def test_port_in_use_fails_and_a_free_one_is_ok():
 def test_gpu_check_never_fails_on_a_cpu_machine():
     checks = doctor.check_gpus()
     assert checks and all(c.status in ("OK", "WARN") for c in checks)
+
+
+class _FakeCuda:
+    """torch.cuda as a 2-GPU machine shows it (only what check_gpus asks)."""
+
+    class nccl:  # mirrors torch.cuda.nccl
+        @staticmethod
+        def version() -> tuple[int, int, int]:
+            return (2, 27, 3)
+
+    @staticmethod
+    def is_available() -> bool:
+        return True
+
+    @staticmethod
+    def device_count() -> int:
+        return 2
+
+    @staticmethod
+    def get_device_properties(i: int):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(
+            name="NVIDIA H100 80GB HBM3", total_memory=80 * 2**30, major=9, minor=0
+        )
+
+
+def test_gpu_machine_lists_gpus_and_nccl():
+    from types import SimpleNamespace
+
+    fake = SimpleNamespace(
+        __version__="2.13.0+cu128", version=SimpleNamespace(cuda="12.8"), cuda=_FakeCuda
+    )
+    cuda, nccl = doctor.check_gpus(fake)
+    assert cuda.status == "OK" and "CUDA 12.8, 2 GPU(s)" in cuda.detail
+    assert "1: NVIDIA H100 80GB HBM3 (80 GiB, sm_90)" in cuda.detail
+    assert (nccl.status, nccl.detail) == ("OK", "2.27.3")
