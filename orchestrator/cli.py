@@ -1,7 +1,7 @@
 """The ``fedray`` command. Each subcommand: parse -> validate -> build -> run -> close.
 
-    fedray pretrain [CONFIG] [key=value ...] [--print-config] [--dry-run]
-    fedray simulate [CONFIG] [key=value ...] [--print-config] [--dry-run]
+    fedray pretrain [CONFIG] [key=value ...] [--print-config] [--dry-run] [--verbose]
+    fedray simulate [CONFIG] [key=value ...] [--print-config] [--dry-run] [--verbose]
 
 CONFIG is a YAML file or a preset name (``fedray presets`` lists them). Exit codes: 0 success,
 2 bad configuration or input (nothing was launched), 1 a failure while running.
@@ -112,9 +112,17 @@ def run_job_command(name: str, argv: Sequence[str]) -> int:
     p.add_argument(
         "--dry-run", action="store_true", help="validate, print what would be launched, exit"
     )
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show Ray/Flower/DeepSpeed/transformers lines on the console "
+        "(same as logging.verbose=true; RUN_DIR/run.log always has them)",
+    )
     ns = p.parse_args(argv)
     schema, default_preset, run, plan = factory()
     source, overrides = split_config_args(ns.args)
+    if ns.verbose:
+        overrides.append("logging.verbose=true")
     try:
         merged = load_dictconfig(schema, source, overrides, default_preset=default_preset)
         job = to_job(schema, merged)
@@ -140,7 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not argv or argv[0] in ("-h", "--help"):
         out.print(
-            "usage: fedray COMMAND [CONFIG] [key=value ...] [--print-config] [--dry-run]\n",
+            "usage: fedray COMMAND [CONFIG] [key=value ...] [--print-config] [--dry-run] "
+            "[--verbose]\n",
             markup=False,
         )
         for name, (help_text, _) in {**COMMANDS, **OTHER_COMMANDS}.items():

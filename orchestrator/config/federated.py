@@ -1,6 +1,6 @@
 """Typed configuration of a federated fine-tuning job (``fedray simulate`` / ``fedray server``).
 
-``FederatedJob`` reuses the shared ``model``, ``data`` and ``run`` sections of
+``FederatedJob`` reuses the shared ``model``, ``data``, ``run`` and ``logging`` sections of
 :mod:`orchestrator.config.schema` and adds the federated ones: ``task``, ``train`` (a site's
 local optimiser, :class:`SiteTrainConfig`: pretraining's step schedule does not apply, so its keys
 are refused here instead of silently ignored), ``finetune``, ``strategy``, ``federation`` and
@@ -17,6 +17,7 @@ from typing import Literal, get_args
 from orchestrator.config.schema import (
     DataConfig,
     FieldError,
+    LoggingConfig,
     ModelConfig,
     RunConfig,
     require,
@@ -336,6 +337,7 @@ class FederatedJob:
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def __post_init__(self) -> None:
         if len(self.data.paths) > 1:

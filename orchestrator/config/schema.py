@@ -324,6 +324,40 @@ class FaultConfig:
             require(self.fail_at_step >= 1, self, "fail_at_step", "an integer >= 1 or null")
 
 
+@dataclass
+class LoggingConfig:
+    """Where a run's metrics go besides ``metrics.jsonl``, and how much the console shows.
+
+    The same section serves ``fedray pretrain``, ``fedray simulate`` and ``fedray server``.
+    """
+
+    tensorboard: bool = True
+    """Write TensorBoard event files to ``RUN_DIR/tensorboard`` (pretraining: the driver's metrics
+    sink writes rank 0's step metrics; federated: the server writes each round's record), so
+    ``tensorboard --logdir runs/`` shows every run. A resumed run adds event files next to the
+    old ones. ``false`` logs a warning and writes none."""
+    mlflow_uri: str | None = None
+    """MLflow tracking URI (e.g. ``http://mlflow.example:5000`` or ``file:/shared/mlruns``) to
+    log the same scalars to; ``None`` = off. Needs the extra: ``pip install 'fedray[mlflow]'``
+    (checked before anything starts)."""
+    mlflow_experiment: str = "fedray"
+    """MLflow experiment name the run is logged under (used only with ``mlflow_uri``)."""
+    verbose: bool = False
+    """Also show Ray, Flower, DeepSpeed and transformers start-up and info lines on the console
+    (``--verbose`` sets it). Whatever the setting, ``RUN_DIR/run.log`` holds every console line,
+    and errors are always shown."""
+
+    def __post_init__(self) -> None:
+        if self.mlflow_uri is not None:
+            require(
+                bool(self.mlflow_uri.strip()),
+                self,
+                "mlflow_uri",
+                "an MLflow tracking URI (http://HOST:PORT, file:/PATH, databricks, ...) or null",
+            )
+        require(bool(self.mlflow_experiment.strip()), self, "mlflow_experiment", "a non-empty name")
+
+
 # --------------------------------------------------------------------------------------------
 # Jobs
 
@@ -343,6 +377,7 @@ class PretrainJob:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     run: RunConfig = field(default_factory=RunConfig)
     fault: FaultConfig = field(default_factory=FaultConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def __post_init__(self) -> None:
         require(self.backend in ("ddp", "deepspeed"), self, "backend", "'ddp' or 'deepspeed'")

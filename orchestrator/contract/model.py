@@ -67,6 +67,16 @@ def classification_config(
     return config
 
 
+def name_default_loss(model: torch.nn.Module) -> torch.nn.Module:
+    """Give a causal LM whose class name transformers cannot map to a loss (GPT-2's
+    ``GPT2LMHeadModel``: ``loss_type`` is None) the loss transformers falls back to anyway,
+    ``ForCausalLM``, so its first forward with labels does not warn "`loss_type=None` was set in
+    the config but it is unrecognized" in every process. Models with a loss type are untouched."""
+    if hasattr(model, "loss_type") and model.loss_type is None:
+        model.loss_type = "ForCausalLM"
+    return model
+
+
 def build(spec: ModelSpec, weights_dir: str | None = None) -> torch.nn.Module:
     """The task model (random init, or weights from a local HF dir), LoRA-wrapped if asked."""
     auto = (
@@ -81,6 +91,8 @@ def build(spec: ModelSpec, weights_dir: str | None = None) -> torch.nn.Module:
         )
     else:
         model = auto.from_config(config)
+    if spec.task == "causal_lm":
+        name_default_loss(model)
     if spec.finetune == "lora":
         from peft import LoraConfig, get_peft_model
 

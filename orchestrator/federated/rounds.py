@@ -29,6 +29,7 @@ from orchestrator.federated.report import RoundTable
 from orchestrator.federated.resume import check_resumable
 from orchestrator.federated.setup import ServerSetup, prepare
 from orchestrator.runs import append_metrics, read_metrics
+from orchestrator.tracking import log_round
 from strategies import DeltaStrategy, build_strategy, stream_replies
 from strategies.base import SiteReport
 
@@ -125,6 +126,7 @@ class FederatedRun:
 
     def emit(self, rec: dict[str, Any]) -> None:
         append_metrics(self.metrics_path, rec)
+        log_round(self.run_dir, self.job.logging, rec)  # TensorBoard event files (+ MLflow)
         self.result.rounds.append(rec)
         self.table.row(rec)
         if self.on_round is not None:

@@ -46,7 +46,9 @@ from orchestrator.federated.report import print_partition
 from orchestrator.federated.server_app import FederatedResult
 from orchestrator.federated.server_session import ServerOptions, SuperLinkProcess
 from orchestrator.federated.setup import check_inputs
+from orchestrator.run_log import console_to_run_log
 from orchestrator.runs import resolve_run_dir
+from orchestrator.tracking import TENSORBOARD_DIR, check_available
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,8 @@ FLOWER_CLI_HINTS = re.compile(
     r"flwr federation simulation-config"
 )
 """Lines of ``flwr-simulation`` about sizing a federation with Flower's own CLI; fedray sizes it
-from ``federation.num_sites``, so they are kept out of the terminal (``run.log`` has them)."""
+from ``federation.num_sites``, so they are kept out of the terminal (``run.log`` has them).
+``simulate`` leaves them to :mod:`orchestrator.run_log`'s filter, which lists them too."""
 
 
 def federation_config(job: FederatedJob) -> dict[str, Any]:
@@ -166,13 +169,22 @@ def run_on_simulation_engine(
 
 
 def simulate(job: FederatedJob) -> FederatedResult:
-    """Run the job's federation on Flower's simulation engine; returns the per-round records."""
+    """Run the job's federation on Flower's simulation engine; returns the per-round records.
+
+    The console shows the partition, the round table and fedray's lines; Flower's CLI and
+    engine chatter, Ray's and DeepSpeed's start-up lines go to ``RUN_DIR/run.log`` only, unless
+    ``logging.verbose`` (:mod:`orchestrator.run_log`)."""
     run_dir = resolve_run_dir(job.run, "simulate")
     fed_config = federation_config(job)  # config errors before anything starts
+    check_available(job.logging)
     print_partition(partition_summary(job), job.partition.kind)
     check_inputs(job)
     log.info("federation config: %s", format_node_config(fed_config))
-    run = run_on_simulation_engine(to_yaml(job), run_dir, fed_config)
+    with console_to_run_log(run_dir, job.logging.verbose):
+        if job.logging.tensorboard:
+            print(f"TensorBoard: tensorboard --logdir {run_dir / TENSORBOARD_DIR}")
+        # Every streamed line reaches the filter (and run.log); it hides Flower's CLI hints too.
+        run = run_on_simulation_engine(to_yaml(job), run_dir, fed_config, hide=None)
     if not run.ok:
         raise RuntimeError(
             f"the federated run did not finish ({run.status}; see the log above and "

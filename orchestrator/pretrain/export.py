@@ -44,14 +44,33 @@ def export_hf(
     return save_hf_dir(model, tokenizer, out)
 
 
+def drop_null_loss_type(config: PretrainedConfig) -> None:
+    """Remove a ``loss_type: null`` that a config may carry (config.json files written by some
+    transformers 4.x releases have it, and ``model.path`` passes it on): an export must not
+    name a loss, so plain transformers picks the one of the model class it loads."""
+    if "loss_type" in vars(config) and config.loss_type is None:
+        delattr(config, "loss_type")
+
+
 def save_hf_dir(
     model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase | None, out: Path
 ) -> Path:
     """``save_pretrained`` model (+ tokenizer) into a temp dir beside ``out``, then rename it into
-    place, so a reader never sees half an export."""
+    place, so a reader never sees half an export. transformers' "Writing model shards" progress
+    bar is off while it writes (fedray prints the export's path when it is done)."""
+    from transformers.utils import logging as hf_logging
+
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-"))
-    model.save_pretrained(str(tmp), safe_serialization=True)
+    if isinstance(getattr(model, "config", None), PretrainedConfig):
+        drop_null_loss_type(model.config)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     if tokenizer is not None:
         tokenizer.save_pretrained(str(tmp))
     if out.exists():

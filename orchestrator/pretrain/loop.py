@@ -23,6 +23,7 @@ import torch.distributed as dist
 
 from orchestrator.config.schema import PretrainJob
 from orchestrator.contract.metrics import perplexity
+from orchestrator.contract.model import name_default_loss
 from orchestrator.data.sharding import (
     eval_indices_for_rank,
     global_batch_indices,
@@ -203,7 +204,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     sink = cfg["sink"]
 
     seed_everything(job.train.seed)  # identical init on every rank
-    model = build_model(cfg["hf_config"], path=job.model.path)
+    model = name_default_loss(build_model(cfg["hf_config"], path=job.model.path))
     n_params = count_params(model)
     backend = make_backend(job, model, rank, world)
 

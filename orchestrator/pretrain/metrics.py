@@ -1,5 +1,9 @@
 """Metrics: workers send records to a MetricsSink actor pinned to the driver's node, which appends
-them to the run's ``metrics.jsonl``; the driver tails that file to print progress."""
+them to the run's ``metrics.jsonl`` and writes them as TensorBoard scalars (``RUN_DIR/tensorboard``,
+:mod:`orchestrator.tracking`); the driver tails metrics.jsonl to print progress.
+
+Only rank 0 sends step records, and the sink is the only writer of both files, so ranks never
+race on them."""
 
 from __future__ import annotations
 
@@ -12,34 +16,47 @@ from typing import Any
 import ray
 from rich.console import Console
 
+from orchestrator.config.schema import LoggingConfig
+from orchestrator.tracking import Tracker, pretrain_scalars
+
 
 @ray.remote(num_cpus=0)
 class MetricsSink:
-    """Appends one JSON object per line; one writer, so lines never interleave."""
+    """Appends one JSON object per line and writes step records to TensorBoard (and MLflow when
+    configured); one writer, so lines never interleave."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, logging_cfg: LoggingConfig | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.t0 = time.time()
+        self.tracker = Tracker(self.path.parent, logging_cfg) if logging_cfg else None
 
     def log(self, record: dict[str, Any]) -> None:
         now = time.time()
         record = {"time": round(now - self.t0, 3), "wall_time": round(now, 3), **record}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.tracker is not None and "step" in record:
+            self.tracker.log(int(record["step"]), pretrain_scalars(record))
 
     def event(self, message: str) -> None:
         self.log({"event": message})
 
+    def close(self) -> None:
+        """Flush and close the event file (and end the MLflow run); call once, at the end."""
+        if self.tracker is not None:
+            self.tracker.close()
 
-def create_sink(path: Path) -> Any:
-    """A sink on this (the driver's) node, so metrics.jsonl lands in the local run directory."""
+
+def create_sink(path: Path, logging_cfg: LoggingConfig | None = None) -> Any:
+    """A sink on this (the driver's) node, so metrics.jsonl and the TensorBoard event files land
+    in the local run directory."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     node = ray.get_runtime_context().get_node_id()
     return MetricsSink.options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False)
-    ).remote(str(path))
+    ).remote(str(path), logging_cfg)
 
 
 def format_record(rec: dict[str, Any], max_steps: int) -> str:

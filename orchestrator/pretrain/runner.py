@@ -7,6 +7,7 @@ Launch commands (see README "Pretraining"):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -24,7 +25,9 @@ from orchestrator.models import hf_config
 from orchestrator.pretrain.checkpoint import CheckpointInfo, latest_complete
 from orchestrator.pretrain.export import checkpoint_model_state, export_hf
 from orchestrator.pretrain.metrics import ProgressPrinter, create_sink
+from orchestrator.run_log import console_to_run_log
 from orchestrator.runs import read_metrics, resolve_run_dir
+from orchestrator.tracking import TENSORBOARD_DIR, check_available
 
 log = logging.getLogger(__name__)
 
@@ -107,14 +110,15 @@ def check_resumable(job: PretrainJob, info: CheckpointInfo | None) -> None:
 
 
 def pretrain(job: PretrainJob, console: Console | None = None) -> PretrainResult:
-    """Run (or resume) a pretraining job and export the final model; returns its run directory."""
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    """Run (or resume) a pretraining job and export the final model; returns its run directory.
 
+    The console shows fedray's lines and progress; Ray, DeepSpeed and transformers start-up
+    lines go to ``RUN_DIR/run.log`` only, unless ``logging.verbose`` (see
+    :mod:`orchestrator.run_log`)."""
     console = console or Console(highlight=False)
     run_dir = resolve_run_dir(job.run, "pretrain")
     t_start = time.time()
+    check_available(job.logging)  # MLflow configured but not installed: exit 2, nothing started
 
     data = prepare_text_data(job.data)  # raises ConfigError before anything is launched
     cfg = hf_config(
@@ -138,6 +142,23 @@ def pretrain(job: PretrainJob, console: Console | None = None) -> PretrainResult
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(job))
     data.tokenizer.save_pretrained(str(run_dir / "tokenizer"))
+    with console_to_run_log(run_dir, job.logging.verbose):
+        return _train_and_export(job, data, cfg, run_dir, resumed_from, console, t_start)
+
+
+def _train_and_export(
+    job: PretrainJob,
+    data: PreparedData,
+    cfg: Any,
+    run_dir: Path,
+    resumed_from: CheckpointInfo | None,
+    console: Console,
+    t_start: float,
+) -> PretrainResult:
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
     console.print(
         f"[fedray] run {run_dir} | {job.backend} x {job.scaling.num_workers} workers"
         f" ({'GPU/nccl' if job.scaling.use_gpu else 'CPU/gloo'}) | "
@@ -146,9 +167,19 @@ def pretrain(job: PretrainJob, console: Console | None = None) -> PretrainResult
         markup=False,
         soft_wrap=True,
     )
+    console.print(
+        f"[fedray] log: {run_dir / 'run.log'}"
+        + (
+            f" | TensorBoard: tensorboard --logdir {run_dir / TENSORBOARD_DIR}"
+            if job.logging.tensorboard
+            else ""
+        ),
+        markup=False,
+        soft_wrap=True,
+    )
 
     with ray_cluster(job.cluster):
-        sink = create_sink(run_dir / "metrics.jsonl")
+        sink = create_sink(run_dir / "metrics.jsonl", job.logging)
         loop_cfg = {
             "job": job,
             "run_dir": str(run_dir),
@@ -178,11 +209,17 @@ def pretrain(job: PretrainJob, console: Console | None = None) -> PretrainResult
                 checkpoint_config=CheckpointConfig(num_to_keep=job.checkpoint.keep_last),
             ),
         )
-        with ProgressPrinter(
-            run_dir / "metrics.jsonl", job.train.max_steps, job.train.log_every, console
-        ):
-            trainer.fit()
-        ray.get(sink.event.remote("training finished"))
+        try:
+            with ProgressPrinter(
+                run_dir / "metrics.jsonl", job.train.max_steps, job.train.log_every, console
+            ):
+                trainer.fit()
+            ray.get(sink.event.remote("training finished"))
+        finally:
+            # Close the event file even when training failed: the steps so far stay viewable.
+            # A sink that cannot answer must not hide the training error.
+            with contextlib.suppress(Exception):
+                ray.get(sink.close.remote(), timeout=30)
 
     info = latest_complete(run_dir)
     if info is None or info.step != job.train.max_steps:
