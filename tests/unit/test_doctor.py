@@ -17,15 +17,20 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from orchestrator import doctor
 from orchestrator.cluster import free_local_port
 from orchestrator.doctor import (
     check_certs,
     check_disk,
+    check_gpus,
     check_port,
     check_ray,
     check_versions,
     main,
+)
+from orchestrator.doctor.ray_cluster import (
+    format_resources,
+    parse_cluster_status,
+    proto_string,
     resolve_ray_address,
 )
 from orchestrator.federated import launch
@@ -136,17 +141,17 @@ def test_resources_from_the_dashboard_cluster_status():
             }
         }
     }
-    nodes, res = doctor._resources(status)
+    nodes, res = parse_cluster_status(status)
     assert nodes == 3 and res == {"CPU": (2.0, 48.0), "GPU": (1.0, 8.0)}
-    assert doctor._format_resources(nodes, res) == "3 node(s), CPU 2/48 used, GPU 1/8 used"
-    assert doctor._resources({"data": {}}) is None
+    assert format_resources(nodes, res) == "3 node(s), CPU 2/48 used, GPU 1/8 used"
+    assert parse_cluster_status({"data": {}}) is None
 
 
 def test_gcs_check_alive_reply_carries_the_ray_version():
     # CheckAliveReply{status: {}, ray_version: "2.55.1"} as a Ray 2.55 GCS sends it.
-    assert doctor._proto_string(b"\n\x00\x12\x062.55.1", 2) == "2.55.1"
-    assert doctor._proto_string(b"\x08\x01", 2) is None
-    assert doctor._proto_string(b"\x12\x09abc", 2) is None  # truncated
+    assert proto_string(b"\n\x00\x12\x062.55.1", 2) == "2.55.1"
+    assert proto_string(b"\x08\x01", 2) is None
+    assert proto_string(b"\x12\x09abc", 2) is None  # truncated
 
 
 # ---- certificates -------------------------------------------------------------------------------
@@ -281,7 +286,7 @@ def test_port_in_use_fails_and_a_free_one_is_ok():
 
 
 def test_gpu_check_never_fails_on_a_cpu_machine():
-    checks = doctor.check_gpus()
+    checks = check_gpus()
     assert checks and all(c.status in ("OK", "WARN") for c in checks)
 
 
@@ -316,7 +321,7 @@ def test_gpu_machine_lists_gpus_and_nccl():
     fake = SimpleNamespace(
         __version__="2.13.0+cu128", version=SimpleNamespace(cuda="12.8"), cuda=_FakeCuda
     )
-    cuda, nccl = doctor.check_gpus(fake)
+    cuda, nccl = check_gpus(fake)
     assert cuda.status == "OK" and "CUDA 12.8, 2 GPU(s)" in cuda.detail
     assert "1: NVIDIA H100 80GB HBM3 (80 GiB, sm_90)" in cuda.detail
     assert (nccl.status, nccl.detail) == ("OK", "2.27.3")
