@@ -13,7 +13,7 @@ name) and, for a pretraining run next to a federated causal-LM run, their held-o
 shared axes (federated vs centralized).
 
 Exit codes: 0 written; 2 a path is not a run directory or its metrics.jsonl is empty or garbled
-(one line naming the path). The library entry point is :func:`build_report`.
+(one line naming the path); 1 the output could not be written. The library entry point is :func:`build_report`.
 """
 
 from __future__ import annotations
@@ -115,6 +115,10 @@ def main(argv: list[str]) -> int:
     except ReportError as e:
         print(f"fedray report: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as e:  # the output directory: a file in the way, no permission, disk full
+        where = e.filename or ns.out or "the output directory"
+        print(f"fedray report: cannot write {where}: {e.strerror or e}", file=sys.stderr)
+        return 1
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(f"report: {report.html} ({len(report.pngs)} plots, also as PNG files next to it)")

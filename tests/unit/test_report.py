@@ -332,6 +332,14 @@ def test_garbled_lines_inside_a_good_file_are_skipped_with_a_warning(tmp_path, c
     assert load_run(run2).warnings == []
 
 
+def test_unwritable_output_is_one_line_and_exit_1(tmp_path, capsys):
+    run = write_run(tmp_path / "pre", pretrain_rows())
+    (tmp_path / "a-file").write_text("x")
+    assert main([str(run), "--out", str(tmp_path / "a-file")]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "a-file" in err
+
+
 def test_load_errors_are_report_errors(tmp_path):
     with pytest.raises(ReportError, match=r"no metrics\.jsonl"):
         load_run(tmp_path)
