@@ -44,7 +44,6 @@ NOISE: tuple[tuple[str, str], ...] = (
     ("ray", r"Started a local Ray instance\."),
     ("ray", r"Connected to Ray cluster\."),
     ("ray", r"FutureWarning: Tip: In future versions of Ray, Ray will no longer override"),
-    ("ray", r"Ray deduplicates logs by default"),
     # Ray Train: controller and worker set-up/checkpoint INFO lines.
     ("ray-train", r"\(TrainController pid=\d+.*?\) Requesting resources: "),
     ("ray-train", r"\(TrainController pid=\d+.*?\) Attempting to start training worker group"),
@@ -54,9 +53,18 @@ NOISE: tuple[tuple[str, str], ...] = (
     ("ray-train", r"\(RayTrainWorker pid=\d+.*?\) Moving model to device: "),
     ("ray-train", r"\(RayTrainWorker pid=\d+.*?\) Wrapping provided model in "),
     ("ray-train", r"\(RayTrainWorker pid=\d+.*?\) Checkpoint successfully created at: "),
-    # DeepSpeed: accelerator auto-detection on a machine without CUDA, and its INFO lines.
+    # DeepSpeed: accelerator auto-detection on a machine without CUDA, its INFO lines, its JIT
+    # build message, a torch deprecation its ZeRO code triggers (the indented source line after
+    # it goes too), and what zero_to_fp32 prints while the export gathers a ZeRO checkpoint.
     ("deepspeed", r"\[real_accelerator\.py:\d+:get_accelerator\] Setting accelerator to CPU\."),
     ("deepspeed", r"\[\d{4}-\d\d-\d\d [\d:,]+\] \[INFO\] \[[\w.]+:\d+:\w+\]"),
+    ("deepspeed", r"DeepSpeed deepspeed\.ops\.[\w.]+ built successfully"),
+    ("deepspeed", r"FutureWarning: `torch\.distributed\.all_gather_into_tensor` is deprecated"),
+    ("deepspeed", r"^Processing zero checkpoint '"),
+    ("deepspeed", r"^Parsing checkpoint created by deepspeed=="),
+    ("deepspeed", r"^Detected checkpoint of type zero stage "),
+    ("deepspeed", r"^Reconstructed (?:fp32|Frozen fp32|Trainable fp32) state dict with "),
+    ("deepspeed", r"^Loading checkpoint shards: "),
     # transformers: GPT-2's unrecognised loss type, and save/load progress bars.
     ("transformers", r"`loss_type=None` was set in the config but it is unrecognized"),
     ("transformers", r"^(?:\(\w+ pid=\d+.*?\) )?(?:Writing model shards|Loading weights): "),
@@ -77,6 +85,8 @@ line with terminal colour codes removed."""
 _NOISE = re.compile("|".join(f"(?:{rx})" for _, rx in NOISE))
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _WARNING_LINE = re.compile(r"\b\w*Warning: ")
+_RAY_PREFIX = re.compile(r"^\((?:[\w.]+ )?pid=[^)]*\) ")
+"""How Ray prefixes a line it prints for a worker or actor, e.g. ``(RayTrainWorker pid=42) ``."""
 
 
 def plain(line: str) -> str:
@@ -152,7 +162,7 @@ class ConsoleFilter(io.TextIOBase):
         if self.verbose:
             self.console.write(line)
             return
-        text = _ANSI.sub("", line)
+        text = _RAY_PREFIX.sub("", _ANSI.sub("", line))
         if not text.strip():  # a blank line after a hidden one belongs to it (progress bars)
             hidden = self._prev_hidden
         else:
@@ -200,6 +210,8 @@ def _console_handlers(streams: tuple[Any, ...]) -> list[logging.StreamHandler]:
             if (
                 isinstance(h, logging.StreamHandler)
                 and not isinstance(h, logging.FileHandler)
+                # logging's last-resort handler looks sys.stderr up at each record already.
+                and not isinstance(getattr(type(h), "stream", None), property)
                 and any(h.stream is s for s in streams)
                 and h not in found
             ):
