@@ -165,4 +165,6 @@ def test_simulate_console_run_log_and_tensorboard(tmp_path, cache_dir):
     assert [s for s, _ in tags["train/loss"]] == [1]
     assert tags["comm/bytes_up"][-1][1] > 0
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [v for _, v in tags["eval/loss"]] == pytest.approx([r["eval"]["eval-loss"] for r in rows])
+    assert [v for _, v in tags["eval/loss"]] == pytest.approx(
+        [r["eval"]["eval-loss"] for r in rows]
+    )
