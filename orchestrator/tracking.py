@@ -172,7 +172,9 @@ class MlflowLog:
         self.client, self.entities = client, entities
         id_file = run_dir / MLFLOW_RUN_ID_FILE
         run_id = id_file.read_text().strip() if id_file.exists() else ""
-        if not run_id:
+        if run_id:  # a resumed run: the same MLflow run, running again
+            client.update_run(run_id, status="RUNNING")
+        else:
             exp = client.get_experiment_by_name(cfg.mlflow_experiment)
             exp_id = exp.experiment_id if exp else client.create_experiment(cfg.mlflow_experiment)
             run_id = client.create_run(exp_id, run_name=run_dir.name).info.run_id
@@ -203,6 +205,9 @@ class Tracker:
 
     The event file is opened at the first :meth:`log`, with that step as its purge step (see the
     module docstring), so a resumed run appends a file and supersedes the steps it repeats.
+    Setting up MLflow (the experiment, the run) fails here, before the run goes on; a backend
+    that fails later (server gone, disk full) is turned off with a warning, and training
+    continues (metrics.jsonl keeps every record).
     """
 
     def __init__(
@@ -219,6 +224,7 @@ class Tracker:
         self._factory = writer_factory
         self._writer: Any = None
         self._closed = False
+        self._tensorboard_on = cfg.tensorboard
         if not cfg.tensorboard:
             log.warning("logging.tensorboard=false: no TensorBoard event files for this run")
         self.mlflow = mlflow or (MlflowLog(self.run_dir, cfg) if cfg.mlflow_uri else None)
@@ -230,25 +236,49 @@ class Tracker:
     def log(self, step: int, scalars: Mapping[str, float], flush: bool = False) -> None:
         if self._closed or not scalars:
             return
-        if self.cfg.tensorboard:
-            if self._writer is None:
-                self.log_dir.mkdir(parents=True, exist_ok=True)
-                self._writer = self._factory(str(self.log_dir), purge_step=step)
-            for tag, value in scalars.items():
-                self._writer.add_scalar(tag, value, global_step=step)
-            if flush:
-                self._writer.flush()
+        if self._tensorboard_on:
+            try:
+                if self._writer is None:
+                    self.log_dir.mkdir(parents=True, exist_ok=True)
+                    self._writer = self._factory(str(self.log_dir), purge_step=step)
+                for tag, value in scalars.items():
+                    self._writer.add_scalar(tag, value, global_step=step)
+                if flush:
+                    self._writer.flush()
+            except Exception as e:
+                self._tensorboard_on = False
+                self._give_up("TensorBoard", e)
         if self.mlflow is not None:
-            self.mlflow.log(step, scalars)
+            try:
+                self.mlflow.log(step, scalars)
+            except Exception as e:
+                self.mlflow = None
+                self._give_up("MLflow", e)
+
+    def _give_up(self, backend: str, e: Exception) -> None:
+        """A tracking backend that fails mid-run must not stop the training: say so, stop it."""
+        log.warning(
+            "%s logging failed (%s: %s); it is off for the rest of this run. metrics.jsonl in %s "
+            "still gets every record.",
+            backend,
+            type(e).__name__,
+            e,
+            self.run_dir,
+        )
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        if self._writer is not None:
-            self._writer.close()
-        if self.mlflow is not None:
-            self.mlflow.close()
+        for name, closer in (
+            ("TensorBoard", self._writer.close if self._writer is not None else None),
+            ("MLflow", self.mlflow.close if self.mlflow is not None else None),
+        ):
+            if closer is not None:
+                try:
+                    closer()
+                except Exception as e:
+                    self._give_up(name, e)
 
 
 # --------------------------------------------------------------------------------------------

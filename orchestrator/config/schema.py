@@ -337,9 +337,9 @@ class LoggingConfig:
     ``tensorboard --logdir runs/`` shows every run. A resumed run adds event files next to the
     old ones. ``false`` logs a warning and writes none."""
     mlflow_uri: str | None = None
-    """MLflow tracking URI (e.g. ``http://mlflow.example:5000`` or ``file:/shared/mlruns``) to
-    log the same scalars to; ``None`` = off. Needs the extra: ``pip install 'fedray[mlflow]'``
-    (checked before anything starts)."""
+    """MLflow tracking URI to log the same scalars to (e.g. ``http://mlflow.example:5000`` or
+    ``sqlite:////shared/mlflow.db``); ``None`` = off. Needs the extra:
+    ``pip install 'fedray[mlflow]'`` (checked before anything starts)."""
     mlflow_experiment: str = "fedray"
     """MLflow experiment name the run is logged under (used only with ``mlflow_uri``)."""
     verbose: bool = False
@@ -353,7 +353,7 @@ class LoggingConfig:
                 bool(self.mlflow_uri.strip()),
                 self,
                 "mlflow_uri",
-                "an MLflow tracking URI (http://HOST:PORT, file:/PATH, databricks, ...) or null",
+                "an MLflow tracking URI (http://HOST:PORT, sqlite:///PATH, databricks, ...) or null",
             )
         require(bool(self.mlflow_experiment.strip()), self, "mlflow_experiment", "a non-empty name")
 

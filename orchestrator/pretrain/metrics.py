@@ -42,6 +42,10 @@ class MetricsSink:
     def event(self, message: str) -> None:
         self.log({"event": message})
 
+    def ready(self) -> bool:
+        """Answers once the sink is set up (an MLflow set-up error surfaces here, at start)."""
+        return True
+
     def close(self) -> None:
         """Flush and close the event file (and end the MLflow run); call once, at the end."""
         if self.tracker is not None:

@@ -180,6 +180,7 @@ def _train_and_export(
 
     with ray_cluster(job.cluster):
         sink = create_sink(run_dir / "metrics.jsonl", job.logging)
+        ray.get(sink.ready.remote())  # tracking set-up errors stop the run before training
         loop_cfg = {
             "job": job,
             "run_dir": str(run_dir),

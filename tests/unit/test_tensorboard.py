@@ -199,6 +199,7 @@ class FakeMlflowClient:
         self.batches: list[tuple[str, list[Any]]] = []
         self.terminated: list[str] = []
         self.experiments: dict[str, str] = {}
+        self.updated: list[tuple[str, str | None]] = []
 
     def get_experiment_by_name(self, name: str) -> Any:
         exp_id = self.experiments.get(name)
@@ -218,6 +219,9 @@ class FakeMlflowClient:
     def set_terminated(self, run_id: str) -> None:
         self.terminated.append(run_id)
 
+    def update_run(self, run_id: str, status: str | None = None) -> None:
+        self.updated.append((run_id, status))
+
 
 ENTITIES = SimpleNamespace(Metric=lambda key, value, timestamp, step: (key, value, step))
 
@@ -236,7 +240,42 @@ def test_mlflow_logs_the_same_scalars_and_a_resume_continues_its_run(tmp_path):
     resumed = MlflowLog(tmp_path, cfg, client, ENTITIES)
     resumed.log(2, {"train/loss": 1.0})
     assert client.runs == [f"exp-0/{tmp_path.name}"]  # no second run
+    assert client.updated == [("run-1", "RUNNING")]
     assert client.batches[-1] == ("run-1", [("train/loss", 1.0, 2)])
+
+
+class BrokenWriter:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def add_scalar(self, *a: Any, **k: Any) -> None:
+        self.calls += 1
+        raise OSError("No space left on device")
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def test_a_backend_failing_mid_run_is_turned_off_with_a_warning(tmp_path, caplog):
+    cfg = LoggingConfig(mlflow_uri="http://mlflow.invalid:5000")
+    client = FakeMlflowClient()
+    client.log_batch = lambda *a, **k: (_ for _ in ()).throw(ConnectionError("server gone"))
+    writer = BrokenWriter()
+    t = Tracker(
+        tmp_path,
+        cfg,
+        writer_factory=lambda *a, **k: writer,
+        mlflow=MlflowLog(tmp_path, cfg, client, ENTITIES),
+    )
+    with caplog.at_level(logging.WARNING, logger="orchestrator.tracking"):
+        t.log(1, {"train/loss": 1.0})
+        t.log(2, {"train/loss": 0.5})  # nothing raised; both backends are off now
+    t.close()
+    assert writer.calls == 1
+    assert "TensorBoard logging failed (OSError: No space left on device)" in caplog.text
+    assert "MLflow logging failed (ConnectionError: server gone)" in caplog.text
+    assert caplog.text.count("logging failed") == 2
 
 
 def test_mlflow_set_but_not_installed_is_a_config_error(monkeypatch, tmp_path):
