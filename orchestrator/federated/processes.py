@@ -210,8 +210,9 @@ class ManagedProcess:
                 log.warning("%s (pid %d) ignored SIGTERM; killing it", self.name, self.pid)
                 self.popen.kill()
                 self.popen.wait(timeout=timeout)
-        # Flower's children watch their parent and exit on their own; make sure of it.
-        _, alive = psutil.wait_procs(kids, timeout=min(timeout, 3.0))
+        # Flower's children watch their parent and exit on their own; give them a moment, then
+        # make sure of it (an orphan that does not watch would otherwise hold up the stop).
+        _, alive = psutil.wait_procs(kids, timeout=min(timeout, 1.0))
         for p in alive:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.terminate()

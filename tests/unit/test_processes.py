@@ -50,8 +50,8 @@ def body():
     while "grandchild" not in p.log_tail():
         time.sleep(0.05)
     gc = int(p.log_tail().split("grandchild ")[1].split()[0])
-    print(json.dumps({"child": p.pid, "grandchild": gc}), flush=True)
     try:
+        print(json.dumps({"child": p.pid, "grandchild": gc}), flush=True)
         time.sleep(600)
     finally:
         print("finally ran", flush=True)
