@@ -22,6 +22,7 @@ MAY_CHANGE = (
     "federation.gpus_per_site",
     "data.cache_dir",
     "run.",
+    "logging.",
 )
 """Keys (or prefixes ending in '.') a resumed run may change."""
 

@@ -46,6 +46,7 @@ from orchestrator.federated.report import print_partition
 from orchestrator.federated.server_app import FederatedResult
 from orchestrator.federated.server_session import ServerOptions, SuperLinkProcess
 from orchestrator.federated.setup import check_inputs
+from orchestrator.report import report_hint
 from orchestrator.run_log import console_to_run_log
 from orchestrator.runs import resolve_run_dir
 from orchestrator.tracking import TENSORBOARD_DIR, check_available
@@ -192,6 +193,7 @@ def simulate(job: FederatedJob) -> FederatedResult:
         )
     result = FederatedResult(run_dir, run.export_dir, run.metrics)
     print(f"run directory: {result.run_dir}\nexport: {result.export_dir}")
+    print(report_hint(result.run_dir))
     return result
 
 

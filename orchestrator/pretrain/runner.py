@@ -25,6 +25,7 @@ from orchestrator.models import hf_config
 from orchestrator.pretrain.checkpoint import CheckpointInfo, latest_complete
 from orchestrator.pretrain.export import checkpoint_model_state, export_hf
 from orchestrator.pretrain.metrics import ProgressPrinter, create_sink
+from orchestrator.report import report_hint
 from orchestrator.run_log import console_to_run_log
 from orchestrator.runs import read_metrics, resolve_run_dir
 from orchestrator.tracking import TENSORBOARD_DIR, check_available
@@ -239,7 +240,8 @@ def _train_and_export(
     console.print(
         f"[fedray] done in {summary['wall_s']} s: step {info.step}"
         + (f", val_loss {last[-1]['val_loss']:.4f} (ppl {last[-1]['val_ppl']:.1f})" if last else "")
-        + f"\n[fedray] Hugging Face export: {export_dir}",
+        + f"\n[fedray] Hugging Face export: {export_dir}"
+        + f"\n[fedray] {report_hint(run_dir)}",
         markup=False,
         soft_wrap=True,
     )
