@@ -132,13 +132,20 @@ def run_job_command(name: str, argv: Sequence[str]) -> int:
         if ns.dry_run:
             print_dry_run(job, plan(job))
             return 0
-        run(job)
+        from orchestrator.federated.processes import stop_children_on_signals
+
+        # SIGTERM/SIGHUP (systemd, docker, a closed terminal) unwind like Ctrl-C: the finally
+        # blocks stop the embedded Ray or the simulation SuperLink, then any process left by PID.
+        with stop_children_on_signals():
+            run(job)
     except ConfigError as e:
         report_config_error(e)
         return EXIT_CONFIG
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        from orchestrator.federated.processes import interrupted_exit_code
+
         err.print("interrupted; re-run with the same run.name to resume from the last checkpoint")
-        return 130
+        return interrupted_exit_code(e)
     return 0
 
 

@@ -301,7 +301,10 @@ def _serve(job: Any, opts: ServerOptions, run_dir: Path, resume: bool) -> int:
             f"Continue from the last complete round with: fedray server --resume {run_dir}"
         )
         return EXIT_FAILED
+    from orchestrator.report import report_hint
+
     print(f"export: {result.export_dir}")
+    print(report_hint(run_dir))
     return EXIT_OK
 
 
