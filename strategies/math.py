@@ -156,16 +156,6 @@ def scale_add_into(out: np.ndarray, scale: float, base: np.ndarray) -> None:
         seg += b[start:stop]
 
 
-def apply_sgd(
-    global_: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray], eta: float
-) -> Arrays:
-    """FedAvg/FedProx server step: ``w + eta * delta`` on the keys of ``delta``; others unchanged."""
-    out = dict(global_)
-    for k, d in delta.items():
-        out[k] = (global_[k] + np.asarray(eta, dtype=d.dtype) * d).astype(global_[k].dtype)
-    return out
-
-
 def apply_sgd_from_sum(global_: Mapping[str, np.ndarray], acc: RunningSum, eta: float) -> Arrays:
     """``w + eta * sum / total`` with the mean and the step fused into one pass over the sums,
     which are consumed (reused as output buffers, or as scratch when the sum is wider)."""
