@@ -215,7 +215,8 @@ def app_pyproject(serverapp: str = SERVERAPP, clientapp: str = CLIENTAPP) -> str
     """The ``pyproject.toml`` of a Flower app whose components are installed modules."""
     return f"""\
 # Written by fedray: a Flower app whose components are the installed fedray modules.
-# Submitted with `flwr run`; runtime dependency installation is disabled (see STACK.md).
+# Submitted with `flwr run`; runtime dependency installation is disabled (else flwr would
+# `uv sync` the dependencies at run time, ignoring pins: GBs of CUDA torch).
 [project]
 name = "fedray-federated"
 version = "0.1.0"

@@ -120,6 +120,8 @@ def pretrain(job: PretrainJob, console: Console | None = None) -> PretrainResult
     run_dir = resolve_run_dir(job.run, "pretrain")
     t_start = time.time()
     check_available(job.logging)  # MLflow configured but not installed: exit 2, nothing started
+    if job.train.grad_clip == 0:
+        log.warning("train.grad_clip=0: gradient clipping is off")
 
     data = prepare_text_data(job.data)  # raises ConfigError before anything is launched
     cfg = hf_config(
