@@ -10,6 +10,8 @@ import textwrap
 
 import pytest
 
+pytestmark = pytest.mark.integration  # real subprocesses and signals
+
 SCRIPT = textwrap.dedent(
     """
     import sys, time

@@ -87,6 +87,8 @@ def _start_command(tmp_path: Path) -> tuple[subprocess.Popen[str], dict[str, int
     return proc, pids
 
 
+# Starts real process trees and waits on signals: integration tier (keeps the unit tier fast).
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("sig", "code"),
     [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)],
@@ -109,6 +111,7 @@ def test_signal_stops_the_command_and_its_whole_tree(
                 psutil.Process(pid).kill()
 
 
+@pytest.mark.integration
 def test_a_second_signal_does_not_cut_the_clean_up_short(tmp_path: Path) -> None:
     proc, pids = _start_command(tmp_path)
     try:
@@ -130,6 +133,7 @@ def test_interrupted_exit_codes() -> None:
     assert isinstance(Interrupted(signal.SIGTERM), KeyboardInterrupt)
 
 
+@pytest.mark.integration
 def test_an_orphaned_grandchild_seen_earlier_is_still_stopped(tmp_path: Path) -> None:
     script = (
         "import subprocess, sys, time\n"

@@ -465,6 +465,7 @@ def test_certs_and_site_key_commands(tmp_path: Path) -> None:
 # ---- process management ------------------------------------------------------------------------
 
 
+@pytest.mark.integration  # a real process tree
 def test_stop_terminates_process_and_its_children(tmp_path: Path) -> None:
     # A parent that starts a child which ignores SIGTERM: both must be gone after stop().
     script = (
