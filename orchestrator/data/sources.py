@@ -90,6 +90,16 @@ def load_table(path: Path):
         ) from e
 
 
+def require_text_column(ds, path: Path, text_field: str) -> None:
+    """A table without the configured text column is a ConfigError naming ``data.text_field``."""
+    if text_field not in ds.column_names:
+        raise ConfigError(
+            f"data file {str(path)!r} has no column {text_field!r} "
+            f"(columns: {', '.join(ds.column_names)}). Set data.text_field to one of them.",
+            "data.text_field",
+        )
+
+
 def iter_texts(files: Sequence[Path], text_field: str = "text") -> Iterator[str]:
     """Yield documents: a whole ``.txt`` file is one document; tables yield one per row."""
     for f in files:
@@ -97,12 +107,7 @@ def iter_texts(files: Sequence[Path], text_field: str = "text") -> Iterator[str]
             yield f.read_text(encoding="utf-8", errors="replace")
             continue
         ds = load_table(f)
-        if text_field not in ds.column_names:
-            raise ConfigError(
-                f"data file {str(f)!r} has no column {text_field!r} "
-                f"(columns: {', '.join(ds.column_names)}). Set data.text_field to one of them.",
-                "data.text_field",
-            )
+        require_text_column(ds, f, text_field)
         for value in ds[text_field]:
             if value:
                 yield str(value)
@@ -153,12 +158,7 @@ def _read_columns(
         lines = tuple(x for x in p.read_text(encoding="utf-8", errors="replace").splitlines() if x)
         return lines, None, None
     ds = load_table(p)
-    if text_field not in ds.column_names:
-        raise ConfigError(
-            f"data file {path!r} has no column {text_field!r} (columns: "
-            f"{', '.join(ds.column_names)}). Set data.text_field to the text column.",
-            "data.text_field",
-        )
+    require_text_column(ds, p, text_field)
 
     def col(name: str) -> tuple[str, ...] | None:
         if not name or name not in ds.column_names:
