@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
+from orchestrator.config.privacy import PrivacyConfig, check_privacy
 from orchestrator.config.schema import (
     DataConfig,
     FieldError,
@@ -336,6 +337,7 @@ class FederatedJob:
     federation: FederationConfig = field(default_factory=FederationConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     run: RunConfig = field(default_factory=RunConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
@@ -363,3 +365,4 @@ class FederatedJob:
             )
         if s.name == "multikrum" and s.num_selected is not None and s.num_selected > k:
             raise FieldError(s, "num_selected", s.num_selected, f"<= sites per round = {k}")
+        check_privacy(self)

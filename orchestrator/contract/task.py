@@ -31,6 +31,7 @@ from orchestrator.config.federated import (
     PartitionConfig,
     SiteTrainConfig,
 )
+from orchestrator.config.privacy import PrivacyConfig
 from orchestrator.contract.model import ModelSpec
 
 SPECIAL_TOKENS = ("eos_token", "bos_token", "pad_token", "unk_token")
@@ -98,6 +99,9 @@ class SiteTask:
     ``data-path`` wins."""
     attack: AttackConfig = field(default_factory=AttackConfig)
     """Simulated attackers (simulation only; a real site refuses a task with an attack)."""
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    """The job's privacy section: ``local`` mode clips and noises at the site; secure
+    aggregation masks there. Sent as is (a site applies what it is told and reports it)."""
     server_round: int = 0
     """Set by the strategy on each message."""
     proximal_mu: float = 0.0
@@ -149,6 +153,7 @@ def site_task(
         local_steps=job.finetune.local_steps or 0,
         partition=job.partition,
         attack=job.attack,
+        privacy=job.privacy,
         partition_seed=job.federation.seed,
         sim_data_path=str(Path(job.data.paths[0]).expanduser().absolute())
         if job.data.paths
