@@ -26,6 +26,7 @@ import torch
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from clients import secagg
 from clients.attacks import flip_labels
 from clients.pipeline import SiteContext, is_attacker, run_stages, update_stages
 from clients.site_data import SiteData, load_site_data
@@ -96,7 +97,26 @@ def train(msg: Message, context: Context) -> Message:
 
     ctx = SiteContext(task, site, node_config, honest_update_of=colluder if attacker else None)
     update = run_stages(update_stages(task, node_config), update, ctx)
+    if task.privacy.secure_aggregation:  # the update stays here; only masked, later
+        return secagg.begin(
+            msg, context, task, update, {**metrics, **ctx.metrics, NUM_EXAMPLES: n}, site
+        )
     return train_reply(msg, update, {**metrics, **ctx.metrics, NUM_EXAMPLES: n}, site)
+
+
+@app.train("secagg_share")
+def secagg_share(msg: Message, context: Context) -> Message:
+    return secagg.share(msg, context)
+
+
+@app.train("secagg_mask")
+def secagg_mask(msg: Message, context: Context) -> Message:
+    return secagg.mask(msg, context)
+
+
+@app.train("secagg_unmask")
+def secagg_unmask(msg: Message, context: Context) -> Message:
+    return secagg.unmask(msg, context)
 
 
 @app.evaluate()

@@ -30,6 +30,7 @@ from orchestrator.contract.metrics import classification_metrics, perplexity
 from strategies.aggregators import NormClipStage, RuleConfig, StoredAggregator
 from strategies.math import Arrays, RunningSum, apply_sgd_from_sum
 from strategies.pipeline import (
+    Aggregate,
     AggregateStage,
     Aggregator,
     ReplyStage,
@@ -327,6 +328,18 @@ class DeltaStrategy(Strategy):
         report.notes = {**notes, **aggregate.notes}
         new = self.server_update(self._global, aggregate.folded, server_round)
         return from_numpy(new), out
+
+    def apply_sum(self, server_round: int, total: Arrays, count: int) -> ArrayRecord:
+        """The server step on the float64 sum of ``count`` updates the server never saw one by
+        one (secure aggregation: uniform weights; aggregate stages still run on the sum)."""
+        acc = RunningSum(np.float64)
+        acc.sums = {k: np.ascontiguousarray(v, np.float64) for k, v in total.items()}
+        acc.out_dtypes = {k: np.result_type(self._global[k].dtype, np.float32) for k in total}
+        acc.total_weight, acc.count = float(count), count
+        aggregate = Aggregate(acc)
+        for stage in self.aggregate_stages:
+            aggregate = stage(aggregate, server_round)
+        return from_numpy(self.server_update(self._global, aggregate.folded, server_round))
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -62,6 +62,13 @@ class PrivacyConfig:
     secagg_threshold: int | None = None
     """SecAgg+: shares needed to recover a dropped site's mask (Shamir threshold); ``None`` =
     a default picked from the sites per round."""
+    secagg_neighbours: int | None = None
+    """SecAgg+: how many other sites each site masks with and shares its secrets to (the degree
+    k of Bell et al.'s graph; O(log n) keeps a site's work flat as n grows). ``None`` = all
+    other sampled sites (SecAgg, Bonawitz et al. 2017)."""
+    secagg_clip_range: float = 1.0
+    """SecAgg+: each coordinate of an update is clipped to [-r, r] before the fixed-point
+    quantization (32 bits shared by the sites of a round; step 2r x sites / 2^32)."""
 
     def __post_init__(self) -> None:
         require(self.mode in PRIVACY_MODES, self, "mode", " | ".join(PRIVACY_MODES))
@@ -119,6 +126,19 @@ class PrivacyConfig:
             )
         if self.secagg_threshold is not None:
             require(self.secagg_threshold >= 2, self, "secagg_threshold", "an integer >= 2 or null")
+        if self.secagg_neighbours is not None:
+            require(
+                self.secagg_neighbours >= 2,
+                self,
+                "secagg_neighbours",
+                "an integer >= 2 or null (all pairs)",
+            )
+        require(
+            math.isfinite(self.secagg_clip_range) and self.secagg_clip_range > 0,
+            self,
+            "secagg_clip_range",
+            "a finite float > 0",
+        )
 
     @property
     def enabled(self) -> bool:
@@ -144,6 +164,8 @@ def check_privacy(job: FederatedJob) -> None:
             f"<= sites per round = {k}",
             "Lower privacy.secagg_threshold or sample more sites per round.",
         )
+    if p.secure_aggregation:
+        check_secure_aggregation(job)
     if not p.enabled:
         return
     if p.delta >= 1.0 / fed.num_sites:
@@ -197,6 +219,58 @@ def check_privacy(job: FederatedJob) -> None:
                     "spends part of the noise on the clipped count)",
                     "Raise privacy.clipped_count_stddev (or sample more sites per round).",
                 )
+
+
+def check_secure_aggregation(job: FederatedJob) -> None:
+    """What the server needs to see one site's update for cannot run under secure aggregation."""
+    from orchestrator.config.federated import ROBUST
+
+    p, s, k = job.privacy, job.strategy, job.federation.sampled_sites
+    if k < 3:
+        raise FieldError(
+            job.federation,
+            "sites_per_round",
+            k,
+            ">= 3 with privacy.secure_aggregation=true",
+            "With 2 sites each one learns the other's update from the sum; sample more sites.",
+        )
+    if s.name in ROBUST:
+        raise FieldError(
+            s,
+            "name",
+            s.name,
+            "fedavg | fedprox | fedadam | fedyogi | fedadagrad with secure aggregation",
+            "A robust rule needs every site's update; the server sees only their sum.",
+        )
+    if s.weighting != "uniform":
+        raise FieldError(
+            s,
+            "weighting",
+            s.weighting,
+            "'uniform' with privacy.secure_aggregation=true",
+            "The server sums masked updates it cannot weight: set strategy.weighting=uniform.",
+        )
+    if s.clip_update_norm:
+        raise FieldError(
+            s,
+            "clip_update_norm",
+            s.clip_update_norm,
+            "0 with privacy.secure_aggregation=true",
+            "The server cannot clip what it cannot see: use privacy.mode=central with "
+            "privacy.clip_norm (the sites clip, and add their share of the noise).",
+        )
+    group = min(p.secagg_neighbours or k - 1, k - 1) + 1  # a site's share holders
+    t = p.secagg_threshold
+    if t is not None and not group // 2 + 1 <= t <= group:
+        raise FieldError(
+            p,
+            "secagg_threshold",
+            t,
+            f"in [{group // 2 + 1}, {group}] (a majority of a site's {group} share holders: "
+            "itself and its neighbours)",
+            "Fewer lets a minority rebuild a site's secrets; more than the holders can never "
+            "recover a dropped site.",
+        )
 
 
 def _delta_hint(n: int) -> str:

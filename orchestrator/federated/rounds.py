@@ -27,6 +27,7 @@ from orchestrator.contract.model import export, load_state, model_state
 from orchestrator.federated import checkpoint
 from orchestrator.federated.report import RoundTable
 from orchestrator.federated.resume import check_resumable
+from orchestrator.federated.secagg_round import SecureTrain
 from orchestrator.federated.setup import ServerSetup, prepare
 from orchestrator.runs import append_metrics, read_metrics
 from orchestrator.tracking import log_round
@@ -118,6 +119,11 @@ class FederatedRun:
         self.result = FederatedResult(run_dir, run_dir / "export")
         self.task_record = setup.task.to_record()
         self.timeout = job.federation.round_timeout_s
+        self.secure = (
+            SecureTrain(grid, self.strategy, job.privacy, self.timeout)
+            if job.privacy.secure_aggregation
+            else None
+        )
         # node id -> site name, to name sites that stop replying (real sites drop out).
         self.site_names: dict[int, str] = {}
         self.t_run = time.monotonic()
@@ -184,13 +190,19 @@ class FederatedRun:
     def train(self, server_round: int, arrays: ArrayRecord) -> tuple[ArrayRecord | None, dict]:
         """Sample, send, fold; returns the new model (None = skipped) and the train columns."""
         s = self.strategy
-        msgs = list(s.configure_train(server_round, arrays, self.task_record, self.grid))
-        bytes_down = nbytes(arrays) * len(msgs)
-        sampled = [m.metadata.dst_node_id for m in msgs]
-        new, metrics = s.aggregate_train(
-            server_round, stream_replies(self.grid, msgs, self.timeout)
-        )
-        del msgs
+        secagg_skip = ""
+        if self.secure is not None:  # the server sees only the sum (secagg_round.py)
+            new, metrics, sampled, secagg_skip = self.secure.train(
+                server_round, arrays, self.task_record
+            )
+        else:
+            msgs = list(s.configure_train(server_round, arrays, self.task_record, self.grid))
+            sampled = [m.metadata.dst_node_id for m in msgs]
+            new, metrics = s.aggregate_train(
+                server_round, stream_replies(self.grid, msgs, self.timeout)
+            )
+            del msgs
+        bytes_down = nbytes(arrays) * len(sampled)
         replied = {r.node_id for r in s.last_train.sites}
         dropped = [self.site_names.get(n, f"node-{n}") for n in sampled if n not in replied]
         # The SuperLink answers for a site it lost ("Node Unavailable") under its own node id.
@@ -200,6 +212,8 @@ class FederatedRun:
         train["sites-sampled"] = len(sampled)
         train["sites-dropped"] = len(dropped)
         info = {"dropped": dropped, "lost": lost, "bytes_down": bytes_down}
+        if secagg_skip:
+            info["secagg_skipped"] = secagg_skip
         return new, {"train": train, **info}
 
     def round_record(
@@ -217,6 +231,8 @@ class FederatedRun:
             "round_time_s": round(time.monotonic() - t0, 3),
             "elapsed_s": round(time.monotonic() - self.t_run, 3),
         }
+        if "secagg_skipped" in train:
+            rec["skip_reason"] = f"secure aggregation: {train['secagg_skipped']}"
         if self.job.attack.kind != "none":
             # For analysis only: computed from the config, never from replies or used to filter.
             rec["attack"] = {"kind": self.job.attack.kind, "sites": simulated_attackers(self.job)}
