@@ -127,4 +127,19 @@ def describe(task: SiteTask) -> list[str]:
         "update: w_local - w_received (trainable tensors)",
     ]
     stages = [AttackStage(task).name] if task.attack.kind != "none" else []
+    p = task.privacy
+    if p.secure_aggregation:
+        dp = (
+            f"clip L2 to {p.clip_norm}, add N(0, ({p.noise_multiplier} x {p.clip_norm})^2 / "
+            "sites) (distributed DP) -> "
+            if p.mode == "central"
+            else ""
+        )
+        return [
+            *head,
+            *stages,
+            f"secure aggregation: {dp}clip coordinates to +-{p.secagg_clip_range}, quantize to "
+            "uint32 (stochastic rounding), mask (SecAgg+: keys, shares, masked update, unmask)",
+            "reply: masked update (the server sees only the sum) + num-examples, metrics",
+        ]
     return [*head, *stages, "reply: update + num-examples"]

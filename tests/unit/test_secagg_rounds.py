@@ -51,6 +51,7 @@ def final_arrays(run_dir: Path) -> dict[str, np.ndarray]:
     return load_file(str(last / "global.safetensors"))
 
 
+@pytest.mark.integration  # two federated runs (~7 s): beyond the unit tier's budget
 def test_secure_round_equals_plain_fedavg_up_to_quantization(cache_dir, tmp_path):
     plain = job(cache_dir, "federation.num_rounds=1")
     secure = job(cache_dir, "federation.num_rounds=1", "privacy.secure_aggregation=true")
@@ -81,6 +82,7 @@ class Dropping:
         return client_app(msg, context)
 
 
+@pytest.mark.integration
 def test_dropout_after_sharing_is_recovered_and_too_many_skip(cache_dir, tmp_path):
     j = job(
         cache_dir,
