@@ -109,6 +109,10 @@ def update_stages(task: SiteTask, node_config: Mapping[str, Any]) -> list[Update
     stages: list[UpdateStage] = []
     if is_attacker(task, node_config) and task.attack.kind != "label_flip":
         stages.append(AttackStage(task))
+    if task.privacy.mode == "local":
+        from clients.privacy import LocalDPStage  # imports this module
+
+        stages.append(LocalDPStage(task))
     return stages
 
 
@@ -127,4 +131,9 @@ def describe(task: SiteTask) -> list[str]:
         "update: w_local - w_received (trainable tensors)",
     ]
     stages = [AttackStage(task).name] if task.attack.kind != "none" else []
+    if task.privacy.mode == "local":
+        from clients.privacy import LocalDPStage
+
+        stages.append(LocalDPStage(task).name)
+        return [*head, *stages, "reply: update only (local DP: no loss, num-examples = 1)"]
     return [*head, *stages, "reply: update + num-examples"]
