@@ -97,6 +97,9 @@ def train(msg: Message, context: Context) -> Message:
 
     ctx = SiteContext(task, site, node_config, honest_update_of=colluder if attacker else None)
     update = run_stages(update_stages(task, node_config), update, ctx)
+    if task.privacy.mode == "local":
+        # Local DP covers the update only: nothing else computed from the data leaves either.
+        metrics, n = {}, 1
     if task.privacy.secure_aggregation:  # the update stays here; only masked, later
         return secagg.begin(
             msg, context, task, update, {**metrics, **ctx.metrics, NUM_EXAMPLES: n}, site

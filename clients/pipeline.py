@@ -109,6 +109,10 @@ def update_stages(task: SiteTask, node_config: Mapping[str, Any]) -> list[Update
     stages: list[UpdateStage] = []
     if is_attacker(task, node_config) and task.attack.kind != "label_flip":
         stages.append(AttackStage(task))
+    if task.privacy.mode == "local":
+        from clients.privacy import LocalDPStage  # imports this module
+
+        stages.append(LocalDPStage(task))
     return stages
 
 
@@ -128,6 +132,10 @@ def describe(task: SiteTask) -> list[str]:
     ]
     stages = [AttackStage(task).name] if task.attack.kind != "none" else []
     p = task.privacy
+    if p.mode == "local":
+        from clients.privacy import LocalDPStage
+
+        stages.append(LocalDPStage(task).name)
     if p.secure_aggregation:
         dp = (
             f"clip L2 to {p.clip_norm}, add N(0, ({p.noise_multiplier} x {p.clip_norm})^2 / "
@@ -140,6 +148,8 @@ def describe(task: SiteTask) -> list[str]:
             *stages,
             f"secure aggregation: {dp}clip coordinates to +-{p.secagg_clip_range}, quantize to "
             "uint32 (stochastic rounding), mask (SecAgg+: keys, shares, masked update, unmask)",
-            "reply: masked update (the server sees only the sum) + num-examples, metrics",
+            "reply: masked update (the server sees only the sum) + metrics",
         ]
+    if p.mode == "local":
+        return [*head, *stages, "reply: update only (local DP: no loss, num-examples = 1)"]
     return [*head, *stages, "reply: update + num-examples"]

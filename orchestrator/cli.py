@@ -42,12 +42,16 @@ def _pretrain_command() -> Command:
 
 
 def _simulate_command() -> Command:
-    from orchestrator.cli_args import round_pipeline
+    from orchestrator.cli_args import privacy_plan, round_pipeline
     from orchestrator.config.federated import FederatedJob
     from orchestrator.federated.simulate import simulate, simulation_plan
 
     def plan(job: FederatedJob) -> dict:
-        return {**simulation_plan(job), "round_pipeline": round_pipeline(job)}
+        return {
+            **simulation_plan(job),
+            "round_pipeline": round_pipeline(job),
+            "privacy": privacy_plan(job),
+        }
 
     return FederatedJob, "simulate-demo", simulate, plan
 

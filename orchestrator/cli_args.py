@@ -42,4 +42,41 @@ def round_pipeline(job: Any) -> dict[str, list[str]]:
     return {"site": describe(task), "server": build_strategy(job).pipeline()}
 
 
-__all__ = ["print_dry_run", "round_pipeline", "split_config_args"]
+def privacy_plan(job: Any) -> dict[str, Any]:
+    """The ``privacy`` section of ``--dry-run``: the settings, the sampling the accountant is fed,
+    and the epsilon the configured run will reach (so a user can choose the noise)."""
+    from orchestrator.federated.ledger import projected_epsilon, rounds_within_budget
+
+    p, fed = job.privacy, job.federation
+    out: dict[str, Any] = {
+        "mode": p.mode,
+        "secure_aggregation": p.secure_aggregation,
+    }
+    if not p.enabled:
+        return out
+    k, n, rounds = fed.sampled_sites, fed.num_sites, fed.num_rounds
+    eps = projected_epsilon(p, rounds, k, n)
+    out.update(
+        clip_norm=("adaptive, from " if p.adaptive_clip else "") + f"{p.clip_norm:g}",
+        noise_multiplier=p.noise_multiplier,
+        delta=p.delta,
+        accountant="dp-accounting RDP, replace-one-site, sensitivity 2 x clip",
+        sampling=(
+            f"{k} of {n} sites per round, uniformly without replacement (amplified by sampling)"
+            if p.mode == "central" and k < n
+            else f"{k} of {n} sites per round; no amplification"
+            + (" (local DP: the server knows who took part)" if p.mode == "local" else "")
+        ),
+        epsilon_after_all_rounds=eps if eps != float("inf") else "inf",
+        rounds=rounds,
+    )
+    if p.target_epsilon is not None:
+        fits = rounds_within_budget(p, rounds, k, n)
+        out["target_epsilon"] = p.target_epsilon
+        out["rounds_within_budget"] = fits
+        if fits < rounds:
+            out["note"] = f"the budget stops the run after round {fits} of {rounds}"
+    return out
+
+
+__all__ = ["print_dry_run", "privacy_plan", "round_pipeline", "split_config_args"]

@@ -7,6 +7,7 @@ validate each reply with ``strategies.validation``, fold, server step).
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +16,7 @@ from strategies.aggregators import RuleConfig
 from strategies.base import DeltaStrategy, RoundReport, SiteReport, stream_replies
 from strategies.fedavg import FedAvg, FedProx
 from strategies.fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
+from strategies.privacy import CentralDP
 from strategies.robust_strategy import RobustStrategy
 
 if TYPE_CHECKING:
@@ -43,7 +45,7 @@ def build_strategy(
 
     ``work_dir``: where rules that keep a round's replies on disk put them (the run directory).
     """
-    s, f = job.strategy, job.federation
+    s, f, p = job.strategy, job.federation, job.privacy
     rule = RuleConfig(
         rule=s.name if s.name in ROBUST else "mean",
         weighting=s.weighting,
@@ -63,13 +65,16 @@ def build_strategy(
         min_sites=f.min_sites,
         min_available_sites=f.sampled_sites,
         update_keys=update_keys,
-        seed=f.seed,
+        # Under DP the sample must be secret (amplification by sampling assumes nobody can
+        # predict it), so it is drawn from OS entropy; the checkpoint keeps the RNG for resume.
+        seed=secrets.randbits(64) if p.enabled else f.seed,
         wait_for_sites_s=f.round_timeout_s,
         rejoin_wait_s=f.rejoin_wait_s,
         accumulate=s.accumulate,
         num_classes=num_classes,
         rule=rule,
         work_dir=work_dir,
+        central_dp=central_dp(job),
     )
     if s.name in ROBUST:
         return RobustStrategy(name=s.name, **common)
@@ -80,6 +85,22 @@ def build_strategy(
     if s.name in ("fedadam", "fedyogi", "fedadagrad"):
         return STRATEGIES[s.name](beta1=s.beta1, beta2=s.beta2, tau=s.tau, **common)
     return FedAvg(**common)
+
+
+def central_dp(job: FederatedJob) -> CentralDP | None:
+    """The server's central-DP stages for ``job`` (None unless ``privacy.mode=central``)."""
+    p, k = job.privacy, job.federation.sampled_sites
+    if p.mode != "central" or p.secure_aggregation:
+        return None  # under secure aggregation the sites clip and noise (distributed DP)
+    return CentralDP(
+        p.clip_norm,
+        p.noise_multiplier,
+        k,
+        adaptive=p.adaptive_clip,
+        target_quantile=p.target_quantile,
+        clip_lr=p.clip_lr,
+        count_stddev=p.count_stddev(k),
+    )
 
 
 __all__ = [

@@ -37,6 +37,7 @@ from strategies.pipeline import (
     WeightedMean,
     describe,
 )
+from strategies.privacy import AdmitRound, CentralDP
 from strategies.validation import (
     RejectedReply,
     decode_evaluate_reply,
@@ -125,6 +126,7 @@ class DeltaStrategy(Strategy):
         work_dir: str | Path | None = None,
         reply_stages: Sequence[ReplyStage] = (),
         aggregate_stages: Sequence[AggregateStage] = (),
+        central_dp: CentralDP | None = None,
         weighted_by_key: str = "num-examples",
         arrayrecord_key: str = "arrays",
         configrecord_key: str = "config",
@@ -150,6 +152,15 @@ class DeltaStrategy(Strategy):
             # A fixed bound needs no other reply: clip each reply as it streams in.
             self.reply_stages.append(NormClipStage(self.rule.clip_update_norm))
         self.aggregate_stages = list(aggregate_stages)
+        # Central DP: clip each reply as it arrives, noise the sum (strategies/privacy.py).
+        self.central_dp = central_dp
+        if central_dp is not None:
+            self.reply_stages.append(central_dp.clip_stage)
+            self.aggregate_stages.insert(0, central_dp.noise_stage)
+        # The privacy ledger's budget check (set by the round loop); sees the actual sampling.
+        self.admit_round: AdmitRound | None = None
+        self.last_population = 0
+        """Sites the last train sample was drawn from (the accountant's population)."""
         self._federation_seen = False
         self.weighted_by_key = weighted_by_key
         self.arrayrecord_key = arrayrecord_key
@@ -177,7 +188,10 @@ class DeltaStrategy(Strategy):
     def state_meta(self) -> dict[str, Any]:
         """JSON-able state: the sampling RNG (so a resumed run samples the same sites)."""
         version, internal, gauss = self.rng.getstate()
-        return {"strategy": self.name, "rng": [version, list(internal), gauss]}
+        meta: dict[str, Any] = {"strategy": self.name, "rng": [version, list(internal), gauss]}
+        if self.central_dp is not None:
+            meta["central_dp"] = self.central_dp.state_meta()
+        return meta
 
     def load_state(self, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
         if meta.get("strategy") != self.name:
@@ -186,6 +200,8 @@ class DeltaStrategy(Strategy):
             )
         version, internal, gauss = meta["rng"]
         self.rng.setstate((version, tuple(internal), gauss))
+        if self.central_dp is not None:
+            self.central_dp.load_state(meta["central_dp"])
 
     # ---- sampling ----------------------------------------------------------------------------
 
@@ -210,6 +226,7 @@ class DeltaStrategy(Strategy):
         self._federation_seen = True
         if k is None:
             return nodes
+        self.last_population = len(nodes)
         # Sorted first: the seeded RNG then picks the same positions in every run.
         return self.rng.sample(nodes, min(k, len(nodes)))
 
@@ -232,6 +249,10 @@ class DeltaStrategy(Strategy):
         self._global = to_numpy(arrays)
         n_nodes = len(list(grid.get_node_ids()))
         nodes = self.sample(grid, self._train_sample_size(max(n_nodes, self.min_available_sites)))
+        if self.admit_round is not None:  # raises PrivacyBudgetExhausted: nothing is sent
+            self.admit_round(server_round, len(nodes), self.last_population)
+        if self.central_dp is not None:
+            self.central_dp.begin_round(len(nodes))
         cfg = ConfigRecord(dict(config))
         cfg["server-round"] = server_round
         for k, v in self.extra_train_config().items():
@@ -250,7 +271,8 @@ class DeltaStrategy(Strategy):
             or (self.rule.clip_update_norm and self.rule.clip_relative)
         ):
             return StoredAggregator(self.rule, self.work_dir, center=self.center())
-        return WeightedMean(self.accumulate, uniform=self.rule.weighting == "uniform")
+        uniform = self.rule.weighting == "uniform" or self.central_dp is not None
+        return WeightedMean(self.accumulate, uniform=uniform)
 
     def center(self) -> Arrays | None:
         """Centered clipping's starting point (RobustStrategy keeps the last aggregate)."""
@@ -330,8 +352,8 @@ class DeltaStrategy(Strategy):
         return from_numpy(new), out
 
     def apply_sum(self, server_round: int, total: Arrays, count: int) -> ArrayRecord:
-        """The server step on the float64 sum of ``count`` updates the server never saw one by
-        one (secure aggregation: uniform weights; aggregate stages still run on the sum)."""
+        """The server step on a float64 sum of updates the server never saw one by one, divided
+        by ``count`` (secure aggregation: uniform weights; aggregate stages run on the sum)."""
         acc = RunningSum(np.float64)
         acc.sums = {k: np.ascontiguousarray(v, np.float64) for k, v in total.items()}
         acc.out_dtypes = {k: np.result_type(self._global[k].dtype, np.float32) for k in total}

@@ -259,6 +259,15 @@ def check_secure_aggregation(job: FederatedJob) -> None:
             "The server cannot clip what it cannot see: use privacy.mode=central with "
             "privacy.clip_norm (the sites clip, and add their share of the noise).",
         )
+    if p.adaptive_clip:
+        raise FieldError(
+            p,
+            "adaptive_clip",
+            True,
+            "false with privacy.secure_aggregation=true",
+            "Adaptive clipping needs each site's clipped/unclipped bit at the server; under "
+            "secure aggregation use a fixed privacy.clip_norm.",
+        )
     group = min(p.secagg_neighbours or k - 1, k - 1) + 1  # a site's share holders
     t = p.secagg_threshold
     if t is not None and not group // 2 + 1 <= t <= group:

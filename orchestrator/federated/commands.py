@@ -231,7 +231,7 @@ def server_main(argv: Sequence[str]) -> int:
 
 
 def _server(ns: argparse.Namespace) -> int:
-    from orchestrator.cli_args import print_dry_run
+    from orchestrator.cli_args import print_dry_run, privacy_plan
     from orchestrator.config.loader import to_yaml
 
     try:
@@ -250,7 +250,7 @@ def _server(ns: argparse.Namespace) -> int:
         return EXIT_USAGE
     opts = _server_options(ns)
     if ns.dry_run:
-        print_dry_run(job, server_plan(job, opts, run_dir))
+        print_dry_run(job, {**server_plan(job, opts, run_dir), "privacy": privacy_plan(job)})
         return EXIT_OK
     try:
         _check_before_start(job, opts)

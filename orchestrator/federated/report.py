@@ -25,11 +25,18 @@ def _fmt(v: Any, spec: str = ".3f") -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _epsilon(rec: dict[str, Any]) -> str:
+    if "epsilon" not in rec:
+        return "-"
+    return "inf" if rec["epsilon"] is None else format(rec["epsilon"], ".3f")
+
+
 class RoundTable:
     """Prints a header, then one line per round and an indented line per site."""
 
-    def __init__(self, task: str, console: Console = _out) -> None:
+    def __init__(self, task: str, console: Console = _out, privacy: bool = False) -> None:
         self.task = task
+        self.privacy = privacy  # an epsilon column (the privacy ledger's cumulative epsilon)
         self.console = console
         self.metric = "accuracy" if task == "classification" else "perplexity"
         # Per-task metric columns after eval-loss: (metrics key, header).
@@ -43,11 +50,16 @@ class RoundTable:
         self.console.print(
             f"{'round':>5} {'train-loss':>10} {'eval-loss':>9} "
             + "".join(f"{label:>10} " for _, label in self.columns)
+            + (f"{'epsilon':>8} " if self.privacy else "")
             + f"{'sites':>5} {'rej':>3} {'up MB':>8} {'down MB':>8} {'time s':>7}",
             style="bold",
             markup=False,
             soft_wrap=True,
         )
+
+    def note(self, text: str) -> None:
+        """A line under the table (e.g. why the run stopped early)."""
+        self.console.print(text, markup=False, style="bold", soft_wrap=True)
 
     def row(self, rec: dict[str, Any]) -> None:
         ev, tr = rec.get("eval", {}), rec.get("train", {})
@@ -55,6 +67,7 @@ class RoundTable:
             f"{rec['round']:>5} {_fmt(tr.get('train-loss'), '10.4f')} "
             f"{_fmt(ev.get('eval-loss'), '9.4f')} "
             + "".join(f"{_fmt(ev.get(key), '10.4f')} " for key, _ in self.columns)
+            + (f"{_epsilon(rec):>8} " if self.privacy else "")
             + f"{int(tr.get('sites-accepted', 0)):>5} "
             f"{int(tr.get('sites-rejected', 0)):>3} {rec.get('bytes_up', 0) / 1e6:8.2f} "
             f"{rec.get('bytes_down', 0) / 1e6:8.2f} {rec.get('round_time_s', 0.0):7.1f}"

@@ -25,6 +25,7 @@ from orchestrator.contract.arrays import from_numpy, nbytes, to_numpy
 from orchestrator.contract.attackers import select_attackers
 from orchestrator.contract.model import export, load_state, model_state
 from orchestrator.federated import checkpoint
+from orchestrator.federated.ledger import PrivacyLedger
 from orchestrator.federated.report import RoundTable
 from orchestrator.federated.resume import check_resumable
 from orchestrator.federated.secagg_round import SecureTrain
@@ -33,6 +34,7 @@ from orchestrator.runs import append_metrics, read_metrics
 from orchestrator.tracking import log_round
 from strategies import DeltaStrategy, build_strategy, stream_replies
 from strategies.base import SiteReport
+from strategies.privacy import PrivacyBudgetExhausted
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,8 @@ class FederatedResult:
     run_dir: Path
     export_dir: Path
     rounds: list[dict[str, Any]] = field(default_factory=list)
+    stop_reason: str = ""
+    """Why the run ended before ``federation.num_rounds`` (the privacy budget); "" = it did not."""
 
     def metric(self, name: str) -> list[float | None]:
         """``eval[name]`` per round, round 0 (the starting model) first."""
@@ -127,6 +131,11 @@ class FederatedRun:
         # node id -> site name, to name sites that stop replying (real sites drop out).
         self.site_names: dict[int, str] = {}
         self.t_run = time.monotonic()
+        # The privacy ledger (docs/privacy.md): charged per started round, checkpointed; its
+        # budget check runs once the round's sample is drawn, before anything is sent.
+        self.ledger = PrivacyLedger.for_job(job.privacy) if job.privacy.enabled else None
+        if self.ledger is not None:
+            self.strategy.admit_round = self.ledger.admit
 
     # ---- run directory ------------------------------------------------------------------------
 
@@ -150,6 +159,8 @@ class FederatedRun:
             return 1, from_numpy(arrays)
         check_resumable(ckpt.state.get("config_yaml", ""), to_yaml(self.job), self.run_dir)
         self.strategy.load_state(ckpt.state["strategy"], ckpt.strategy_arrays)
+        if self.ledger is not None:
+            self.ledger.load(ckpt.state.get("privacy_ledger") or {})
         log.warning("resuming %s from round %d", self.run_dir, ckpt.round)
         rows = read_metrics(self.metrics_path)
         saved = ckpt.state.get("record")
@@ -165,9 +176,17 @@ class FederatedRun:
             "config_yaml": to_yaml(self.job),
             "record": rec,
         }
+        if self.ledger is not None:
+            state["privacy_ledger"] = self.ledger.to_json()
         checkpoint.save(
             self.run_dir, server_round, to_numpy(arrays), self.strategy.state_arrays(), state
         )
+
+    def stop(self, reason: str) -> None:
+        """End the run before ``num_rounds`` (it still exports), saying why."""
+        self.result.stop_reason = reason
+        log.warning("stopping: %s", reason)
+        self.table.note(f"stopped: {reason}")
 
     # ---- rounds -------------------------------------------------------------------------------
 
@@ -208,6 +227,10 @@ class FederatedRun:
         # The SuperLink answers for a site it lost ("Node Unavailable") under its own node id.
         lost = [r for r in s.last_train.sites if r.node_id not in sampled]
         self.remember_names()
+        if self.ledger is not None:
+            # Every site whose update left it is charged, whether or not it arrived.
+            sites = [r.site for r in s.last_train.sites if r.node_id in sampled] + dropped
+            self.ledger.record(server_round, len(sampled), s.last_population, sites)
         train = dict(metrics or {})
         train["sites-sampled"] = len(sampled)
         train["sites-dropped"] = len(dropped)
@@ -233,6 +256,8 @@ class FederatedRun:
         }
         if "secagg_skipped" in train:
             rec["skip_reason"] = f"secure aggregation: {train['secagg_skipped']}"
+        if self.ledger is not None:
+            rec.update(self.ledger.columns())
         if self.job.attack.kind != "none":
             # For analysis only: computed from the config, never from replies or used to filter.
             rec["attack"] = {"kind": self.job.attack.kind, "sites": simulated_attackers(self.job)}
@@ -263,7 +288,11 @@ class FederatedRun:
             self.emit(rec)
         for server_round in range(start_round, self.job.federation.num_rounds + 1):
             t0 = time.monotonic()
-            new, train = self.train(server_round, arrays)
+            try:
+                new, train = self.train(server_round, arrays)
+            except PrivacyBudgetExhausted as e:
+                self.stop(str(e))
+                break
             train["skipped"] = new is None
             if new is not None:
                 arrays = new
@@ -291,6 +320,11 @@ def run_federated(
     """Run (or resume) the job on ``grid``; returns the per-round records and the export dir."""
     setup = setup or prepare(job)
     run = FederatedRun(
-        grid, job, run_dir, setup, table or RoundTable(job.task.kind), on_round=on_round
+        grid,
+        job,
+        run_dir,
+        setup,
+        table or RoundTable(job.task.kind, privacy=job.privacy.enabled),
+        on_round=on_round,
     )
     return run.run()

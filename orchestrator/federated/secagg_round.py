@@ -68,6 +68,7 @@ class SecureTrain:
                 p.secagg_clip_range,
                 sum(v.size for v in like.values()),
             )
+            self.threshold = params.threshold
             new = self._protocol(server_round, msgs, params, like)
             reason = ""
         except SecAggError as e:  # RoundAborted, or parameters this round's sites cannot meet
@@ -88,9 +89,9 @@ class SecureTrain:
             }
         )
         if p.mode == "central" and new is not None:
-            # What the sum actually carries (dropped sites' noise shares are missing).
+            # What the sum actually carries (>= privacy.noise_multiplier, which is charged).
             metrics["noise-multiplier-effective"] = effective_multiplier(
-                p.noise_multiplier, len(nodes), len(accepted)
+                p.noise_multiplier, self.threshold, len(accepted)
             )
         return new, metrics, nodes, reason
 
@@ -186,7 +187,10 @@ class SecureTrain:
                 [self.node_of[u] for u in senders],
             )
         total, count = server.result()
-        return self.strategy.apply_sum(server_round, wire.unflatten(total, like), count)
+        # DP-FedAvg divides the noised sum by the sampled count, whoever dropped (fixed
+        # sensitivity); plain secure FedAvg by the sites in the sum.
+        denominator = params.num_sites if self.privacy.mode == "central" else count
+        return self.strategy.apply_sum(server_round, wire.unflatten(total, like), denominator)
 
     def _into(
         self, receive: Callable[[int, dict[str, Any]], None]

@@ -1,12 +1,14 @@
 """Distributed DP under secure aggregation: each site clips and adds its share of the noise.
 
-The server cannot clip or noise what it cannot see, so each of the ``n`` sampled sites clips its
-update to ``C`` (L2) and adds Gaussian noise of std ``z C / sqrt(n)`` before quantizing: the sum
-of the ``n`` updates then carries std ``z C``, as central DP-FedAvg would. Noise is continuous
-(float64, before the stochastic rounding), not a discrete Gaussian: the rounding adds at most
-one quantization step per coordinate and site, which the analysis ignores (docs/privacy.md).
-If only ``m < n`` sites' inputs reach the sum, it carries std ``z C sqrt(m / n)``: the
-multiplier that must go to the accountant is :func:`effective_multiplier`.
+The server cannot clip or noise what it cannot see, so each sampled site clips its update to
+``C`` (L2) and adds Gaussian noise before quantizing. A round completes only if at least ``t``
+(the SecAgg threshold) sites' inputs reach the sum, so each site adds std ``z C / sqrt(t)``:
+any completed round's sum carries std ``z C sqrt(m / t) >= z C`` (``m`` survivors), at least
+what central DP-FedAvg adds, and the accountant is charged ``z`` (a lower bound; the multiplier
+the sum really carries is :func:`effective_multiplier`). When every sampled site survives the
+noise is ``sqrt(n / t)`` times the central one (1.22x for the default t = 2n/3).
+Noise is continuous (float64, before the stochastic rounding), not a discrete Gaussian: the
+rounding adds at most one quantization step per coordinate and site (docs/privacy.md).
 """
 
 from __future__ import annotations
@@ -24,22 +26,26 @@ def clip_l2(vec: np.ndarray, clip: float) -> tuple[np.ndarray, float]:
     return vec, norm
 
 
-def site_noise_std(noise_multiplier: float, clip: float, num_sites: int) -> float:
-    """Per-site std so that ``num_sites`` independent shares sum to std ``z * clip``."""
-    return noise_multiplier * clip / math.sqrt(num_sites)
+def site_noise_std(noise_multiplier: float, clip: float, min_survivors: int) -> float:
+    """Per-site std so that any ``min_survivors`` shares sum to std ``z * clip``."""
+    return noise_multiplier * clip / math.sqrt(min_survivors)
 
 
-def effective_multiplier(noise_multiplier: float, num_sites: int, survivors: int) -> float:
-    """The noise multiplier the sum of ``survivors`` of ``num_sites`` noised updates carries."""
-    return noise_multiplier * math.sqrt(survivors / num_sites)
+def effective_multiplier(noise_multiplier: float, min_survivors: int, survivors: int) -> float:
+    """The noise multiplier the sum of ``survivors`` noised updates carries (>= z)."""
+    return noise_multiplier * math.sqrt(survivors / min_survivors)
 
 
 def privatize(
-    vec: np.ndarray, clip: float, noise_multiplier: float, num_sites: int, rng: np.random.Generator
+    vec: np.ndarray,
+    clip: float,
+    noise_multiplier: float,
+    min_survivors: int,
+    rng: np.random.Generator,
 ) -> tuple[np.ndarray, float, float]:
     """``(clipped + noise, norm before clipping, noise std added)``."""
     out, norm = clip_l2(vec, clip)
-    std = site_noise_std(noise_multiplier, clip, num_sites)
+    std = site_noise_std(noise_multiplier, clip, min_survivors)
     if std > 0:
         out = out + rng.normal(0.0, std, out.shape)
     return out, norm, std

@@ -1,0 +1,257 @@
+"""Differential privacy math (pure functions) and the server stages of central DP.
+
+Central DP is DP-FedAvg at the site level (McMahan et al. 2018, "Learning Differentially Private
+Recurrent Language Models"), with optional adaptive clipping (Andrew et al. 2021, "Differentially
+Private Learning with Adaptive Clipping"):
+
+    reply stage      delta_k <- delta_k * min(1, C / ||delta_k||)           (:func:`clip_to_norm`)
+    fold             S = sum_k delta_k                                      (uniform weights)
+    aggregate stage  S <- S + N(0, (z_delta C)^2 I);  mean = S / K_sampled  (:func:`add_gaussian`)
+    adaptive clip    C <- C exp(-eta_C (b~ - gamma)), b~ = (#unclipped + N(0, sigma_b^2)) / K
+
+The mean divides by the number of *sampled* sites, not by the accepted replies: a site that is
+rejected or drops out counts as a zero update (norm 0 <= C), which the analysis covers; dividing
+by a data-dependent count would not be. With adaptive clipping, z_delta =
+(z^-2 - (2 sigma_b)^-2)^-1/2 (:func:`update_noise_multiplier`), so the pair (noised sum, noised
+count) costs exactly the epsilon of noise multiplier z (Andrew et al., Theorem 1).
+
+Local DP and distributed DP (secure aggregation: each site adds its share of the noise) use
+:func:`privatize_update` / :func:`noise_share_std` at the site.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from strategies.math import Arrays
+from strategies.pipeline import Aggregate, Reply
+from strategies.weights import update_norm
+
+_CHUNK = 1 << 20
+
+
+class PrivacyBudgetExhausted(RuntimeError):
+    """The next round would take epsilon above ``privacy.target_epsilon``: it is not started."""
+
+
+# ---- pure math -------------------------------------------------------------------------------
+
+
+def clip_to_norm(update: Mapping[str, np.ndarray], bound: float) -> tuple[Arrays, float]:
+    """``(update scaled to L2 norm <= bound, its norm before clipping)``.
+
+    The bound holds *exactly* for the returned arrays (their norm is recomputed in float64):
+    rounding ``update * (bound / norm)`` to float32 can land a hair above ``bound``, and a DP
+    sensitivity bound that is off by one ulp is not a bound, so the scale shrinks until it holds.
+    """
+    if not (bound > 0 and math.isfinite(bound)):
+        raise ValueError(f"clip bound must be a finite float > 0, got {bound}")
+    norm = update_norm(update)
+    if not math.isfinite(norm):
+        raise ValueError("update has a non-finite norm")
+    if norm <= bound:
+        return dict(update), norm
+    scale = bound / norm
+    while True:
+        out = {k: np.multiply(v, v.dtype.type(scale)) for k, v in update.items()}
+        if update_norm(out) <= bound:
+            return out, norm
+        scale *= 1.0 - 1e-6
+
+
+def update_noise_multiplier(z: float, count_stddev: float | None) -> float:
+    """Noise multiplier of the update sum: z itself, or with adaptive clipping the part of z
+    left after the privatized count takes its share, ``(z^-2 - (2 sigma_b)^-2)^-1/2``."""
+    if count_stddev is None or z == 0:
+        return z
+    rest = z**-2 - (2.0 * count_stddev) ** -2
+    if rest <= 0:
+        raise ValueError(
+            f"clipped-count stddev {count_stddev} leaves no noise for the update (needs "
+            f"2 sigma_b > z = {z})"
+        )
+    return rest**-0.5
+
+
+def add_gaussian(arrays: Arrays, std: float, rng: np.random.Generator) -> None:
+    """``arrays += N(0, std^2)`` in place, one chunk at a time (no model-sized temporary)."""
+    if std == 0:
+        return
+    for a in arrays.values():
+        flat = a.reshape(-1)
+        for start in range(0, flat.size, _CHUNK):
+            seg = flat[start : start + _CHUNK]
+            seg += rng.normal(0.0, std, seg.size).astype(seg.dtype, copy=False)
+
+
+def next_clip(
+    clip: float,
+    unclipped: int,
+    expected_sites: int,
+    count_stddev: float,
+    target_quantile: float,
+    lr: float,
+    rng: np.random.Generator,
+) -> tuple[float, float]:
+    """Andrew et al. 2021's geometric update from the privatized unclipped fraction:
+    ``b~ = (unclipped + N(0, sigma_b^2)) / K``; ``C <- C exp(-lr (b~ - gamma))``.
+    Returns ``(new clip, b~)``."""
+    b = (unclipped + rng.normal(0.0, count_stddev)) / expected_sites
+    return clip * math.exp(-lr * (b - target_quantile)), b
+
+
+def noise_share_std(z: float, clip: float, num_sites: int) -> float:
+    """Distributed DP: the std one site adds so that ``num_sites`` shares sum to ``z * clip``."""
+    if num_sites < 1:
+        raise ValueError(f"num_sites must be >= 1, got {num_sites}")
+    return z * clip / math.sqrt(num_sites)
+
+
+def privatize_update(
+    update: Mapping[str, np.ndarray],
+    clip: float,
+    std: float,
+    rng: np.random.Generator,
+) -> tuple[Arrays, float]:
+    """Clip to ``clip`` then add N(0, std^2) to every coordinate (the site's side of local DP
+    with ``std = z * clip``, or of distributed DP with ``std = noise_share_std(...)``).
+    Returns ``(private update, norm before clipping)``; the input is not modified."""
+    clipped, norm = clip_to_norm(update, clip)
+    out = {k: np.array(v, dtype=np.result_type(v.dtype, np.float32)) for k, v in clipped.items()}
+    add_gaussian(out, std, rng)
+    return out, norm
+
+
+def secure_rng() -> np.random.Generator:
+    """A generator seeded from the OS's entropy: DP noise nobody can predict or replay."""
+    return np.random.default_rng(secrets.randbits(128))
+
+
+# ---- the server stages of central DP ---------------------------------------------------------
+
+
+class CentralDP:
+    """Round state of central DP shared by its two stages (:attr:`clip_stage`,
+    :attr:`noise_stage`): the current clip, the round's sampled count and unclipped count.
+
+    ``rng``: the noise source; default :func:`secure_rng` (tests inject a seeded one). It is not
+    checkpointed on purpose: whoever holds the noise can remove it. A resumed run continues the
+    ledger and the adaptive clip exactly, with fresh noise.
+    """
+
+    def __init__(
+        self,
+        clip_norm: float,
+        noise_multiplier: float,
+        expected_sites: int,
+        *,
+        adaptive: bool = False,
+        target_quantile: float = 0.5,
+        clip_lr: float = 0.2,
+        count_stddev: float | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        self.clip = clip_norm
+        self.z = noise_multiplier
+        self.expected_sites = expected_sites
+        self.adaptive = adaptive
+        self.target_quantile = target_quantile
+        self.clip_lr = clip_lr
+        self.count_stddev = count_stddev if adaptive else None
+        self.z_update = update_noise_multiplier(noise_multiplier, self.count_stddev)
+        self.rng = rng or secure_rng()
+        self.sampled = expected_sites
+        self.unclipped = 0
+        self.clip_stage = _ClipStage(self)
+        self.noise_stage = _NoiseStage(self)
+
+    def begin_round(self, sampled: int) -> None:
+        self.sampled = max(1, sampled)
+        self.unclipped = 0
+
+    def finish_round(self) -> float | None:
+        """After the noise: the adaptive clip's update (returns the noised unclipped fraction)."""
+        if not self.adaptive:
+            return None
+        assert self.count_stddev is not None
+        self.clip, b = next_clip(
+            self.clip,
+            self.unclipped,
+            self.sampled,
+            self.count_stddev,
+            self.target_quantile,
+            self.clip_lr,
+            self.rng,
+        )
+        return b
+
+    def state_meta(self) -> dict[str, Any]:
+        return {"clip": self.clip}
+
+    def load_state(self, meta: Mapping[str, Any]) -> None:
+        clip = float(meta["clip"])
+        if not (clip > 0 and math.isfinite(clip)):
+            raise ValueError(f"checkpoint holds an invalid DP clip {clip!r}")
+        self.clip = clip
+
+    def describe(self) -> list[str]:
+        clip = (
+            f"adaptive clip (start {self.clip:g}, quantile {self.target_quantile:g}, "
+            f"lr {self.clip_lr:g}, count noise {self.count_stddev:g})"
+            if self.adaptive
+            else f"clip {self.clip:g}"
+        )
+        return [
+            f"central DP: {clip}",
+            f"central DP: sum + N(0, ({self.z_update:.4g} x clip)^2), mean over sampled sites",
+        ]
+
+
+class _ClipStage:
+    """Reply stage: clip to the round's bound (and count the unclipped, for adaptive clip)."""
+
+    def __init__(self, dp: CentralDP) -> None:
+        self.dp = dp
+
+    @property
+    def name(self) -> str:
+        return self.dp.describe()[0]
+
+    def __call__(self, reply: Reply, server_round: int) -> Reply:
+        clipped, norm = clip_to_norm(reply.update, self.dp.clip)
+        if norm <= self.dp.clip:
+            self.dp.unclipped += 1
+            return reply
+        note = f"dp-clipped: norm {norm:.3g} > {self.dp.clip:.3g}"
+        return replace(reply, update=clipped, note=note)
+
+
+class _NoiseStage:
+    """Aggregate stage: Gaussian noise on the sum, mean over the sampled sites."""
+
+    def __init__(self, dp: CentralDP) -> None:
+        self.dp = dp
+
+    @property
+    def name(self) -> str:
+        return self.dp.describe()[1]
+
+    def __call__(self, agg: Aggregate, server_round: int) -> Aggregate:
+        acc = self.dp.sampled
+        folded = agg.folded
+        # The running sum holds sum_k delta_k (uniform weights, float64 by default).
+        add_gaussian(folded.sums, self.dp.z_update * self.dp.clip, self.dp.rng)
+        folded.total_weight = float(acc)
+        self.dp.finish_round()
+        return agg
+
+
+AdmitRound = Callable[[int, int, int], None]
+"""``admit(server_round, sampled, population)``: raise :class:`PrivacyBudgetExhausted` to keep
+a round from starting (the privacy ledger's budget check)."""
