@@ -95,15 +95,16 @@ def open_sealed(key: bytes, ciphertext: bytes, aad: bytes) -> bytes:
         raise SecAggError("ciphertext failed authentication (tampered or wrong key)") from e
 
 
-def mac(key: bytes, *parts: bytes) -> bytes:
+def mac(key: bytes, *parts: bytes | memoryview) -> bytes:
+    """HMAC-SHA256 over length-prefixed parts (a memoryview of a vector: no copy)."""
     h = hmac.new(key, digestmod=hashlib.sha256)
     for p in parts:
-        h.update(len(p).to_bytes(8, "little"))
+        h.update(memoryview(p).nbytes.to_bytes(8, "little"))
         h.update(p)
     return h.digest()
 
 
-def mac_ok(key: bytes, tag: bytes, *parts: bytes) -> bool:
+def mac_ok(key: bytes, tag: bytes, *parts: bytes | memoryview) -> bool:
     return isinstance(tag, bytes) and hmac.compare_digest(mac(key, *parts), tag)
 
 

@@ -254,7 +254,9 @@ class SiteRound:
                 y -= P.prg_mask(seed, self.params.length)
         key = P.agree(self.c_sk, self.server_pk, MAC, self.params.nonce)
         self.phase = 3
-        return y, {"tag": P.mac(key, self.params.nonce, _sid_bytes(self.sid), y.tobytes())}
+        return y, {
+            "tag": P.mac(key, self.params.nonce, _sid_bytes(self.sid), memoryview(y).cast("B"))
+        }
 
     # -- step 3
     def unmask(self, request: Mapping[str, Any]) -> Payload:
@@ -419,7 +421,9 @@ class ServerRound:
         ):
             raise SecAggError(f"masked input must be uint32[{self.params.length}]")
         key = P.agree(self._sk, self.sites[sid].c_pk, MAC, self.params.nonce)
-        if not P.mac_ok(key, _field(reply, "tag"), self.params.nonce, _sid_bytes(sid), y.tobytes()):
+        if not P.mac_ok(
+            key, _field(reply, "tag"), self.params.nonce, _sid_bytes(sid), memoryview(y).cast("B")
+        ):
             raise SecAggError(f"masked input of site {sid} failed authentication (tampered)")
         self.total += y
         self.masked.add(sid)

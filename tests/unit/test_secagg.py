@@ -347,3 +347,21 @@ def test_fuzz_mutated_valid_messages(kind, changes, drop) -> None:
     }
     with contextlib.suppress(SecAggError):
         handlers[kind]()
+
+
+def test_distributed_noise_sums_to_the_central_noise() -> None:
+    from orchestrator.secagg.dp import effective_multiplier, privatize
+
+    rng = np.random.default_rng(3)
+    z, clip, t, d = 1.1, 0.5, 7, 40_000
+    big = rng.normal(0, 1, d)
+    total = np.zeros(d)
+    for _ in range(t):
+        out, norm, _std = privatize(big, clip, z, t, rng)
+        assert norm > clip
+        total += out - big * (clip / norm)  # the noise alone
+    # t survivors: std z * clip, within sampling error (relative se ~ 1/sqrt(2d) = 0.35%)
+    assert abs(total.std() / (z * clip) - 1) < 0.02
+    assert effective_multiplier(z, t, t + 2) > z
+    clipped, _, _ = privatize(big, clip, 0.0, t, rng)
+    assert np.linalg.norm(clipped) <= clip * (1 + 1e-12)

@@ -111,6 +111,29 @@ def test_dropout_after_sharing_is_recovered_and_too_many_skip(cache_dir, tmp_pat
         np.testing.assert_array_equal(v, start[k])
 
 
+@pytest.mark.integration
+def test_distributed_dp_with_secure_aggregation_reports_epsilon(cache_dir, tmp_path):
+    j = job(
+        cache_dir,
+        "federation.num_rounds=1",
+        "privacy.secure_aggregation=true",
+        "privacy.mode=central",
+        "privacy.noise_multiplier=1.0",
+        "privacy.clip_norm=0.5",
+    )
+    result = run_federated(LocalGrid(client_app, SITES), j, tmp_path / "dp", setup=prepare(j))
+    row = result.rounds[1]
+    assert not row["skipped"] and row["epsilon"] > 0
+    assert row["train"]["noise-multiplier-effective"] >= 1.0  # >= what the ledger charged
+    stds = [s["dp-site-noise-std"] for s in row["sites"].values() if "dp-site-noise-std" in s]
+    assert len(stds) == 3
+    assert all(
+        s["dp-site-noise-std"] == pytest.approx(0.5 / np.sqrt(2))  # z C / sqrt(t)
+        for s in row["sites"].values()
+        if "dp-site-noise-std" in s
+    )
+
+
 @pytest.mark.parametrize(
     ("override", "key"),
     [
