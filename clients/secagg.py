@@ -48,8 +48,8 @@ def begin(
     rng = np.random.default_rng()  # rounding and noise: fresh OS entropy, never a task seed
     extra: dict[str, float] = {}
     if priv.mode == "central":  # distributed DP: this site's share of the central noise
-        vec, norm, std = privatize(vec, priv.clip_norm, priv.noise_multiplier, p.threshold, rng)
-        extra = {"update-norm": norm, "dp-site-noise-std": std}
+        vec, _norm, std = privatize(vec, priv.clip_norm, priv.noise_multiplier, p.threshold, rng)
+        extra = {"dp-site-noise-std": std}  # public (from the config); never the update's norm
     q, clipped = quantize(vec, p.clip_range, p.num_sites, rng)
     context.state[STATE] = ConfigRecord(me.to_state())
     context.state[QUANTIZED] = ArrayRecord({"q": to_array(q.view(np.int32))})
