@@ -138,8 +138,8 @@ def describe(task: SiteTask) -> list[str]:
         stages.append(LocalDPStage(task).name)
     if p.secure_aggregation:
         dp = (
-            f"clip L2 to {p.clip_norm}, add N(0, ({p.noise_multiplier} x {p.clip_norm})^2 / "
-            "sites) (distributed DP) -> "
+            f"clip L2 to {p.clip_norm}, add N(0, ({p.noise_multiplier} x {p.clip_norm})^2 / t) "
+            "(distributed DP; t = threshold) -> "
             if p.mode == "central"
             else ""
         )

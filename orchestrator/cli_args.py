@@ -39,7 +39,12 @@ def round_pipeline(job: Any) -> dict[str, list[str]]:
     from strategies import build_strategy
 
     task = site_task(job, ModelSpec(task=job.task.kind, hf_config={}), None, list(job.task.labels))
-    return {"site": describe(task), "server": build_strategy(job).pipeline()}
+    server = build_strategy(job).pipeline()
+    if job.privacy.secure_aggregation:
+        from orchestrator.federated.secagg_round import describe as secure
+
+        server = [*secure(job.privacy, job.federation.sampled_sites), server[-2], server[-1]]
+    return {"site": describe(task), "server": server}
 
 
 def privacy_plan(job: Any) -> dict[str, Any]:

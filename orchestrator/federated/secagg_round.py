@@ -38,6 +38,18 @@ def payload_bytes(payload: Mapping[str, Any]) -> int:
     return n
 
 
+def describe(privacy: PrivacyConfig, sites: int) -> list[str]:
+    """The server side of a secure round, for ``--dry-run``."""
+    k = min(privacy.secagg_neighbours or sites - 1, sites - 1)
+    t = privacy.secagg_threshold or max(-(-2 * (k + 1) // 3), (k + 1) // 2 + 1)
+    graph = "all pairs (SecAgg)" if k == sites - 1 else f"{k} neighbours each (SecAgg+)"
+    return [
+        f"secure aggregation: {sites} site(s), {graph}, threshold {t}: keys -> encrypted "
+        "shares -> masked updates (HMAC-checked, summed mod 2^32) -> unmask",
+        f"sum: exact sum of the survivors' quantized updates (< {t} left: round skipped)",
+    ]
+
+
 class SecureTrain:
     """Runs one secure train round for a strategy on a grid (``rounds.FederatedRun.train``)."""
 
