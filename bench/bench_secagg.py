@@ -34,7 +34,7 @@ import numpy as np
 
 from orchestrator.secagg import ServerRound, SiteRound, new_params
 from orchestrator.secagg import primitives as P
-from orchestrator.secagg.protocol import MAC, _sid_bytes
+from orchestrator.secagg.protocol import MAC, sid_bytes
 from orchestrator.secagg.quantize import quantize
 from strategies.math import RunningSum
 
@@ -101,7 +101,7 @@ def secure(n: int, degree: int | None, update: np.ndarray, dropouts: int) -> dic
             y = rng.integers(0, 2**32, d, dtype=np.uint32)
             sites[sid].phase = 3
             key = P.agree(sites[sid].c_sk, server.pk, MAC, params.nonce)
-            reply = {"tag": P.mac(key, params.nonce, _sid_bytes(sid), y.tobytes())}
+            reply = {"tag": P.mac(key, params.nonce, sid_bytes(sid), y.tobytes())}
             sites[sid].received = {u: ct for u, ct in zip(req["from"], req["ct"], strict=True)}
         t0 = time.perf_counter()
         server.receive_masked(sid, y, reply)
@@ -143,18 +143,19 @@ def main() -> None:
     update = np.random.default_rng(1).normal(0, 1e-3, a.params).astype(np.float32)
     rows = []
     print(f"{a.params:,} parameters, {a.dropouts} dropout(s) after sharing; {os.cpu_count()} CPUs")
-    print("sites degree  t  site ms  server ms  plain server ms  upload / fp32")
+    print("sites degree  t  site ms  server ms  plain server ms  upload / fp32  load")
     for n in a.sites:
         base = plain(n, update)
         for k in a.degree:
             if k and k >= n - 1:
                 continue  # the same graph as all pairs
             r = secure(n, k or None, update, a.dropouts)
-            r.update(sites=n, plain_server_ms=round(base, 1))
+            # This machine is shared: the 1-minute load average says how much to trust a row.
+            r.update(sites=n, plain_server_ms=round(base, 1), load=round(os.getloadavg()[0], 1))
             rows.append(r)
             print(
                 f"{n:5d} {r['degree']:6d} {r['threshold']:2d} {r['site_ms']:8.0f} "
-                f"{r['server_ms']:10.0f} {base:16.0f} {r['upload_ratio']:14.4f}"
+                f"{r['server_ms']:10.0f} {base:16.0f} {r['upload_ratio']:14.4f} {r['load']:5.1f}"
             )
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(

@@ -351,6 +351,11 @@ class DeltaStrategy(Strategy):
         new = self.server_update(self._global, aggregate.folded, server_round)
         return from_numpy(new), out
 
+    @property
+    def global_arrays(self) -> Arrays:
+        """The global arrays the last ``configure_train`` sent."""
+        return self._global
+
     def apply_sum(self, server_round: int, total: Arrays, count: int) -> ArrayRecord:
         """The server step on a float64 sum of updates the server never saw one by one, divided
         by ``count`` (secure aggregation: uniform weights; aggregate stages run on the sum)."""

@@ -69,8 +69,8 @@ class SecureTrain:
         self.node_of = {sid: node for node, sid in self.sids.items()}
         self.report: dict[int, SiteReport] = {}
         self.bytes_up = 0
-        keys = sorted(s.update_keys or s._global)
-        like = {k: s._global[k] for k in keys}
+        keys = sorted(s.update_keys or s.global_arrays)
+        like = {k: s.global_arrays[k] for k in keys}
         p = self.privacy
         try:
             params = new_params(

@@ -11,7 +11,9 @@ from collections.abc import Callable, Collection, Sequence
 import numpy as np
 
 from orchestrator.secagg.primitives import SecAggError
-from orchestrator.secagg.protocol import Payload, RoundParams, ServerRound, SiteRound
+from orchestrator.secagg.protocol import Payload, RoundParams
+from orchestrator.secagg.server import ServerRound
+from orchestrator.secagg.site import SiteRound
 
 Tamper = Callable[[str, int, Payload], Payload]
 
