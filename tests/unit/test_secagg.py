@@ -268,7 +268,7 @@ def _fresh_round():
     return params, server, sites
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(p=_payload)
 def test_fuzz_decoders_raise_only_secagg_errors(p) -> None:
     _params, server, sites = _fresh_round()
@@ -324,7 +324,7 @@ def _valid_messages():
 _VALID = _valid_messages()
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(kind=st.sampled_from(sorted(_VALID)), changes=_payload, drop=st.sets(_keys, max_size=2))
 def test_fuzz_mutated_valid_messages(kind, changes, drop) -> None:
     p = {k: v for k, v in {**_VALID[kind], **changes}.items() if k not in drop}
