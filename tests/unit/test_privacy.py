@@ -291,3 +291,15 @@ def test_central_dp_strategy_pipeline_and_local_dp_site_pipeline():
     stage = LocalDPStage(task, rng=np.random.default_rng(0))
     out = stage({"w": np.full(4, 10.0, np.float32)}, SiteContext(task, "site-0"))
     assert out["w"].shape == (4,) and not np.allclose(out["w"], 0.25)  # clipped, then noised
+
+
+def test_dry_run_prints_the_epsilon_the_configured_run_reaches():
+    from orchestrator.cli_args import privacy_plan
+
+    job = fed_job(*DP, "federation.sites_per_round=2", "privacy.noise_multiplier=2.0")
+    plan = privacy_plan(job)
+    assert plan["epsilon_after_all_rounds"] == projected_epsilon(job.privacy, 4, 2, 4)
+    assert "2 of 4 sites per round, uniformly without replacement" in plan["sampling"]
+    budget = fed_job(*DP, "federation.sites_per_round=2", "privacy.target_epsilon=0.5")
+    assert "budget stops the run after round 0" in privacy_plan(budget)["note"]
+    assert privacy_plan(fed_job()) == {"mode": "off", "secure_aggregation": False}
