@@ -30,6 +30,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import dp_accounting
@@ -66,10 +67,19 @@ def central_epsilon(z: float, rounds: Iterable[tuple[int, int]], delta: float) -
         return 0.0
     if z == 0:
         return math.inf
+    return _central_epsilon(z, frozenset(counts.items()), delta)
+
+
+@lru_cache(maxsize=256)
+def _central_epsilon(
+    z: float, counts: frozenset[tuple[tuple[int, int], int]], delta: float
+) -> float:
+    # Cached: the without-replacement RDP takes ~0.5 s per distinct (K, N), and a round asks
+    # for the same composition twice (the budget check, then the round record).
     sampled, plain = _accountant(), _accountant()
-    for (k, n), times in sorted(counts.items()):
+    for (k, n), times in sorted(counts):
         sampled.compose(round_event(z, k, n), times)
-    plain.compose(dp_event.GaussianDpEvent(z / 2.0), sum(counts.values()))
+    plain.compose(dp_event.GaussianDpEvent(z / 2.0), sum(times for _, times in counts))
     return float(min(sampled.get_epsilon(delta), plain.get_epsilon(delta)))
 
 

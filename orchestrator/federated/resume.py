@@ -18,6 +18,7 @@ MAY_CHANGE = (
     "federation.round_timeout_s",
     "federation.rejoin_wait_s",
     "federation.num_cpus",
+    "privacy.target_epsilon",  # spend more (or less) budget: the ledger continues as is
     "federation.cpus_per_site",
     "federation.gpus_per_site",
     "data.cache_dir",

@@ -185,7 +185,7 @@ class FederatedRun:
     def stop(self, reason: str) -> None:
         """End the run before ``num_rounds`` (it still exports), saying why."""
         self.result.stop_reason = reason
-        log.warning("stopping: %s", reason)
+        log.info("stopping: %s", reason)  # the table says it on the console
         self.table.note(f"stopped: {reason}")
 
     # ---- rounds -------------------------------------------------------------------------------
