@@ -40,8 +40,8 @@ def payload_bytes(payload: Mapping[str, Any]) -> int:
 
 def describe(privacy: PrivacyConfig, sites: int) -> list[str]:
     """The server side of a secure round, for ``--dry-run``."""
-    k = min(privacy.secagg_neighbours or sites - 1, sites - 1)
-    t = privacy.secagg_threshold or max(-(-2 * (k + 1) // 3), (k + 1) // 2 + 1)
+    p = new_params(sites, privacy.secagg_threshold, privacy.secagg_neighbours, 1.0, 1)
+    k, t = p.degree, p.threshold
     graph = "all pairs (SecAgg)" if k == sites - 1 else f"{k} neighbours each (SecAgg+)"
     return [
         f"secure aggregation: {sites} site(s), {graph}, threshold {t}: keys -> encrypted "
