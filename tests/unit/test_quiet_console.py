@@ -446,6 +446,7 @@ def test_fedray_server_console_is_quiet_and_run_dir_has_run_log(tmp_path, capsys
         return server_session.ServerRun(run_dir, 17, "finished:completed", [])
 
     monkeypatch.setattr(server_session, "serve", fake_serve)
+    monkeypatch.setattr(commands, "_check_before_start", lambda job, opts: None)  # data checks
     argv = ["--resume", str(run_dir), "--insecure", "--port", "0"]
     assert commands.server_main(argv) == 0
     out = capsys.readouterr().out
