@@ -7,6 +7,8 @@ run on the in-process LocalGrid."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import math
 import re
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from orchestrator.report import build_report, default_out, main, report_hint
 from orchestrator.report.html import summary_row
@@ -110,10 +113,18 @@ def pngs(d: Path) -> set[str]:
 
 
 def assert_self_contained(page: Path) -> str:
+    """The page embeds every PNG next to it (byte for byte) and nothing else; each decodes."""
     text = page.read_text()
     srcs = re.findall(r'src="([^"]*)"', text)
     assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "<link" not in text and "<script" not in text.lower()
+    embedded = {base64.b64decode(s.split(",", 1)[1]) for s in srcs}
+    files = {p.read_bytes() for p in page.parent.glob("*.png")}
+    assert embedded == files, "report.html must embed exactly the PNG files next to it"
+    for png in files:
+        with Image.open(io.BytesIO(png)) as im:
+            im.load()  # decodes the whole image
+            assert im.format == "PNG" and im.width > 100 and im.height > 100
     return text
 
 
