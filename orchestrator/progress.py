@@ -183,7 +183,9 @@ class Progress:
             redirect_stdout=not filters,
             redirect_stderr=not filters,
         )
-        self._task = self._bar.add_task(self.description, total=self.total, info="")
+        self._task = self._bar.add_task(
+            self.description, total=self.total, completed=self.completed, info=self.info
+        )
         self._bar.start()
         above = _AboveBar(console, terminal)
         self._redirected = [(f, f.redirect_console(above)) for f in filters]
@@ -314,7 +316,14 @@ class round_progress:
 
     def __init__(self, run_dir: Path, num_rounds: int, mode: Mode | None = None) -> None:
         self.bar = Progress("rounds", total=num_rounds, plain=False, mode=mode)
-        self.tail = MetricsTail(Path(run_dir) / "metrics.jsonl", self._on_record)
+        path = Path(run_dir) / "metrics.jsonl"
+        self.tail = MetricsTail(path, self._on_record)
+        if self.bar.mode != "off" and path.is_file():  # a resumed run: start where it stopped
+            from orchestrator.runs import read_metrics
+
+            for rec in read_metrics(path):
+                if isinstance(rec, dict):
+                    self._on_record(rec)
 
     def _on_record(self, rec: dict[str, Any]) -> None:
         r = rec.get("round")

@@ -134,6 +134,8 @@ def test_round_progress_follows_the_metrics_file(tmp_path: Path):
                 f.write(json.dumps({"round": r, "eval": {"accuracy": 0.5 + r / 10}}) + "\n")
         rp.tail.drain()
         assert rp.bar.completed == 3 and rp.bar.info == "accuracy 0.8"
+    resumed = progress.round_progress(tmp_path, 5, mode="bar")  # starts where the file ends
+    assert resumed.bar.completed == 3
     off = progress.round_progress(tmp_path, 3, mode="plain")  # no terminal: no bar, no thread
     with off:
         assert off.bar.mode == "off"
