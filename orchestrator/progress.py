@@ -193,10 +193,10 @@ class Progress:
     def close(self, finished: bool = True) -> None:
         if self._bar is not None:
             bar, self._bar = self._bar, None
+            bar.stop()  # first: a line printed meanwhile still goes through the bar's console
             for f, old in self._redirected:
                 f.redirect_console(old)
             self._redirected = []
-            bar.stop()
         elif self.mode == "plain" and self._lines:
             self._print_line("done" if finished else "stopped")
 
