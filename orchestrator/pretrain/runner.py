@@ -17,7 +17,7 @@ from typing import Any
 
 from rich.console import Console
 
-from orchestrator.cluster import ray_cluster
+from orchestrator.cluster import check_capacity, ray_cluster
 from orchestrator.config.loader import to_yaml
 from orchestrator.config.schema import PretrainJob
 from orchestrator.data import PreparedData, prepare_text_data
@@ -182,6 +182,9 @@ def _train_and_export(
     )
 
     with ray_cluster(job.cluster):
+        # GPUs where there are none, or more CPUs than the nodes have: exit 2 now, not a
+        # trainer waiting forever for resources.
+        check_capacity(job.scaling, job.cluster)
         sink = create_sink(run_dir / "metrics.jsonl", job.logging)
         ray.get(sink.ready.remote())  # tracking set-up errors stop the run before training
         loop_cfg = {
