@@ -30,9 +30,13 @@ class RayHead:
 
 
 def _dashboard_up(url: str) -> bool:
+    """The job API answers (``/api/version`` answers earlier, before the job module is up)."""
     try:
-        with urllib.request.urlopen(f"{url}/api/version", timeout=2) as r:
-            return r.status == 200
+        for path in ("/api/version", "/api/jobs/"):
+            with urllib.request.urlopen(f"{url}{path}", timeout=5) as r:
+                if r.status != 200:
+                    return False
+        return True
     except OSError:
         return False
 
