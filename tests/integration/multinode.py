@@ -3,7 +3,10 @@
     python -m tests.integration.multinode OUT.json RUNS_DIR CACHE_DIR
 
 A head node with no CPUs and three 1-CPU worker nodes (``ray.cluster_utils.Cluster``: separate
-raylets on one machine, Ray's documented way to test multi-node code). Two runs of the same job,
+raylets on one machine, Ray's documented way to test multi-node code, in its "testing Ray
+programs" guide; the module carries no API-stability annotation, so the behaviour used here is
+pinned by test_multinode.py's assertions: each ``add_node`` is its own node with its own
+resources, and ``remove_node`` kills that node's raylet and workers). Two runs of the same job,
 2 workers x 1 CPU, so each worker needs a node of its own:
 
 1. ``reference``: uninterrupted; the nodes hosting the training workers are recorded.

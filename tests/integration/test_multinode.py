@@ -40,6 +40,10 @@ def report(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> dict[st
 def test_workers_on_different_nodes_train(report: dict[str, Any]):
     ref = report["reference"]
     assert ref["watcher_error"] is None
+    # What the test relies on from ray.cluster_utils: three separate worker nodes besides the head.
+    assert (
+        len(set(report["worker_nodes"])) == 3 and report["head_node"] not in report["worker_nodes"]
+    )
     assert ref["final_step"] == STEPS
     assert ref["placements"], "never saw the two training workers alive"
     for nodes in ref["placements"]:
