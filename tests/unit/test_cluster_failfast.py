@@ -135,3 +135,18 @@ def test_requests_that_fit():
     gpu = ScalingConfig(num_workers=16, use_gpu=True, cpus_per_worker=4)
     assert capacity_problem(gpu, nodes((4, 0), (48, 8), (48, 8)), "x") is None
     assert capacity_problem(gpu, nodes((48, 8), (16, 8)), "x") is not None  # 8 + 4 slots < 16
+
+
+def test_pretrain_with_a_dead_address_is_exit_2_before_data_preparation(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    """The probe runs before the corpus is read: with any corpus size it fails in seconds."""
+    from orchestrator.cli import main
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    port = free_port()
+    t0 = time.monotonic()
+    rc = main(["pretrain", f"cluster.address=127.0.0.1:{port}", "data.paths=[/nonexistent/corpus]"])
+    assert rc == 2 and time.monotonic() - t0 < 30  # mostly imports (torch, ray) on a busy box
+    err = capsys.readouterr().err
+    assert "cluster.address" in err and f"127.0.0.1:{port}" in err  # not the missing corpus
