@@ -173,3 +173,38 @@ def test_cuda_image_beside_the_cpu_one():
         if line.startswith("COPY "):
             for src in line.split()[1:-1]:
                 assert (repo / src).exists(), src
+
+
+def header_fedray_commands(path: Path) -> list[list[str]]:
+    """``fedray pretrain|submit ...`` commands shown in a file's comments (continuations joined)."""
+    import shlex
+
+    text = "\n".join(
+        line.lstrip("# ").rstrip() for line in path.read_text().splitlines() if line.startswith("#")
+    ).replace("\\\n", " ")
+    cmds = []
+    for line in text.splitlines():
+        for start in ("fedray pretrain ", "fedray submit "):
+            if start in line:
+                cmd = line[line.index(start) :].split("  #")[0].rstrip('"')
+                cmds.append(shlex.split(cmd))
+    return cmds
+
+
+@pytest.mark.parametrize(
+    "name", ["aws-gpu.yaml", "on-prem-gpu.yaml", "kuberay-gpu.yaml", "kuberay-rayjob.yaml"]
+)
+def test_header_commands_are_valid_jobs(name: str):
+    """Every command a header shows loads as a valid job; submitted ones pass submit's checks."""
+    from orchestrator.config import PretrainJob, load_config
+    from orchestrator.submit import prepare_job
+
+    cmds = header_fedray_commands(ROOT / name)
+    assert cmds, name
+    for cmd in cmds:
+        args = [a for a in cmd[2:] if not a.startswith(("--", "http://"))]
+        job = load_config(PretrainJob, args[0], args[1:])
+        if cmd[1] == "submit":
+            prepare_job(job)
+        if job.scaling.use_gpu and name == "aws-gpu.yaml":  # min_workers < what 32 GPUs need
+            assert job.cluster.autoscaling, cmd
