@@ -73,18 +73,13 @@ def pretrain_check(root: Path, cpu: bool, steps: int, warmup: int) -> dict[str, 
     stats = summarize(result.metrics, t0, tokens_per_step, warmup)
     return {
         "backend": "gloo/fp32" if cpu else "nccl/bf16",
-        "params_m": round(_params(result.export_dir) / 1e6, 1),
+        "params_m": round(
+            json.loads((result.run_dir / "summary.json").read_text())["params"] / 1e6, 1
+        ),
         "tokens_per_step": tokens_per_step,
         **{k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()},
         "wall_s": round(time.time() - t0, 1),
     }
-
-
-def _params(export_dir: Path) -> int:
-    from safetensors import safe_open
-
-    with safe_open(str(export_dir / "model.safetensors"), "pt") as f:
-        return sum(f.get_slice(k).get_shape().numel() for k in f.keys())  # noqa: SIM118
 
 
 def lora_round_check(root: Path, cpu: bool) -> dict[str, Any]:
