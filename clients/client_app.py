@@ -10,6 +10,8 @@ Node config (the only thing a site provides; see clients/site_data.py):
     site-name       optional display name in the server's table (default: file stem)
     partition-id, num-partitions   simulated sites only (set by Flower's simulation engine)
     num-threads     optional torch intra-op threads for this site (default: torch's choice)
+    device          optional torch device (cpu, cuda, cuda:1); default: the site's GPU if it
+                    has one (under simulation: the share federation.gpus_per_site reserved)
 
 Everything else (model config, tokenizer, task, hyperparameters) arrives from the server in the
 message's ``config`` record (orchestrator/contract/task.py); the reply layout is in
@@ -30,7 +32,7 @@ from clients import secagg
 from clients.attacks import flip_labels
 from clients.pipeline import SiteContext, is_attacker, run_stages, update_stages
 from clients.site_data import SiteData, load_site_data
-from clients.train import Encoded, encode, evaluate, local_train
+from clients.train import Encoded, encode, evaluate, local_train, site_device
 from orchestrator.contract.arrays import to_numpy
 from orchestrator.contract.messages import ARRAYS, CONFIG, evaluate_reply, train_reply
 from orchestrator.contract.metrics import NUM_EXAMPLES
@@ -49,7 +51,7 @@ def _setup(
     torch.manual_seed(task.train.seed)
     model = build(task.spec)
     load_state(model, to_numpy(msg.content[ARRAYS]))
-    return task, data, model
+    return task, data, model.to(site_device(node_config.get("device")))
 
 
 def _encode(task: SiteTask, texts: list[str], labels: list[str] | None) -> Encoded:
@@ -71,7 +73,7 @@ def honest_update(
     params = {k: p for k, p in model.named_parameters() if k in keys}
     received = {k: p.detach().clone() for k, p in params.items()}
     metrics = local_train(model, examples, task)
-    update = {k: (p.detach() - received[k]).numpy() for k, p in params.items()}
+    update = {k: (p.detach() - received[k]).cpu().numpy() for k, p in params.items()}
     return update, metrics, len(examples), data.name
 
 

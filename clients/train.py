@@ -6,6 +6,7 @@ Pure torch, no Flower: the ClientApp wires these to messages, and tests call the
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,33 @@ class Encoded:
             self.attention_mask[idx],
             None if self.labels is None else self.labels[idx],
         )
+
+    def to(self, device: torch.device) -> Encoded:
+        """The same rows on ``device`` (a no-op on CPU)."""
+        return Encoded(
+            self.input_ids.to(device, non_blocking=True),
+            self.attention_mask.to(device, non_blocking=True),
+            None if self.labels is None else self.labels.to(device, non_blocking=True),
+        )
+
+
+def site_device(requested: str | None = None) -> torch.device:
+    """Where this site trains: node config ``device`` if given (``cpu``, ``cuda``, ``cuda:1``),
+    else its GPU when it has one. Under simulation Ray shows an actor only the GPUs it reserved
+    (``federation.gpus_per_site``), so a site without a share sees none and stays on CPU."""
+    if requested:
+        device = torch.device(requested)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"node config device={requested!r}, but this site has no CUDA GPU")
+        return device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on a GPU that supports it; nothing elsewhere (the CPU path stays fp32)."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def encode(
@@ -86,9 +114,12 @@ def batch_order(
 def task_loss(
     model: torch.nn.Module, batch: Encoded, task: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean loss and logits of one batch."""
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-    logits = out.logits
+    """Mean loss and logits of one batch, computed on the model's device."""
+    device = next(model.parameters()).device
+    batch = batch.to(device)
+    with autocast(device):
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    logits = out.logits.float()  # losses and metrics in fp32 (a no-op without autocast)
     if task == "classification":
         assert batch.labels is not None
         return F.cross_entropy(logits, batch.labels), logits
@@ -168,7 +199,7 @@ def evaluate(
         if task == "classification":
             n = len(batch)
             assert confusion is not None and batch.labels is not None
-            pred = logits.argmax(-1)
+            pred = logits.argmax(-1).cpu()
             confusion += torch.bincount(
                 batch.labels * num_labels + pred, minlength=num_labels * num_labels
             ).reshape(num_labels, num_labels)

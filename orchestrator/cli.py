@@ -2,6 +2,8 @@
 
     fedray pretrain [CONFIG] [key=value ...] [--print-config] [--dry-run] [--verbose]
     fedray simulate [CONFIG] [key=value ...] [--print-config] [--dry-run] [--verbose]
+    fedray submit [CONFIG] [key=value ...] --address http://HEAD:8265 [--dry-run] [--no-wait]
+    fedray jobs list | logs ID [--follow] | stop ID [--address http://HEAD:8265]
 
 CONFIG is a YAML file or a preset name (``fedray presets`` lists them). Exit codes: 0 success,
 2 bad configuration or input (nothing was launched), 1 a failure while running.
@@ -96,6 +98,8 @@ OTHER_COMMANDS.update(
         "site": ("join a federation as a site (Flower SuperNode)", _federated_command("site")),
         "certs": ("create a test CA + server certificate", _federated_command("certs")),
         "site-key": ("create a site's key pair", _federated_command("site_key")),
+        "submit": ("submit a pretraining job to a Ray cluster (from a laptop)", _tool("submit")),
+        "jobs": ("list | logs ID | stop ID: jobs on a Ray cluster", _tool("jobs")),
         "report": ("plots and an HTML report of one or more run directories", _tool("report")),
         "doctor": ("check versions, GPUs, disk, Ray, certificates and ports", _tool("doctor")),
     }

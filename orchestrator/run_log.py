@@ -78,6 +78,27 @@ NOISE: tuple[tuple[str, str], ...] = (
     ("flower", r"^INFO\s*:\s*$"),
     ("flower", r"default simulated SuperNodes changed|To change federation size"),
     ("flower", r"flwr federation simulation-config"),
+    # Flower (fedray server / fedray site): SuperLink/SuperNode/SuperExec start-up, the app
+    # processes they start, and the per-message traffic log of a SuperNode.
+    ("flower", r"Start `flwr-(?:serverapp|clientapp)` process"),
+    ("flower", r"Starting Flower (?:SuperNode|SuperExec)\s*$"),
+    ("flower", r"FastAPI lifespan: (?:startup|shutdown)"),
+    ("flower", r"^INFO\s*:\s+\[RUN \d+\]\s*$"),
+    ("flower", r"^INFO\s*:\s+(?:Receiving|Sending): \w+ message \(ID: [0-9a-f]+\)"),
+    ("flower", r"^INFO\s*:\s+(?:Received|Sent) successfully\s*$"),
+    # uvicorn inside the SuperNode (its local ClientApp I/O API).
+    (
+        "uvicorn",
+        r"^INFO:\s+(?:Started server process \[\d+\]|Waiting for application startup\."
+        r"|Application startup complete\.|Uvicorn running on http://127\.0\.0\.1:\d+ )",
+    ),
+    (
+        "uvicorn",
+        r"^INFO:\s+(?:Shutting down|Waiting for application shutdown\."
+        r"|Application shutdown complete\.|Finished server process \[\d+\])\s*$",
+    ),
+    # datasets: a site reading its CSV/JSON file ("Generating train split: 300 examples ...").
+    ("datasets", r"^(?:\(\w+ pid=\d+.*?\) )?Generating \w+ split: "),
 )
 """(source, regex) of each console line routed to run.log only. Regexes are searched in the
 line with terminal colour codes removed."""
@@ -172,6 +193,13 @@ class ConsoleFilter(io.TextIOBase):
         if not hidden:
             self.console.write(line)
             self.console.flush()
+
+    def redirect_console(self, stream: IO[str]) -> IO[str]:
+        """Send the lines meant for the console to ``stream`` from now on (a live progress bar
+        prints them above itself); returns the previous console stream, to put back."""
+        with self._lock:
+            old, self.console = self.console, stream
+        return old
 
     def detach_log(self) -> None:
         """Write out a pending partial line and stop using the log file (pass-through)."""

@@ -56,6 +56,20 @@ ROUND_TRAIN_TAGS = {
     "sites-dropped": "sites/dropped",
     "bytes-received": "comm/bytes_received",
 }
+# Top-level numeric columns of a round record with a tag of their own. Any other numeric
+# top-level key gets a tag by rule (round_tag), so columns added later need no change here.
+ROUND_TAGS = {
+    "bytes_up": "comm/bytes_up",
+    "bytes_down": "comm/bytes_down",
+    "round_time_s": "time/round_s",
+    "elapsed_s": "time/elapsed_s",
+    "epsilon": "privacy/epsilon",
+    "delta": "privacy/delta",
+}
+# Parts of a round record that are not scalars of the round (or are logged otherwise).
+ROUND_SKIP = {"round", "eval", "train", "sites", "attack", "event"}
+MAX_DEPTH = 3
+"""Nested mappings deeper than this (below the record) are not flattened into tags."""
 # What an aggregation stage did to a site's reply, from its note (strategies/aggregators.py):
 # "clipped: norm ...", "clipped at distance ...", "trimmed at ...", "discarded (Krum ...)",
 # "weight capped ...". Counted per round as sites/<kind>.
@@ -92,22 +106,54 @@ def note_kind(note: str) -> str | None:
     return next((k for k in NOTE_KINDS if k in head.split()), None)
 
 
-def round_scalars(rec: Mapping[str, Any]) -> dict[str, float]:
-    """Tags of one federated round record (orchestrator/federated/rounds.py).
+def round_tag(key: str) -> str:
+    """The tag of a top-level numeric round column: :data:`ROUND_TAGS`, else ``comm/<key>`` for
+    byte counts (``bytes-up``), ``time/<key>`` for seconds (``*_s``), else ``round/<key>``."""
+    if key in ROUND_TAGS:
+        return ROUND_TAGS[key]
+    safe = tag_part(key)
+    if "bytes" in key:
+        return f"comm/{safe}"
+    if key.endswith("_s"):
+        return f"time/{safe}"
+    return f"round/{safe}"
 
-    ``eval/<metric>`` (the global model, pooled over sites), ``train/loss``,
-    ``sites/{sampled,accepted,rejected,dropped}``, ``sites/{clipped,trimmed,discarded,capped}``
-    (training rounds), ``comm/bytes_up`` / ``comm/bytes_down``, ``time/round_s``,
-    ``privacy/epsilon`` when the record has one, and ``site/<name>/<metric>`` per site.
+
+def numeric_leaves(value: Any, prefix: str, depth: int = 1) -> dict[str, float]:
+    """``{prefix/key[/key...]: value}`` for every finite number in a (nested) mapping; text,
+    booleans and lists are not scalars. ``prefix`` itself when ``value`` is a number."""
+    if finite_number(value):
+        return {prefix: float(value)}
+    if not isinstance(value, Mapping) or depth > MAX_DEPTH:
+        return {}
+    out: dict[str, float] = {}
+    for k, v in value.items():
+        out.update(numeric_leaves(v, f"{prefix}/{tag_part(k)}", depth + 1))
+    return out
+
+
+def round_scalars(rec: Mapping[str, Any]) -> dict[str, float]:
+    """Tags of one federated round record (orchestrator/federated/rounds.py): every number in
+    it, so columns other modules add (privacy, compression, ...) flow through unchanged.
+
+    - ``eval/<metric>``: the global model, pooled over sites (``eval-`` prefix dropped);
+    - ``train/<metric>``, and ``sites/{sampled,accepted,rejected,dropped}``,
+      ``comm/bytes_received`` for the strategy's counters (:data:`ROUND_TRAIN_TAGS`);
+    - ``sites/{clipped,trimmed,discarded,capped}``: sites whose update an aggregation stage
+      changed (training rounds; from the per-site notes);
+    - ``site/<name>/<metric>``: each site's numbers (bytes it sent included, when recorded);
+    - top-level numbers: :func:`round_tag` (``comm/bytes_up``, ``time/round_s``,
+      ``privacy/epsilon``, ``comm/bytes-up``, ``round/<key>``);
+    - any other mapping ``<name>``: ``<name>/<key>`` (``privacy: {epsilon: ..}`` ->
+      ``privacy/epsilon``).
     """
     out: dict[str, float] = {}
     for k, v in (rec.get("eval") or {}).items():
-        if finite_number(v):
-            out[f"eval/{tag_part(k.removeprefix('eval-'))}"] = float(v)
+        out.update(numeric_leaves(v, f"eval/{tag_part(str(k).removeprefix('eval-'))}"))
     train = rec.get("train") or {}
     for k, v in train.items():
-        if finite_number(v):
-            out[ROUND_TRAIN_TAGS.get(k, f"train/{tag_part(k.removeprefix('train-'))}")] = float(v)
+        tag = ROUND_TRAIN_TAGS.get(k, f"train/{tag_part(str(k).removeprefix('train-'))}")
+        out.update(numeric_leaves(v, tag))
     sites = rec.get("sites") or {}
     if "train" in rec:  # a training round (round 0 only evaluates)
         counts = dict.fromkeys(NOTE_KINDS, 0)
@@ -116,22 +162,16 @@ def round_scalars(rec: Mapping[str, Any]) -> dict[str, float]:
             if kind:
                 counts[kind] += 1
         out.update({f"sites/{k}": float(n) for k, n in counts.items()})
-    for key, tag in (
-        ("bytes_up", "comm/bytes_up"),
-        ("bytes_down", "comm/bytes_down"),
-        ("round_time_s", "time/round_s"),
-    ):
-        if finite_number(rec.get(key)):
-            out[tag] = float(rec[key])
-    eps = rec.get("epsilon", (rec.get("privacy") or {}).get("epsilon"))
-    if finite_number(eps):
-        out["privacy/epsilon"] = float(eps)
-    for name, row in sites.items():
-        if not isinstance(row, dict):
+    for key, value in rec.items():
+        if key in ROUND_SKIP:
             continue
-        for k, v in row.items():
-            if finite_number(v):
-                out[f"site/{tag_part(name)}/{tag_part(k)}"] = float(v)
+        if finite_number(value):
+            out[round_tag(str(key))] = float(value)
+        elif isinstance(value, Mapping):
+            out.update(numeric_leaves(value, tag_part(key)))
+    for name, row in sites.items():
+        if isinstance(row, Mapping):
+            out.update(numeric_leaves(row, f"site/{tag_part(name)}"))
     return out
 
 

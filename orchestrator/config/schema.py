@@ -275,10 +275,17 @@ class ClusterConfig:
     """Existing Ray cluster: ``auto``, ``HOST:PORT`` or ``ray://HOST:10001``. The cluster is left running."""
     num_cpus: int | None = None
     """CPUs given to an embedded Ray; ``None`` = all cores of this machine."""
+    autoscaling: bool = False
+    """The cluster adds nodes on demand (Ray autoscaler, KubeRay autoscaling). ``False``: a job
+    that asks for more GPUs or CPUs than the cluster's nodes have fails up front (exit 2) instead
+    of waiting for nodes that never come; ``True`` skips that check and lets Ray wait."""
+    connect_timeout_s: float = 10.0
+    """How long to wait for ``address`` to accept a TCP connection before failing (exit 2)."""
 
     def __post_init__(self) -> None:
         if self.num_cpus is not None:
             require(self.num_cpus >= 1, self, "num_cpus", "an integer >= 1 or null")
+        require(self.connect_timeout_s > 0, self, "connect_timeout_s", "a number of seconds > 0")
 
 
 @dataclass

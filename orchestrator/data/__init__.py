@@ -11,6 +11,7 @@ from orchestrator.config.schema import DataConfig
 from orchestrator.data.packing import PackedData, packed_dataset
 from orchestrator.data.sources import fingerprint, iter_texts, resolve_files
 from orchestrator.data.tokenizer import load_tokenizer, tokenizer_fingerprint, trained_tokenizer
+from orchestrator.progress import track
 
 
 @dataclass
@@ -30,12 +31,15 @@ def prepare_text_data(cfg: DataConfig) -> PreparedData:
         tok = load_tokenizer(cfg.tokenizer.path)
     else:
         tok, _ = trained_tokenizer(
-            iter_texts(files, cfg.text_field), cfg.tokenizer.vocab_size, corpus_fp, cfg.cache_dir
+            track(iter_texts(files, cfg.text_field), "training the tokenizer"),
+            cfg.tokenizer.vocab_size,
+            corpus_fp,
+            cfg.cache_dir,
         )
     key = f"{corpus_fp}-{tokenizer_fingerprint(tok)}"
-    packed = packed_dataset(
-        iter_texts(files, cfg.text_field), tok, cfg.block_size, cfg.val_fraction, key, cfg.cache_dir
-    )
+    # Progress shows only while a cache miss reads the corpus (track starts at the first text).
+    texts = track(iter_texts(files, cfg.text_field), "tokenizing and packing")
+    packed = packed_dataset(texts, tok, cfg.block_size, cfg.val_fraction, key, cfg.cache_dir)
     return PreparedData(tokenizer=tok, packed=packed, files=files)
 
 

@@ -32,6 +32,8 @@ from orchestrator.federated.launch import DEFAULT_PORT
 from orchestrator.federated.processes import interrupted_exit_code, stop_children_on_signals
 from orchestrator.federated.server_session import ServerOptions, server_plan
 from orchestrator.federated.site import PORT_TAKEN, SiteOptions, refused_message, site_process
+from orchestrator.progress import round_progress
+from orchestrator.run_log import console_to_run_log
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +177,12 @@ def server_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--insecure", action="store_true", help="plain HTTP, no site auth (logs a warning)"
     )
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show Flower/Ray/DeepSpeed/transformers info lines on the console "
+        "(RUN_DIR/run.log always has them)",
+    )
     p.add_argument("--print-config", action="store_true", help="print the merged config, exit")
     p.add_argument(
         "--dry-run", action="store_true", help="validate, print the commands to run, exit"
@@ -257,7 +265,12 @@ def _server(ns: argparse.Namespace) -> int:
     except ValueError as e:  # ConfigError, PortInUse, a bad --superlink address
         _err(f"config error: {e}" if isinstance(e, ConfigError) else str(e))
         return EXIT_USAGE
-    return _serve(job, opts, run_dir, resume=ns.resume is not None)
+    # Flower's CLI chatter and the ServerApp's library lines go to RUN_DIR/run.log only.
+    with (
+        console_to_run_log(run_dir, ns.verbose or job.logging.verbose),
+        round_progress(run_dir, job.federation.num_rounds),
+    ):
+        return _serve(job, opts, run_dir, resume=ns.resume is not None)
 
 
 def _check_before_start(job: Any, opts: ServerOptions) -> None:
@@ -341,6 +354,12 @@ def site_parser() -> argparse.ArgumentParser:
         help="keep retrying for this long when the server refuses this site (a crashed site's "
         "old session stays online on the server for up to ~60 s); 0 = fail at once",
     )
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show Flower/Ray/DeepSpeed/transformers info lines on the console "
+        "(STATE_DIR/run.log always has them)",
+    )
     return p
 
 
@@ -409,6 +428,14 @@ def _site(ns: argparse.Namespace) -> int:
             "(the default) refuses it"
         )
     state_dir = ns.state_dir or Path(tempfile.mkdtemp(prefix="fedray-site-"))
+    # The SuperNode's per-message INFO lines go to STATE_DIR/run.log only (its own log under
+    # STATE_DIR/logs keeps them too); warnings and errors still reach the console.
+    with console_to_run_log(state_dir, ns.verbose) as run_log:
+        print(f"site log: {run_log}", flush=True)
+        return _site_loop(ns, opts, state_dir)
+
+
+def _site_loop(ns: argparse.Namespace, opts: SiteOptions, state_dir: Path) -> int:
     deadline = time.monotonic() + ns.retry_refused_s
     attempt, port_retries = 0, 3
     while True:

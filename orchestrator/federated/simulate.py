@@ -46,6 +46,7 @@ from orchestrator.federated.report import print_partition
 from orchestrator.federated.server_app import FederatedResult
 from orchestrator.federated.server_session import ServerOptions, SuperLinkProcess
 from orchestrator.federated.setup import check_inputs
+from orchestrator.progress import round_progress
 from orchestrator.report import report_hint
 from orchestrator.run_log import console_to_run_log
 from orchestrator.runs import resolve_run_dir
@@ -185,7 +186,8 @@ def simulate(job: FederatedJob) -> FederatedResult:
         if job.logging.tensorboard:
             print(f"TensorBoard: tensorboard --logdir {run_dir / TENSORBOARD_DIR}")
         # Every streamed line reaches the filter (and run.log); it hides Flower's CLI hints too.
-        run = run_on_simulation_engine(to_yaml(job), run_dir, fed_config, hide=None)
+        with round_progress(run_dir, job.federation.num_rounds):
+            run = run_on_simulation_engine(to_yaml(job), run_dir, fed_config, hide=None)
     if not run.ok:
         raise RuntimeError(
             f"the federated run did not finish ({run.status}; see the log above and "

@@ -17,6 +17,7 @@ import ray
 from rich.console import Console
 
 from orchestrator.config.schema import LoggingConfig
+from orchestrator.progress import Progress
 from orchestrator.tracking import Tracker, pretrain_scalars
 
 
@@ -82,7 +83,8 @@ def format_record(rec: dict[str, Any], max_steps: int) -> str:
 
 
 class ProgressPrinter:
-    """Tails metrics.jsonl in a thread and prints every ``log_every``-th step, evals and events."""
+    """Tails metrics.jsonl in a thread and prints every ``log_every``-th step, evals and events;
+    on a terminal, a progress bar of the steps too (:mod:`orchestrator.progress`)."""
 
     def __init__(self, path: Path, max_steps: int, log_every: int, console: Console | None = None):
         self.path, self.max_steps, self.log_every = path, max_steps, log_every
@@ -90,15 +92,20 @@ class ProgressPrinter:
         self._stop = threading.Event()
         self._offset = path.stat().st_size if path.exists() else 0
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self.bar = Progress("steps", total=max_steps, plain=False)
 
     def __enter__(self) -> ProgressPrinter:
+        self.bar.start()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        self._drain()
+        try:
+            self._drain()
+        finally:
+            self.bar.close()
 
     def _drain(self) -> None:
         if not self.path.exists():
@@ -114,6 +121,8 @@ class ProgressPrinter:
             except json.JSONDecodeError:
                 continue
             step = rec.get("step", 0)
+            if isinstance(rec.get("loss"), float):
+                self.bar.update(completed=step, info=f"loss {rec['loss']:.4f}")
             if "event" in rec or "val_loss" in rec or step % self.log_every == 0 or step == 1:
                 self.console.print(format_record(rec, self.max_steps), markup=False, soft_wrap=True)
 

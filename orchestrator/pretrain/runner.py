@@ -17,7 +17,7 @@ from typing import Any
 
 from rich.console import Console
 
-from orchestrator.cluster import ray_cluster
+from orchestrator.cluster import check_capacity, check_reachable, ray_cluster
 from orchestrator.config.loader import to_yaml
 from orchestrator.config.schema import PretrainJob
 from orchestrator.data import PreparedData, prepare_text_data
@@ -120,6 +120,8 @@ def pretrain(job: PretrainJob, console: Console | None = None) -> PretrainResult
     run_dir = resolve_run_dir(job.run, "pretrain")
     t_start = time.time()
     check_available(job.logging)  # MLflow configured but not installed: exit 2, nothing started
+    if job.cluster.address:
+        check_reachable(job.cluster)  # a dead address: exit 2 in seconds, before data preparation
     if job.train.grad_clip == 0:
         log.warning("train.grad_clip=0: gradient clipping is off")
 
@@ -182,6 +184,9 @@ def _train_and_export(
     )
 
     with ray_cluster(job.cluster):
+        # GPUs where there are none, or more CPUs than the nodes have: exit 2 now, not a
+        # trainer waiting forever for resources.
+        check_capacity(job.scaling, job.cluster)
         sink = create_sink(run_dir / "metrics.jsonl", job.logging)
         ray.get(sink.ready.remote())  # tracking set-up errors stop the run before training
         loop_cfg = {

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from orchestrator.report.load import Run, finite
+from orchestrator.report.load import BYTES_DOWN, BYTES_UP, EPSILON, Run, finite
 from orchestrator.report.plots import Plot
 
 STYLE = """
@@ -70,12 +70,13 @@ def summary_row(run: Run) -> dict[str, str]:
             final, start = run.last("eval", key), run.first("eval", key)
             if final is not None:
                 row[name] = f"{fmt(final)} (start {fmt(start)})"
-        up, down = run.total("bytes_up"), run.total("bytes_down")
+        up, down = run.total(*run.key_of(*BYTES_UP)), run.total(*run.key_of(*BYTES_DOWN))
         row["MB up"] = fmt(up / 1e6 if up is not None else None)
         row["MB down"] = fmt(down / 1e6 if down is not None else None)
         row["site rejections"] = fmt(run.total("train", "sites-rejected") or 0)
-        if run.last("epsilon") is not None:
-            row["epsilon"] = fmt(run.last("epsilon"))
+        eps = run.last(*run.key_of(*EPSILON))
+        if eps is not None:
+            row["epsilon"] = fmt(eps)
     wall = run.wall_s()
     row["time (s)"] = fmt(round(wall, 1) if wall is not None else None)
     return row

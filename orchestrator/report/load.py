@@ -21,6 +21,10 @@ RunKind = Literal["pretrain", "federated"]
 
 # Older or future spellings of the pretraining keys -> the names the report uses.
 PRETRAIN_ALIASES = {"step_time_s": "step_time", "val_perplexity": "val_ppl"}
+# Round columns that have had more than one name, preferred first (see Run.key_of).
+BYTES_UP = (("bytes-up",), ("bytes_up",))
+BYTES_DOWN = (("bytes-down",), ("bytes_down",))
+EPSILON = (("epsilon",), ("privacy", "epsilon"))
 # Site notes written by the aggregation stages (strategies/aggregators.py), by first word.
 NOTE_KINDS = ("clipped", "trimmed", "discarded", "capped")
 
@@ -68,6 +72,12 @@ class Run:
                 xs.append(float(r[self.x_key]))
                 ys.append(float(v))
         return xs, ys
+
+    def key_of(self, *candidates: tuple[str, ...]) -> tuple[str, ...]:
+        """The first key path in ``candidates`` with any value (else the first): a column that
+        has had more than one name, e.g. ``bytes-up`` (as encoded on the wire) before
+        ``bytes_up`` (array bytes), or ``epsilon`` before ``privacy.epsilon``."""
+        return next((k for k in candidates if self.series(*k)[1]), candidates[0])
 
     def sites(self) -> list[str]:
         """Site names seen in any round, sorted (federated)."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from orchestrator.report.load import NOTE_KINDS, Run
+from orchestrator.report.load import BYTES_DOWN, BYTES_UP, EPSILON, NOTE_KINDS, Run
 
 SIZE = (6.4, 3.6)
 DPI = 100
@@ -184,8 +184,8 @@ def federated_plots(run: Run) -> list[Plot]:
         _integer_x(ax)
         _legend(ax, n_sites + 1)
         plots.append(_plot("train-loss", "Local training loss per round", fig))
-    ux, up = run.series("bytes_up")
-    dx, down = run.series("bytes_down")
+    ux, up = run.series(*run.key_of(*BYTES_UP))
+    dx, down = run.series(*run.key_of(*BYTES_DOWN))
     if up or down:
         fig, (ax,) = _figure()
         w = 0.4
@@ -221,7 +221,7 @@ def federated_plots(run: Run) -> list[Plot]:
         plots.append(
             _plot("sites", "Sites per round: accepted, rejected, dropped, clipped", fig, caption)
         )
-    ex, eps = run.series("epsilon")
+    ex, eps = run.series(*run.key_of(*EPSILON))
     if eps:
         fig, (ax,) = _figure()
         ax.plot(ex, eps, "o-", lw=1.5, ms=4)
@@ -322,7 +322,7 @@ def compare_plots(runs: Sequence[Run]) -> list[Plot]:
             ),
             _overlay(
                 fed,
-                ("bytes_up",),
+                fed[0].key_of(*BYTES_UP),
                 tag + "bytes-up",
                 "Bytes up per round",
                 "round",

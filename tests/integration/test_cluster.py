@@ -42,3 +42,35 @@ def test_state_api_inside_embedded_ray_ignores_a_stale_cluster_file(
         ray.kill(probe)
     assert api == ray_local
     assert state == "ALIVE"
+
+
+def test_requests_the_cluster_cannot_meet_fail_fast(
+    ray_local: str, tmp_path: Path, cache_dir: Path
+) -> None:
+    """GPUs on a cluster without any, or more workers than the CPUs: exit-2 errors in seconds
+    (Ray Train would wait for those resources forever)."""
+    import time
+
+    from orchestrator.config import PretrainJob, load_config
+    from orchestrator.config.loader import ConfigError
+    from orchestrator.pretrain import pretrain
+
+    def job(*overrides: str) -> PretrainJob:
+        return load_config(
+            PretrainJob,
+            None,
+            [f"run.root={tmp_path}", f"data.cache_dir={cache_dir}", "model.n_layer=1",
+             "data.tokenizer.vocab_size=512", "data.block_size=32", *overrides],
+            default_preset="pretrain-tiny",
+        )  # fmt: skip
+
+    for overrides, key, says in [
+        (["scaling.use_gpu=true"], "scaling.use_gpu", "asks for 2 GPU(s)"),
+        (["scaling.num_workers=4", "train.global_batch_size=32"], "scaling.num_workers",
+         "asks for 4 CPUs"),
+    ]:  # fmt: skip
+        t0 = time.monotonic()
+        with pytest.raises(ConfigError) as e:
+            pretrain(job(*overrides))
+        assert time.monotonic() - t0 < 30
+        assert e.value.key == key and says in str(e.value) and "2 CPU/0 GPU" in str(e.value)

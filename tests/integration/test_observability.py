@@ -85,8 +85,23 @@ def assert_quiet(out: str, noise: tuple[str, ...]) -> None:
     assert not shown, f"noise on the console: {shown}\n{out[-6000:]}"
 
 
-def test_pretrain_console_run_log_errors_verbose_and_tensorboard(tmp_path, cache_dir):
-    run_dir = tmp_path / "pre"
+@pytest.fixture(scope="module")
+def obs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Shared by this module's runs, so the last test can report on two real runs together."""
+    return tmp_path_factory.mktemp("obs")
+
+
+def assert_report(run_dirs: list[Path], out: Path) -> str:
+    """``fedray report`` on real runs: exit 0; the HTML embeds every PNG, and each decodes."""
+    from orchestrator.report import main as report_main
+    from tests.unit.test_report import assert_self_contained
+
+    assert report_main([*map(str, run_dirs), "--out", str(out)]) == 0
+    return assert_self_contained(out / "report.html")
+
+
+def test_pretrain_console_run_log_errors_verbose_and_tensorboard(obs_dir, cache_dir):
+    run_dir = obs_dir / "pre"
     base = [
         "pretrain",
         "train.log_every=1",
@@ -138,10 +153,18 @@ def test_pretrain_console_run_log_errors_verbose_and_tensorboard(tmp_path, cache
     assert [s for s, _ in tags["val/loss"]] == [2, 4]
     log = (run_dir / "run.log").read_text()
     assert log.count("==== ") == 3 and "fedray fault injection" in log
+    assert f"fedray report {run_dir}" in out  # the run's last line says how to get its report
+
+    # 4. Its report: loss, perplexity, throughput (and lr, grad norm), over all 4 steps.
+    text = assert_report([run_dir], run_dir / "report")
+    assert "4 / 4 steps" in text
+    assert {"loss.png", "perplexity.png", "throughput.png"} <= {
+        p.name for p in (run_dir / "report").glob("*.png")
+    }
 
 
-def test_simulate_console_run_log_and_tensorboard(tmp_path, cache_dir):
-    run_dir = tmp_path / "sim"
+def test_simulate_console_run_log_and_tensorboard(obs_dir, cache_dir):
+    run_dir = obs_dir / "sim"
     rc, out = run_cli(
         [
             "simulate",
@@ -168,3 +191,13 @@ def test_simulate_console_run_log_and_tensorboard(tmp_path, cache_dir):
     assert [v for _, v in tags["eval/loss"]] == pytest.approx(
         [r["eval"]["eval-loss"] for r in rows]
     )
+    # Every numeric round column is a scalar (time/elapsed_s was never listed by name).
+    assert [s for s, _ in tags["time/elapsed_s"]] == [0, 1]
+
+    # Its report, and (after the pretraining test) both runs in one report.
+    text = assert_report([run_dir], run_dir / "report")
+    assert "1 / 1 rounds" in text and "federated classification" in text
+    pre = obs_dir / "pre"
+    if (pre / "summary.json").is_file():
+        text = assert_report([pre, run_dir], obs_dir / "both")
+        assert ">pre<" in text and ">sim<" in text and "4 / 4 steps" in text

@@ -82,6 +82,34 @@ SIMULATE_NOISE = [
     "\x1b[92mINFO \x1b[0m:      ",
 ]
 
+# `fedray server` (flwr run --stream, the ServerApp) and `fedray site` (the SuperNode's log).
+SERVER_SITE_NOISE = [
+    "\x1b[92mINFO \x1b[0m:      Start `flwr-serverapp` process",
+    "\x1b[92mINFO \x1b[0m:      Starting Flower SuperNode",
+    "INFO:     Started server process [9055]",
+    "INFO:     Waiting for application startup.",
+    "\x1b[92mINFO \x1b[0m:      FastAPI lifespan: startup",
+    "INFO:     Application startup complete.",
+    "INFO:     Uvicorn running on http://127.0.0.1:9200 (Press CTRL+C to quit)",
+    "\x1b[92mINFO \x1b[0m:      Starting Flower SuperExec",
+    "\x1b[92mINFO \x1b[0m:      [RUN 1728235871467719450]",
+    "\x1b[92mINFO \x1b[0m:      Receiving: train message (ID: efd0888a14c65a8a64cf863efa4740cb24"
+    "e98c7c2086eb453323ee40917d2795)",
+    "\x1b[92mINFO \x1b[0m:      Received successfully",
+    "\x1b[92mINFO \x1b[0m:      Start `flwr-clientapp` process",
+    "\x1b[92mINFO \x1b[0m:      Sending: evaluate message (ID: c4ca4cbd0b040f2fd73199d31425fb69)",
+    "\x1b[92mINFO \x1b[0m:      Sent successfully",
+    "Generating train split: 0 examples [00:00, ? examples/s]Generating train split: 300 examples "
+    "[00:00, 9630.12 examples/s]",
+]
+
+SITE_KEPT = [
+    "\x1b[92mINFO \x1b[0m:      SuperNode ID: 10017989652064080195",
+    "\x1b[93mWARNING \x1b[0m:   Connection attempt failed, retrying in 4.3 seconds",
+    'INFO:     127.0.0.1:5123 - "POST /x HTTP/1.1" 500 Internal Server Error',
+]
+TABLE_ROW = "    1     1.0608    1.1469     0.4792     0.2160     4   0    10.66    21.32     1.8"
+
 KEPT = [
     "[fedray] run /tmp/obs/p2 | ddp x 2 workers (CPU/gloo) | 1971 train blocks x 128 tokens",
     "step      1/3 | loss 7.6722 | lr 1.00e-04 | gnorm 1.84 | 8.4k tok/s | 244 ms/step",
@@ -106,9 +134,10 @@ KEPT = [
     "deduplication, or see https://docs.ray.io/en/master/ray-observability/user-guides/"
     "configure-logging.html#log-deduplication for more options.)",
 ]
+KEPT += SITE_KEPT
 
 
-@pytest.mark.parametrize("line", PRETRAIN_NOISE + SIMULATE_NOISE)
+@pytest.mark.parametrize("line", PRETRAIN_NOISE + SIMULATE_NOISE + SERVER_SITE_NOISE)
 def test_listed_third_party_lines_are_noise(line):
     assert is_noise(line)
 
@@ -370,3 +399,60 @@ print("warnings:", [str(w.message) for w in caught])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "warnings: []"
     assert proc.stderr.strip() == ""
+
+
+# ---- fedray server / fedray site ------------------------------------------------------------
+
+
+def test_fedray_site_console_is_quiet_and_its_state_dir_has_run_log(tmp_path, capsys, monkeypatch):
+    from orchestrator.federated import commands
+
+    data = tmp_path / "a.csv"
+    data.write_text("text,label\nhi,1\n")
+
+    def fake_run_once(opts, log_path, state_dir):  # the SuperNode's log, echoed as _follow does
+        sys.stdout.write("".join(line + "\n" for line in SERVER_SITE_NOISE[1:]))
+        sys.stdout.write(SITE_KEPT[0] + "\n" + SITE_KEPT[1] + "\n")
+        return 0, ""
+
+    monkeypatch.setattr(commands, "_run_site_once", fake_run_once)
+    argv = ["--server", "127.0.0.1:9092", "--data", str(data), "--insecure"]
+    state = tmp_path / "state"
+    assert commands.site_main([*argv, "--state-dir", str(state)]) == 0
+    out = capsys.readouterr().out
+    assert f"site log: {state / RUN_LOG}" in out and SITE_KEPT[0] in out and SITE_KEPT[1] in out
+    assert not [n for n in SERVER_SITE_NOISE[1:] if plain(n).strip() in out]
+    log = (state / RUN_LOG).read_text()
+    assert "Receiving: train message" in log and "SuperNode ID" in log
+
+    assert commands.site_main([*argv, "--state-dir", str(state), "--verbose"]) == 0
+    assert "Receiving: train message" in capsys.readouterr().out
+
+
+def test_fedray_server_console_is_quiet_and_run_dir_has_run_log(tmp_path, capsys, monkeypatch):
+    from orchestrator.config.federated import FederatedJob
+    from orchestrator.config.loader import load_config, to_yaml
+    from orchestrator.federated import commands, server_session
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    job = load_config(FederatedJob, None, ["federation.num_rounds=2"], "simulate-demo")
+    (run_dir / "config.yaml").write_text(to_yaml(job))
+
+    def fake_serve(job, opts, run_dir, resume=False, out=None):  # what flwr run --stream echoes
+        print("Using SuperLink: fedray (127.0.0.1:9093)\nSuccessfully started run 17")
+        print(SERVER_SITE_NOISE[0])
+        print(TABLE_ROW)  # the round table
+        return server_session.ServerRun(run_dir, 17, "finished:completed", [])
+
+    monkeypatch.setattr(server_session, "serve", fake_serve)
+    monkeypatch.setattr(commands, "_check_before_start", lambda job, opts: None)  # data checks
+    argv = ["--resume", str(run_dir), "--insecure", "--port", "0"]
+    assert commands.server_main(argv) == 0
+    out = capsys.readouterr().out
+    assert TABLE_ROW in out and "run 17: finished:completed" in out and "fedray report" in out
+    assert "Using SuperLink" not in out and "flwr-serverapp" not in out
+    log = (run_dir / RUN_LOG).read_text()
+    assert "Using SuperLink" in log and "flwr-serverapp" in log and TABLE_ROW in log
+    assert commands.server_main([*argv, "--verbose"]) == 0
+    assert "Using SuperLink" in capsys.readouterr().out

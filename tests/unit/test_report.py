@@ -7,6 +7,8 @@ run on the in-process LocalGrid."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import math
 import re
@@ -15,9 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from orchestrator.report import build_report, default_out, main, report_hint
+from orchestrator.report.html import summary_row
 from orchestrator.report.load import ReportError, labels_for, load_run
+from orchestrator.report.plots import federated_plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -108,10 +113,18 @@ def pngs(d: Path) -> set[str]:
 
 
 def assert_self_contained(page: Path) -> str:
+    """The page embeds every PNG next to it (byte for byte) and nothing else; each decodes."""
     text = page.read_text()
     srcs = re.findall(r'src="([^"]*)"', text)
     assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "<link" not in text and "<script" not in text.lower()
+    embedded = {base64.b64decode(s.split(",", 1)[1]) for s in srcs}
+    files = {p.read_bytes() for p in page.parent.glob("*.png")}
+    assert embedded == files, "report.html must embed exactly the PNG files next to it"
+    for png in files:
+        with Image.open(io.BytesIO(png)) as im:
+            im.load()  # decodes the whole image
+            assert im.format == "PNG" and im.width > 100 and im.height > 100
     return text
 
 
@@ -174,6 +187,26 @@ def test_federated_run_plots_global_per_site_bytes_sites_epsilon(tmp_path):
     assert "Simulated attack <b>scale</b> by site-0" in text
     # Totals: 3 rounds x 3 MB up; round 0 included in down (4 x 6 MB).
     assert ">9<" in text and ">24<" in text
+
+
+def test_wire_bytes_and_nested_epsilon_are_plotted_when_present(tmp_path):
+    """``bytes-up``/``bytes-down`` (bytes as encoded on the wire) win over the array estimate;
+    ``privacy.epsilon`` counts as epsilon; a run without either has no such plot."""
+    rows = fed_rows()
+    for r in rows:
+        r["bytes-up"], r["bytes-down"] = 500_000 * r["round"], 1_000_000
+        if r["round"]:
+            r["privacy"] = {"epsilon": 0.25 * r["round"]}
+    run = load_run(write_run(tmp_path / "fed", rows, fed_config()))
+    names = {p.name for p in federated_plots(run)}
+    assert {"bytes", "epsilon"} <= names
+    row = summary_row(run)
+    assert row["MB up"] == "3" and row["MB down"] == "4" and row["epsilon"] == "0.75"
+    bare = fed_rows()
+    for r in bare:
+        del r["bytes_up"], r["bytes_down"]
+    plain_run = load_run(write_run(tmp_path / "bare", bare, fed_config()))
+    assert not {"bytes", "epsilon"} & {p.name for p in federated_plots(plain_run)}
 
 
 def test_site_counts_per_round_by_hand(tmp_path):

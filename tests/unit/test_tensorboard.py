@@ -115,6 +115,35 @@ def test_round_zero_has_no_training_columns_and_epsilon_only_when_present():
     assert nested["privacy/epsilon"] == 0.5
 
 
+def test_numeric_columns_added_later_flow_through_without_changes():
+    """Keys other modules add to the round record (exact wire bytes, per-site bytes, privacy,
+    anything numeric) become scalars by rule; text, booleans and lists do not."""
+    rec = {
+        "round": 2,
+        "train": {"train-loss": 0.5, "clip-fraction": 0.25},
+        "eval": {"accuracy": 0.6},
+        "sites": {"a": {"bytes-up": 1200, "bytes-down": 4800, "eval-examples": 30}},
+        "bytes-up": 2400,
+        "bytes-down": 9600,
+        "elapsed_s": 12.5,
+        "epsilon": 2.0,
+        "noise-multiplier": 1.1,
+        "privacy": {"delta": 1e-5, "accountant": "rdp", "orders": [2, 4]},
+        "compression": {"ratio": {"int8": 4.0}},
+        "skipped": False,
+        "dropped": ["b"],
+        "attack": {"kind": "scale", "sites": ["a"]},
+    }
+    tags = round_scalars(rec)
+    assert tags["comm/bytes-up"] == 2400 and tags["comm/bytes-down"] == 9600
+    assert tags["site/a/bytes-up"] == 1200 and tags["site/a/bytes-down"] == 4800
+    assert tags["time/elapsed_s"] == 12.5 and tags["privacy/epsilon"] == 2.0
+    assert tags["round/noise-multiplier"] == 1.1 and tags["privacy/delta"] == 1e-5
+    assert tags["compression/ratio/int8"] == 4.0 and tags["train/clip-fraction"] == 0.25
+    assert not any(t.startswith(("round/skipped", "round/dropped", "attack")) for t in tags)
+    assert "privacy/accountant" not in tags and "round/round" not in tags
+
+
 @pytest.mark.parametrize(
     ("note", "kind"),
     [

@@ -1,0 +1,293 @@
+"""``fedray submit``: run a pretraining job on a remote Ray cluster from a laptop.
+
+    fedray submit pretrain-gpt2-124m scaling.num_workers=16 scaling.use_gpu=true \\
+        run.root=/shared/runs data.paths=[/shared/corpus] --address http://HEAD:8265
+    fedray submit my.yaml --dry-run            # validate + print what would be uploaded, exit
+    fedray submit my.yaml --no-wait            # print the job id and return
+    fedray jobs list | logs ID [--follow] | stop ID
+
+The job is validated here exactly as ``fedray pretrain`` validates it (same schema, same exit 2),
+then submitted through Ray's Job Submission API (:class:`ray.job_submission.JobSubmissionClient`):
+
+- ``working_dir``: a fresh directory holding only the resolved ``config.yaml`` (the entrypoint
+  runs ``python -m orchestrator.cli pretrain config.yaml cluster.address=auto`` in it).
+- The project is pinned by shipping this checkout's ``orchestrator``, ``clients`` and
+  ``strategies`` packages as ``py_modules`` (a few MB; ``__pycache__`` etc. excluded): the
+  cluster runs exactly the code that was validated here. Its dependencies (torch, ray, ...) come
+  from the cluster's image (``cluster-configs/``'s Dockerfiles install the pinned stack);
+  ``--pip SPEC`` adds pip packages to the job's runtime env, ``--no-ship-code`` runs the fedray
+  the image has instead.
+- Paths in the config are paths *on the cluster*: run and data paths must be absolute (or
+  ``~/...``), since the working_dir is a temporary directory that disappears after the job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.cli_args import print_dry_run, split_config_args
+from orchestrator.config.loader import ConfigError, load_dictconfig, to_job, to_yaml
+from orchestrator.config.schema import PretrainJob
+
+# Never uploaded: caches, VCS and build debris, local run outputs.
+EXCLUDES = ["__pycache__", "*.pyc", "*.pyo", ".git", "*.egg-info", ".pytest_cache", "runs"]
+SHIPPED_PACKAGES = ("orchestrator", "clients", "strategies")
+DEFAULT_MAX_UPLOAD_MB = 100  # Ray's own hard limit is 512 MiB (one gRPC message)
+CONFIG_NAME = "config.yaml"
+
+
+@dataclass
+class Upload:
+    """What goes to the cluster: files (relative name, bytes) of each uploaded directory."""
+
+    dirs: dict[str, Path]
+    files: list[tuple[str, int]] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(n for _, n in self.files)
+
+
+def excluded(rel: Path, patterns: Sequence[str] = EXCLUDES) -> bool:
+    """Whether a path (relative to an uploaded directory) matches an exclude pattern in any part."""
+    return any(fnmatch.fnmatch(part, pat) for part in rel.parts for pat in patterns)
+
+
+def scan_upload(dirs: dict[str, Path], patterns: Sequence[str] = EXCLUDES) -> Upload:
+    """The files Ray would upload from ``dirs`` after ``patterns`` (same rules as runtime_env
+    ``excludes``: a pattern matching a directory drops everything below it)."""
+    up = Upload(dirs)
+    for label, root in dirs.items():
+        for dirpath, dirnames, filenames in os.walk(root):
+            here = Path(dirpath)
+            dirnames[:] = [
+                d for d in dirnames if not excluded((here / d).relative_to(root), patterns)
+            ]
+            for f in filenames:
+                rel = (here / f).relative_to(root)
+                if not excluded(rel, patterns):
+                    up.files.append((f"{label}/{rel}", (here / f).stat().st_size))
+    return up
+
+
+def check_upload_size(up: Upload, max_mb: float) -> None:
+    """A ConfigError (exit 2) before anything is uploaded when the upload is too large."""
+    if up.total_bytes <= max_mb * 2**20:
+        return
+    biggest = sorted(up.files, key=lambda f: -f[1])[:5]
+    listing = ", ".join(f"{name} ({n / 2**20:.1f} MiB)" for name, n in biggest)
+    raise ConfigError(
+        f"the upload to the cluster would be {up.total_bytes / 2**20:.1f} MiB, over the "
+        f"{max_mb:g} MiB limit (--max-upload-mb). Largest files: {listing}. Put data on storage "
+        "the cluster sees (data.paths=[/shared/...]) instead of inside the code directories.",
+        "--max-upload-mb",
+    )
+
+
+# Config keys holding paths that the job opens on the cluster.
+PATH_KEYS = (
+    "run.root",
+    "run.dir",
+    "data.paths",
+    "data.cache_dir",
+    "data.tokenizer.path",
+    "model.path",
+)
+
+
+def _get(job: PretrainJob, key: str) -> Any:
+    value: Any = job
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def check_cluster_paths(job: PretrainJob) -> None:
+    """Relative paths would resolve inside the job's temporary working_dir on the cluster: the
+    run would vanish with it and data would not be found. Ask for absolute paths up front."""
+    for key in PATH_KEYS:
+        value = _get(job, key)
+        if key == "run.root" and job.run.dir:
+            continue
+        for p in value if isinstance(value, list) else [value]:
+            if p is None or p.startswith(("/", "~")):
+                continue
+            raise ConfigError(
+                f"{key}={p!r} is relative; a submitted job runs in a temporary directory on the "
+                f"cluster, so relative paths point there. Give a path on the cluster's shared "
+                f"storage, e.g. {key}=/shared/{p.lstrip('./') or 'runs'}.",
+                key,
+            )
+
+
+def prepare_job(job: PretrainJob) -> PretrainJob:
+    """The job as the cluster runs it: it joins the cluster it runs on (``cluster.address=auto``)
+    and gets a run name now, so that the run directory can be printed here."""
+    if job.cluster.address not in (None, "auto"):
+        raise ConfigError(
+            f"cluster.address={job.cluster.address!r}: a submitted job runs on the cluster it is "
+            "submitted to. Leave cluster.address unset and pass the dashboard as --address.",
+            "cluster.address",
+        )
+    check_cluster_paths(job)
+    job.cluster.address = "auto"
+    if not job.run.dir and not job.run.name:
+        job.run.name = f"pretrain-{time.strftime('%Y%m%d-%H%M%S')}"
+    return job
+
+
+def run_dir_on_cluster(job: PretrainJob) -> str:
+    return job.run.dir or f"{job.run.root.rstrip('/')}/{job.run.name}"
+
+
+def package_dirs() -> dict[str, Path]:
+    """This checkout's packages (what is shipped as ``py_modules``); found without importing."""
+    from importlib.util import find_spec
+
+    dirs = {}
+    for name in SHIPPED_PACKAGES:
+        spec = find_spec(name)
+        assert spec is not None and spec.submodule_search_locations, name
+        dirs[name] = Path(next(iter(spec.submodule_search_locations)))
+    return dirs
+
+
+@dataclass
+class Submission:
+    """Everything ``submit_job`` gets; ``--dry-run`` prints it."""
+
+    entrypoint: str
+    runtime_env: dict[str, Any]
+    metadata: dict[str, str]
+    upload: Upload
+
+    def plan(self, address: str) -> dict[str, Any]:
+        return {
+            "address": address,
+            "entrypoint": self.entrypoint,
+            "runtime_env": self.runtime_env,
+            "metadata": self.metadata,
+            "upload": {
+                "files": len(self.upload.files),
+                "mib": round(self.upload.total_bytes / 2**20, 2),
+            },
+        }
+
+
+def build_submission(
+    job: PretrainJob,
+    working_dir: Path,
+    *,
+    ship_code: bool = True,
+    pip: Sequence[str] = (),
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+) -> Submission:
+    """Write ``config.yaml`` into ``working_dir`` and describe the job for the Job Submission API."""
+    (working_dir / CONFIG_NAME).write_text(to_yaml(job))
+    dirs = {"working_dir": working_dir}
+    runtime_env: dict[str, Any] = {
+        "working_dir": str(working_dir),
+        "excludes": list(EXCLUDES),
+        # No env_vars here: `fedray pretrain`'s ray.init sets its own, and Ray refuses a driver
+        # runtime env that repeats a key of the job's.
+    }
+    if ship_code:
+        code = package_dirs()
+        dirs.update(code)
+        runtime_env["py_modules"] = [str(p) for p in code.values()]
+    if pip:
+        runtime_env["pip"] = list(pip)
+    upload = scan_upload(dirs)
+    check_upload_size(upload, max_upload_mb)
+    return Submission(
+        # `python -m` rather than the `fedray` script: the shipped py_modules come first on
+        # sys.path, the script would be whatever the image installed.
+        entrypoint=f"python -m orchestrator.cli pretrain {CONFIG_NAME}",
+        runtime_env=runtime_env,
+        metadata={"fedray_run_dir": run_dir_on_cluster(job), "fedray_command": "pretrain"},
+        upload=upload,
+    )
+
+
+def main(argv: Sequence[str]) -> int:
+    from orchestrator.jobs import connect, dashboard_address, follow_logs, status_exit_code
+
+    p = argparse.ArgumentParser(
+        prog="fedray submit",
+        description="submit a pretraining job to a Ray cluster (Job Submission API)",
+    )
+    p.add_argument("args", nargs="*", metavar="[CONFIG] key=value")
+    p.add_argument("--address", help="the head's dashboard URL, e.g. http://HEAD:8265")
+    p.add_argument("--dry-run", action="store_true", help="validate, print the submission, exit")
+    p.add_argument("--print-config", action="store_true", help="print the merged config and exit")
+    p.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    p.add_argument(
+        "--pip", action="append", default=[], metavar="SPEC", help="pip package for the job's env"
+    )
+    p.add_argument(
+        "--no-ship-code",
+        dest="ship_code",
+        action="store_false",
+        help="run the fedray installed on the cluster instead of uploading this checkout's code",
+    )
+    p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB)
+    ns = p.parse_args(argv)
+    source, overrides = split_config_args(ns.args)
+    merged = load_dictconfig(PretrainJob, source, overrides, default_preset="pretrain-tiny")
+    job = to_job(PretrainJob, merged)  # the same validation as `fedray pretrain` (exit 2)
+    if ns.print_config:
+        print(to_yaml(job), end="")
+        return 0
+    job = prepare_job(job)
+    address = dashboard_address(ns.address)
+    with tempfile.TemporaryDirectory(prefix="fedray-submit-") as tmp:
+        sub = build_submission(
+            job, Path(tmp), ship_code=ns.ship_code, pip=ns.pip, max_upload_mb=ns.max_upload_mb
+        )
+        if ns.dry_run:
+            print_dry_run(job, {"submission": sub.plan(address)})
+            return 0
+        client = connect(address)
+        job_id = client.submit_job(
+            entrypoint=sub.entrypoint, runtime_env=sub.runtime_env, metadata=sub.metadata
+        )
+    print(f"[fedray] submitted {job_id} to {address}", flush=True)
+    print(f"[fedray] run dir on the cluster: {sub.metadata['fedray_run_dir']}", flush=True)
+    print(
+        f"[fedray] fedray jobs logs {job_id} --follow | fedray jobs stop {job_id}"
+        f" (--address {address})",
+        flush=True,
+    )
+    if ns.no_wait:
+        return 0
+    try:
+        status = follow_logs(client, job_id)
+    except KeyboardInterrupt:
+        print(
+            f"\n[fedray] detached; {job_id} keeps running (fedray jobs stop {job_id})",
+            file=sys.stderr,
+        )
+        return 130
+    print(f"[fedray] {job_id}: {status}", flush=True)
+    return status_exit_code(status)
+
+
+__all__ = [
+    "Submission",
+    "Upload",
+    "build_submission",
+    "check_cluster_paths",
+    "check_upload_size",
+    "main",
+    "prepare_job",
+    "scan_upload",
+]
