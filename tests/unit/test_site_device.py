@@ -15,7 +15,7 @@ from orchestrator.contract.model import ModelSpec, build, trainable_names
 from orchestrator.contract.task import SiteTask
 
 GPT2 = {"model_type": "gpt2", "n_layer": 1, "n_head": 2, "n_embd": 32, "vocab_size": 64,
-        "n_positions": 16, "pad_token_id": 0}  # fmt: skip
+        "n_positions": 16, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 1}  # fmt: skip
 
 
 def task(finetune: str = "full") -> SiteTask:
