@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -93,6 +95,8 @@ def main() -> None:
         job.model, len(data.tokenizer), job.data.block_size, data.tokenizer.eos_token_id
     )
     (work / "model.json").write_text(json.dumps(cfg.to_dict()))
+    train_npy = work / "train.npy"  # the same training blocks, as one array for the baseline
+    np.save(train_npy, data.packed.train[np.arange(len(data.packed.train))])
     tokens_per_step = a.micro * workers * a.block
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 
@@ -103,7 +107,7 @@ def main() -> None:
         t = time.time()
         subprocess.run(
             [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={workers}",
-             str(HERE / "torchrun_baseline.py"), "--data", str(data.packed.path), "--config",
+             str(HERE / "torchrun_baseline.py"), "--data", str(train_npy), "--config",
              str(work / "model.json"), "--steps", str(a.steps), "--micro", str(a.micro), "--out", str(out)],
             check=True, env=env,
         )  # fmt: skip

@@ -55,6 +55,13 @@ CONFIGS: dict[str, list[str]] = {
         "deepspeed.offload_optimizer=true",
         "deepspeed.offload_params=true",
     ],
+    # train.activation_checkpointing: activations recomputed in backward (lower peak, slower)
+    "DDP + act. ckpt": ["backend=ddp", "train.activation_checkpointing=true"],
+    "ZeRO-3 + act. ckpt": [
+        "backend=deepspeed",
+        "deepspeed.zero_stage=3",
+        "train.activation_checkpointing=true",
+    ],
 }
 
 
@@ -71,7 +78,7 @@ def expected_bytes(name: str, psi: int, n: int, gpu: bool) -> tuple[float, float
     Offloaded states leave the GPU; on CPU nothing moves, so no expectation is printed."""
     if "offload" in name:
         return None
-    if name == "DDP":
+    if name.startswith("DDP"):
         return 16.0 * psi, 20.0 * psi
     stage = int(name.split("-")[1][0])
     p, k = (2 if gpu else 4), 12
@@ -150,8 +157,8 @@ def worker(cfg: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
-    from orchestrator.models import build_model, count_params
-    from orchestrator.pretrain.loop import autocast_context, make_backend
+    from orchestrator.models import count_params
+    from orchestrator.pretrain.loop import autocast_context, make_backend, worker_model
 
     job = cfg["job"]
     ctx = ray.train.get_context()
@@ -163,7 +170,7 @@ def worker(cfg: dict[str, Any]) -> None:
     probe = MemoryProbe(device)
     base, base_rss = probe.alloc(), probe.rss()
     torch.manual_seed(0)
-    model = build_model(cfg["hf_config"])
+    model = worker_model(job, cfg["hf_config"])  # the workers' model (activation checkpointing)
     n_params = count_params(model)
     backend = make_backend(job, model, rank, world)
     after_init = probe.alloc() - base
@@ -262,6 +269,71 @@ def run_config(
     return [json.loads(p.read_text()) for p in sorted(out.glob("rank*.json"))]
 
 
+def activation_checkpointing_in_process(a: argparse.Namespace) -> str:
+    """``--act-ckpt-only``: one process, no Ray: the peak allocated during forward + backward of
+    the workers' model (``loop.worker_model``) without and with ``train.activation_checkpointing``
+    (a quick measurement of what it saves; the Ray configs "... + act. ckpt" measure it per
+    backend)."""
+    import numpy as np
+    import torch
+
+    from orchestrator.config import PretrainJob, load_config
+    from orchestrator.models import hf_config
+    from orchestrator.pretrain.loop import worker_model
+
+    torch.set_num_threads(a.cpus_per_worker)
+    device = torch.device("cuda" if a.gpu else "cpu")
+    rows = []
+    for ac in (False, True):
+        job = load_config(
+            PretrainJob,
+            None,
+            [
+                f"model.n_layer={a.n_layer}",
+                f"model.d_model={a.d_model}",
+                f"model.n_head={max(1, a.d_model // 64)}",
+                f"data.block_size={a.block}",
+                f"train.activation_checkpointing={str(ac).lower()}",
+            ],
+            default_preset="pretrain-tiny",
+        )
+        probe = MemoryProbe(device)
+        torch.manual_seed(0)
+        model = worker_model(job, hf_config(job.model, a.vocab, a.block, 0).to_dict()).to(device)
+        model.train()
+        x = torch.from_numpy(
+            np.random.default_rng(0).integers(0, a.vocab, size=(a.micro, a.block))
+        ).to(device)
+        times = []
+        for step in range(a.warmup + a.steps):
+            if step == a.warmup:
+                probe.reset()
+            model.zero_grad(set_to_none=True)
+            t = time.perf_counter()
+            model(input_ids=x, labels=x).loss.backward()
+            times.append(time.perf_counter() - t)
+        # the gradients (one model size) are held after backward either way: report them apart
+        grads = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters())
+        held = probe.alloc()
+        rows.append((ac, probe.max_alloc() - held, grads, statistics.mean(times[a.warmup :])))
+        probe.close()
+        del model
+    off, on = rows
+    return (
+        f"\n### {time.strftime('%Y-%m-%d %H:%M')} | activation checkpointing, one process | "
+        f"{'GPU ' + torch.cuda.get_device_name(0) if a.gpu else f'CPU, {a.cpus_per_worker} thread(s)'}"
+        f" | gpt2 {a.n_layer}L d{a.d_model} vocab {a.vocab} | block {a.block} micro {a.micro}\n\n"
+        "| train.activation_checkpointing | peak above held during fwd+bwd MB | gradients MB | "
+        "fwd+bwd s |\n|---|---|---|---|\n"
+        + "".join(
+            f"| {str(ac).lower()} | {peak / MB:,.0f} | {g / MB:,.0f} | {t:.2f} |\n"
+            for ac, peak, g, t in rows
+        )
+        + f"\nsaved: {(off[1] - on[1]) / MB:,.0f} MB ({1 - on[1] / off[1]:.0%} of the peak above "
+        f"held), time x{on[3] / off[3]:.2f}\n"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -288,7 +360,19 @@ def main() -> None:
         "--configs", default=",".join(CONFIGS), help=f"comma-separated subset of: {list(CONFIGS)}"
     )
     ap.add_argument("--out", default=str(HERE / "results" / "deepspeed.md"))
+    ap.add_argument(
+        "--act-ckpt-only",
+        action="store_true",
+        help="one process, no Ray: peak memory of forward+backward without/with activation "
+        "checkpointing",
+    )
     a = ap.parse_args()
+    if a.act_ckpt_only:
+        text = activation_checkpointing_in_process(a)
+        print(text)
+        with open(a.out, "a") as f:
+            f.write(text)
+        return
 
     import torch
 

@@ -1,6 +1,6 @@
 """Baseline for bench_pretrain.py: a plain torchrun DDP loop, no Ray, no fedray code in the loop.
 
-    torchrun --standalone --nproc_per_node=2 bench/torchrun_baseline.py --data X.npz --config cfg.json ...
+    torchrun --standalone --nproc_per_node=2 bench/torchrun_baseline.py --data train.npy --config cfg.json ...
 
 Same model (built from the same HF config), same packed data, same batch, AdamW; rank 0 writes
 one JSON line per step with an absolute wall-clock timestamp.
@@ -36,7 +36,7 @@ def main() -> None:
     device = torch.device(f"cuda:{int(os.environ['LOCAL_RANK'])}" if gpu else "cpu")
     if not gpu:
         torch.set_num_threads(1)
-    train = np.load(a.data)["train"]
+    train = np.load(a.data)  # [n, block] training blocks (.npy), as fedray packs them
     torch.manual_seed(0)
     with open(a.config) as f:
         cfg = AutoConfig.for_model(**json.load(f))

@@ -83,8 +83,3 @@ def build_model(
 
 def count_params(model: torch.nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-
-
-def flops_per_token(n_params: int, n_layer: int, d_model: int, seq_len: int) -> float:
-    """Training FLOPs per token (PaLM appendix B): 6N + 12 * L * d * T (attention)."""
-    return 6.0 * n_params + 12.0 * n_layer * d_model * seq_len

@@ -128,9 +128,15 @@ class DataConfig:
     cache_dir: str = "~/.cache/fedray"
     """Where tokenized, packed datasets and trained tokenizers are cached (keyed by content)."""
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    num_proc: int | None = None
+    """Processes that tokenize the corpus into the cache (pretraining); ``None`` = one per CPU
+    (up to 8) for corpora over 16 MB, else 1 (in-process). The cache is the same either way."""
 
     def __post_init__(self) -> None:
         require(self.block_size >= 8, self, "block_size", "an integer >= 8")
+        require(
+            self.num_proc is None or self.num_proc >= 1, self, "num_proc", "null or an integer >= 1"
+        )
         require(0.0 < self.val_fraction < 0.5, self, "val_fraction", "a float in (0, 0.5)")
 
 
@@ -172,6 +178,10 @@ class TrainConfig:
     """Validation loss/perplexity every N steps and at the end; 0 = only at the end."""
     eval_batches: int = 8
     """Micro-batches per validation pass on each worker."""
+    activation_checkpointing: bool = False
+    """Recompute each transformer layer's activations in the backward pass instead of keeping
+    them (the Hugging Face model's gradient checkpointing; DDP and DeepSpeed): less memory,
+    about one more forward pass of compute per step. Same losses."""
 
     def __post_init__(self) -> None:
         require(self.max_steps >= 1, self, "max_steps", "an integer >= 1")

@@ -1,4 +1,5 @@
-"""Data: local sources, tokenizers, packing into blocks (cached), deterministic sharding."""
+"""Data: local sources, tokenizers, sharded token cache (memory-mapped blocks), deterministic
+sharding."""
 
 from __future__ import annotations
 
@@ -37,9 +38,11 @@ def prepare_text_data(cfg: DataConfig) -> PreparedData:
             cfg.cache_dir,
         )
     key = f"{corpus_fp}-{tokenizer_fingerprint(tok)}"
-    # Progress shows only while a cache miss reads the corpus (track starts at the first text).
-    texts = track(iter_texts(files, cfg.text_field), "tokenizing and packing")
-    packed = packed_dataset(texts, tok, cfg.block_size, cfg.val_fraction, key, cfg.cache_dir)
+    # Progress shows only while a cache miss tokenizes the corpus (one count per ~4 MB shard).
+    packed = packed_dataset(
+        files, cfg.text_field, tok, cfg.block_size, cfg.val_fraction, key, cfg.cache_dir,
+        cfg.num_proc, progress=lambda shards: track(shards, "tokenizing", unit="shards"),
+    )  # fmt: skip
     return PreparedData(tokenizer=tok, packed=packed, files=files)
 
 

@@ -49,3 +49,22 @@ def micro_batches_for_rank(
 def eval_indices_for_rank(n_val: int, rank: int, world_size: int, limit: int) -> np.ndarray:
     """This rank's validation sequences: a strided, disjoint slice, at most ``limit`` long."""
     return np.arange(rank, n_val, world_size, dtype=np.int64)[:limit]
+
+
+def eval_batches_for_rank(
+    n_val: int, rank: int, world_size: int, micro_batch: int, max_batches: int
+) -> list[tuple[np.ndarray, int]]:
+    """This rank's validation micro-batches as ``(rows, n_real)``: ``rows[:n_real]`` are its own
+    sequences (:func:`eval_indices_for_rank`), the rest padding whose loss must not count.
+
+    Every rank gets the same number of micro-batches (the most any rank needs), because a
+    ZeRO-3 forward gathers parameters collectively: a rank that stopped early would leave the
+    others waiting forever. A rank with nothing left runs one padding row (block 0)."""
+    limit = max_batches * micro_batch
+    own = eval_indices_for_rank(n_val, rank, world_size, limit)
+    most = len(eval_indices_for_rank(n_val, 0, world_size, limit))  # rank 0 has the most
+    out = []
+    for b in range(-(-most // micro_batch)):
+        real = own[b * micro_batch : (b + 1) * micro_batch]
+        out.append((real, len(real)) if len(real) else (np.zeros(1, dtype=np.int64), 0))
+    return out

@@ -63,9 +63,12 @@ def fingerprint(files: Sequence[Path]) -> str:
     h = hashlib.sha256()
     for f in files:
         h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        try:
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+        except OSError as e:
+            raise unreadable(f, e) from e
     return h.hexdigest()[:16]
 
 
@@ -100,17 +103,110 @@ def require_text_column(ds, path: Path, text_field: str) -> None:
         )
 
 
+def read_text_file(path: Path) -> str:
+    """A whole text file (undecodable bytes replaced); an unreadable one is a ConfigError."""
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise unreadable(path, e) from e
+
+
+def unreadable(path: Path, e: OSError) -> ConfigError:
+    return ConfigError(
+        f"data file {str(path)!r} cannot be read: {e.strerror or e}. Check its permissions "
+        "(it must be readable by the user running fedray), or remove it from data.paths.",
+        "data.paths",
+    )
+
+
+def iter_column(ds, text_field: str, batch_size: int = 1024) -> Iterator[str]:
+    """The non-empty values of ``text_field``, streamed in batches (never the whole column)."""
+    for batch in ds.select_columns([text_field]).iter(batch_size=batch_size):
+        for value in batch[text_field]:
+            if value:
+                yield str(value)
+
+
 def iter_texts(files: Sequence[Path], text_field: str = "text") -> Iterator[str]:
     """Yield documents: a whole ``.txt`` file is one document; tables yield one per row."""
     for f in files:
         if f.suffix in TEXT_SUFFIXES:
-            yield f.read_text(encoding="utf-8", errors="replace")
+            yield read_text_file(f)
             continue
         ds = load_table(f)
         require_text_column(ds, f, text_field)
-        for value in ds[text_field]:
-            if value:
-                yield str(value)
+        yield from iter_column(ds, text_field)
+
+
+PIECE_CHARS = 100_000
+"""Documents are tokenized in pieces of about this many characters, cut after a line break."""
+
+
+def split_pieces(text: str, size: int = PIECE_CHARS) -> list[str]:
+    """Cut a long document after the first line break at or beyond every ``size`` characters,
+    so the tokenizer works on bounded pieces (a document without line breaks stays whole)."""
+    if len(text) <= size:
+        return [text]
+    out, start = [], 0
+    while start < len(text):
+        end = text.find("\n", start + size)
+        end = len(text) if end == -1 else end + 1
+        out.append(text[start:end])
+        start = end
+    return out
+
+
+def _stream_text_file(path: Path, size: int, read_chars: int) -> Iterator[str]:
+    """``split_pieces(read_text_file(path))`` without holding the file in memory."""
+    try:
+        fh = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115 (closed below)
+    except OSError as e:
+        raise unreadable(path, e) from e
+    with fh:
+        buf, eof, scanned = "", False, size
+        while True:
+            cut = buf.find("\n", scanned)
+            if cut != -1:
+                yield buf[: cut + 1]
+                buf, scanned = buf[cut + 1 :], size
+                continue
+            if eof:
+                break
+            scanned = max(size, len(buf))  # no line break up to here: do not scan it again
+            try:
+                more = fh.read(read_chars)
+            except OSError as e:
+                raise unreadable(path, e) from e
+            eof = not more
+            buf += more
+        if buf:
+            yield buf
+
+
+def iter_pieces(
+    files: Sequence[Path],
+    text_field: str = "text",
+    size: int = PIECE_CHARS,
+    read_chars: int = 1 << 20,
+) -> Iterator[tuple[str, bool]]:
+    """``(piece, ends_document)`` for every document of :func:`iter_texts`, split as
+    :func:`split_pieces` does; a ``.txt`` file is read incrementally, a table column in batches,
+    so memory stays bounded whatever the corpus size. An empty document is one empty piece."""
+    for f in files:
+        if f.suffix in TEXT_SUFFIXES:
+            prev: str | None = None
+            for piece in _stream_text_file(f, size, read_chars):
+                if prev is not None:
+                    yield prev, False
+                prev = piece
+            yield (prev if prev is not None else ""), True
+            continue
+        ds = load_table(f)
+        require_text_column(ds, f, text_field)
+        for text in iter_column(ds, text_field):
+            pieces = split_pieces(text, size)
+            for i, piece in enumerate(pieces):
+                yield piece, i == len(pieces) - 1
 
 
 def load_labelled(

@@ -9,6 +9,10 @@ Backends whose ranks each write part of the state (DeepSpeed ZeRO shards) write 
 ``manifest.rank{r}.json`` per rank instead, each listing the files that rank wrote; Ray merges the
 ranks' directories. Such a checkpoint counts only when the manifests of all ranks
 ``0..world_size-1`` are present, agree on step and world size, and every listed file checks out.
+
+Loading is safe separately (:func:`check_safe`, :mod:`orchestrator.pretrain.safe_load`): every
+pickle file of a checkpoint must load with ``torch.load(weights_only=True)``, or the run stops
+with an error naming the file (never a silent fallback to an older checkpoint).
 """
 
 from __future__ import annotations
@@ -193,3 +197,12 @@ def latest_complete(run_dir: Path, prefer: Path | None = None) -> CheckpointInfo
         if best is None or info.step > best.step:
             best = info
     return best
+
+
+def check_safe(info: CheckpointInfo) -> None:
+    """Raise :class:`~orchestrator.pretrain.safe_load.UnsafeCheckpointError` unless every pickle
+    file of this verified checkpoint loads with ``weights_only=True`` (tensor data not read)."""
+    from orchestrator.pretrain.safe_load import check_files, deepspeed_globals
+
+    allowed = deepspeed_globals() if info.backend == "deepspeed" else ()
+    check_files(info.path, sorted(info.manifest["files"]), allowed)

@@ -12,11 +12,12 @@ import torch
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from orchestrator.models import build_model
-from orchestrator.pretrain.checkpoint import CheckpointInfo
+from orchestrator.pretrain.checkpoint import CheckpointInfo, check_safe
 
 
 def checkpoint_model_state(info: CheckpointInfo) -> dict[str, torch.Tensor]:
     """Full (unsharded) model weights of a verified checkpoint of either backend."""
+    check_safe(info)  # DeepSpeed's ZeRO consolidation unpickles with weights_only=False
     if info.backend == "deepspeed":
         from orchestrator.pretrain.backends.deepspeed import load_model_state as ds_state
 

@@ -24,24 +24,17 @@ import torch.distributed as dist
 from orchestrator.config.schema import PretrainJob
 from orchestrator.contract.metrics import perplexity
 from orchestrator.contract.model import name_default_loss
+from orchestrator.data.packing import TokenBlocks
 from orchestrator.data.sharding import (
-    eval_indices_for_rank,
+    eval_batches_for_rank,
     global_batch_indices,
     micro_batches_for_rank,
 )
-from orchestrator.models import build_model, count_params, flops_per_token
+from orchestrator.models import build_model
 from orchestrator.pretrain.backends.base import Backend
 from orchestrator.pretrain.checkpoint import checkpoint_dir_name, latest_complete
+from orchestrator.pretrain.mfu import flops_per_token, matmul_params, mfu, peak_flops
 
-# Dense bf16 peak FLOP/s per GPU, for MFU. Unknown GPUs report no MFU rather than a wrong one.
-PEAK_FLOPS = {
-    "H200": 989e12,
-    "H100": 989e12,
-    "A100": 312e12,
-    "L40S": 362e12,
-    "A10G": 125e12,
-    "L4": 121e12,
-}
 FAULT_MARKER = ".fault-injected"
 
 
@@ -52,29 +45,43 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+    """Every RNG's state as tensors, ints and floats only (loads with ``weights_only=True``)."""
+    version, words, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": torch.tensor(words, dtype=torch.int64),
+                   "gauss": gauss},
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "torch": torch.get_rng_state(),
-    }
+    }  # fmt: skip
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py, npy = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(int(w) for w in py["state"].tolist()), py["gauss"]))
+    keys = npy["keys"].numpy().astype(np.uint32)
+    np.random.set_state((npy["kind"], keys, npy["pos"], npy["has_gauss"], npy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def peak_flops(device: torch.device) -> float | None:
+def device_peak(job: PretrainJob, device: torch.device) -> tuple[float | None, str]:
+    """This worker's dense peak FLOP/s for the precision its matmuls run in, and a note for
+    the log when there is none (CPU, or a GPU missing from ``mfu.PEAKS``)."""
     if device.type != "cuda":
-        return None
+        return None, ""
+    from orchestrator.pretrain.backends.deepspeed import precision
+
     name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+    prec = precision(job)
+    peak = peak_flops(name, prec, tf32=torch.backends.cuda.matmul.allow_tf32)
+    note = "" if peak else f"MFU not reported: no {prec} peak FLOP/s known for {name!r}"
+    return peak, note
 
 
 def all_reduce_mean(values: list[float], device: torch.device) -> list[float]:
@@ -84,6 +91,19 @@ def all_reduce_mean(values: list[float], device: torch.device) -> list[float]:
         dist.all_reduce(t)
         t /= dist.get_world_size()
     return t.tolist()
+
+
+def worker_model(job: PretrainJob, hf_config: dict[str, Any]) -> torch.nn.Module:
+    """The model every worker builds (same init on every rank after ``seed_everything``)."""
+    model = name_default_loss(build_model(hf_config, path=job.model.path))
+    if job.train.activation_checkpointing:
+        # Non-reentrant checkpointing: works with DDP's and DeepSpeed's gradient hooks and with
+        # inputs that need no grad; the KV cache is meaningless while training.
+        model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False}
+        )
+        model.config.use_cache = False
+    return model
 
 
 def make_backend(job: PretrainJob, model: torch.nn.Module, rank: int, world: int) -> Backend:
@@ -112,25 +132,28 @@ def autocast_context(
 @torch.no_grad()
 def evaluate(
     module: torch.nn.Module,
-    val: np.ndarray,
+    val: TokenBlocks,
     job: PretrainJob,
     rank: int,
     world: int,
     device: torch.device,
 ) -> tuple[float, float]:
-    """Mean validation loss over all ranks' slices, and its perplexity."""
+    """Mean validation loss over all ranks' slices, and its perplexity. Every rank runs the same
+    number of micro-batches (padding rows are masked out of the loss): ZeRO-3 needs it."""
     module.eval()
-    idx = eval_indices_for_rank(
-        len(val), rank, world, job.train.eval_batches * job.train.micro_batch_size
+    batches = eval_batches_for_rank(
+        len(val), rank, world, job.train.micro_batch_size, job.train.eval_batches
     )
     total, count = 0.0, 0
     with autocast_context(job, device):
-        for start in range(0, len(idx), job.train.micro_batch_size):
-            x = torch.from_numpy(
-                val[idx[start : start + job.train.micro_batch_size]].astype(np.int64)
-            ).to(device)
-            total += float(module(input_ids=x, labels=x).loss) * len(x)
-            count += len(x)
+        for rows, n_real in batches:
+            x = torch.from_numpy(val[rows].astype(np.int64)).to(device)
+            labels = x.clone()
+            labels[n_real:] = -100  # Hugging Face's ignore index: padding adds no loss
+            loss = module(input_ids=x, labels=labels).loss
+            if n_real:  # all sequences have the same length: the token mean weights rows equally
+                total += float(loss) * n_real
+                count += n_real
     module.train()
     s, c = all_reduce_mean([total, float(count)], device)
     loss = s / max(c, 1e-9)
@@ -199,13 +222,13 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, job.scaling.cpus_per_worker))
 
-    train_blocks: np.ndarray = ray.get(cfg["train_ref"])
-    val_blocks: np.ndarray = ray.get(cfg["val_ref"])
+    train_blocks: TokenBlocks = cfg["train_blocks"]  # memory-mapped: reads only what it uses
+    val_blocks: TokenBlocks = cfg["val_blocks"]
     sink = cfg["sink"]
 
     seed_everything(job.train.seed)  # identical init on every rank
-    model = name_default_loss(build_model(cfg["hf_config"], path=job.model.path))
-    n_params = count_params(model)
+    model = worker_model(job, cfg["hf_config"])
+    n_matmul = matmul_params(model)  # before ZeRO-3 partitions the parameters
     backend = make_backend(job, model, rank, world)
 
     start_step = 0
@@ -228,9 +251,11 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     accum = job.grad_accum_steps
     tokens_per_step = t.global_batch_size * train_blocks.shape[1]
     fpt = flops_per_token(
-        n_params, model.config.num_hidden_layers, model.config.hidden_size, train_blocks.shape[1]
+        n_matmul, model.config.num_hidden_layers, model.config.hidden_size, train_blocks.shape[1]
     )
-    peak = peak_flops(device)
+    peak, note = device_peak(job, device)
+    if note and rank == 0:
+        sink.event.remote(note)
     amp = autocast_context(job, device)
 
     for step in range(start_step, t.max_steps):
@@ -262,7 +287,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             "tokens_per_s": tokens_per_step / step_time,
         }
         if peak:
-            rec["mfu"] = rec["tokens_per_s"] * fpt / (peak * world)
+            rec["mfu"] = mfu(rec["tokens_per_s"], fpt, peak, world)
         if done == t.max_steps or (t.eval_every and done % t.eval_every == 0):
             rec["val_loss"], rec["val_ppl"] = evaluate(
                 backend.eval_module(), val_blocks, job, rank, world, device

@@ -21,8 +21,9 @@ from orchestrator.cluster import check_capacity, check_reachable, ray_cluster
 from orchestrator.config.loader import to_yaml
 from orchestrator.config.schema import PretrainJob
 from orchestrator.data import PreparedData, prepare_text_data
+from orchestrator.data.shared import check_shared_storage
 from orchestrator.models import hf_config
-from orchestrator.pretrain.checkpoint import CheckpointInfo, latest_complete
+from orchestrator.pretrain.checkpoint import CheckpointInfo, check_safe, latest_complete
 from orchestrator.pretrain.export import checkpoint_model_state, export_hf
 from orchestrator.pretrain.metrics import ProgressPrinter, create_sink
 from orchestrator.report import report_hint
@@ -81,7 +82,8 @@ def launch_plan(job: PretrainJob, data: PreparedData | None = None) -> dict[str,
             "train_blocks": len(data.packed.train),
             "val_blocks": len(data.packed.val),
             "block_size": data.packed.block_size,
-            "tokens_per_epoch": int(data.packed.train.size),
+            "tokens_per_epoch": data.packed.train.n_tokens,
+            "token_cache": str(data.packed.path),
         }
     return plan
 
@@ -144,6 +146,8 @@ def pretrain(job: PretrainJob, console: Console | None = None) -> PretrainResult
         deepspeed_config(job)  # user JSON conflicts are a ConfigError before anything starts
     resumed_from = latest_complete(run_dir)
     check_resumable(job, resumed_from)
+    if resumed_from is not None:
+        check_safe(resumed_from)  # a file that would run code when unpickled: exit 2
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(job))
     data.tokenizer.save_pretrained(str(run_dir / "tokenizer"))
@@ -187,14 +191,16 @@ def _train_and_export(
         # GPUs where there are none, or more CPUs than the nodes have: exit 2 now, not a
         # trainer waiting forever for resources.
         check_capacity(job.scaling, job.cluster)
+        check_shared_storage(data.packed.path, "data.cache_dir")
         sink = create_sink(run_dir / "metrics.jsonl", job.logging)
         ray.get(sink.ready.remote())  # tracking set-up errors stop the run before training
         loop_cfg = {
             "job": job,
             "run_dir": str(run_dir),
             "hf_config": cfg.to_dict(),
-            "train_ref": ray.put(data.packed.train),
-            "val_ref": ray.put(data.packed.val),
+            # Paths only: each worker memory-maps the token shards and reads its own blocks.
+            "train_blocks": data.packed.train,
+            "val_blocks": data.packed.val,
             "sink": sink,
         }
         from orchestrator.pretrain.loop import train_loop_per_worker

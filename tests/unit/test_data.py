@@ -138,13 +138,35 @@ def test_prepare_caches_by_content(tmp_path: Path):
         tokenizer=TokenizerConfig(vocab_size=300),
     )
     a = prepare_text_data(cfg)
-    mtime = a.packed.path.stat().st_mtime_ns
+    mtime = (a.packed.path / "manifest.json").stat().st_mtime_ns
     b = prepare_text_data(cfg)
-    assert b.packed.path == a.packed.path and b.packed.path.stat().st_mtime_ns == mtime  # reused
-    assert np.array_equal(a.packed.train, b.packed.train)
+    assert b.packed.path == a.packed.path  # reused, not rewritten
+    assert (b.packed.path / "manifest.json").stat().st_mtime_ns == mtime
+    every = np.arange(len(a.packed.train))
+    assert np.array_equal(a.packed.train[every], b.packed.train[every])
     assert a.packed.train.shape[1] == 16 and len(a.packed.val) >= 1
     corpus.write_text(TEXT + "a new sentence entirely.\n")
     c = prepare_text_data(cfg)
     assert c.packed.path != a.packed.path  # content changed -> new cache entry
     cfg.block_size = 32
     assert prepare_text_data(cfg).packed.block_size == 32
+
+
+@pytest.mark.parametrize(("n_val", "world", "micro", "max_batches"), [(3, 2, 1, 8), (5, 2, 2, 8),
+                         (1, 2, 4, 8), (9, 4, 2, 1), (100, 3, 4, 5), (7, 2, 3, 8)])  # fmt: skip
+def test_eval_batches_same_count_on_every_rank_and_exact_rows(n_val, world, micro, max_batches):
+    """ZeRO-3 deadlocks if ranks run different numbers of forwards: every rank gets the same
+    count, and the real rows are exactly the strided slices (padding is marked, never counted)."""
+    from orchestrator.data.sharding import eval_batches_for_rank
+
+    per_rank = [eval_batches_for_rank(n_val, r, world, micro, max_batches) for r in range(world)]
+    assert len({len(b) for b in per_rank}) == 1
+    assert all(len(b) <= max_batches for b in per_rank)
+    for r, batches in enumerate(per_rank):
+        real = np.concatenate([rows[:n] for rows, n in batches])
+        limit = micro * max_batches
+        assert np.array_equal(real, eval_indices_for_rank(n_val, r, world, limit))
+        assert all(len(rows) >= 1 and len(rows) <= micro and 0 <= n <= len(rows)
+                   for rows, n in batches)  # fmt: skip
+    # the case that used to deadlock: 3 blocks, 2 ranks, micro 1 -> 2 and 1 forwards before
+    assert [len(eval_indices_for_rank(3, r, 2, 8)) for r in range(2)] == [2, 1]

@@ -116,14 +116,12 @@ def test_user_json_adds_options_and_may_restate_typed_values(tmp_path: Path):
                 "offload_param": {"device": "none"},  # restates "off"
             },
             "fp16": {"enabled": False},
-            "activation_checkpointing": {"partition_activations": True},
         },
     )
     cfg = deepspeed_config(job("deepspeed.zero_stage=3", f"deepspeed.config_file={path}"))
     assert cfg["train_batch_size"] == 16
     assert cfg["steps_per_print"] == 5
     assert cfg["zero_optimization"]["stage3_prefetch_bucket_size"] == 1000
-    assert cfg["activation_checkpointing"] == {"partition_activations": True}
 
 
 @pytest.mark.parametrize(
@@ -146,6 +144,10 @@ def test_user_json_adds_options_and_may_restate_typed_values(tmp_path: Path):
         ({"optimizer": {"type": "Adam"}}, ["optimizer=", "deepspeed.optimizer"]),
         ({"scheduler": {"type": "WarmupLR"}}, ["scheduler=", "warmup_steps"]),
         ({"gradient_clipping": 0.5}, ["gradient_clipping=0.5", "train.grad_clip"]),
+        (  # DeepSpeed's block does nothing for Hugging Face models: refused, with the switch
+            {"activation_checkpointing": {"partition_activations": True}},
+            ["would do nothing", "train.activation_checkpointing=true"],
+        ),
     ],
 )
 def test_user_json_conflicts_are_errors(tmp_path: Path, data: dict, needles: list[str]):

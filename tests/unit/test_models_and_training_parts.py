@@ -80,3 +80,27 @@ def test_export_roundtrip_with_plain_transformers(tmp_path: Path):
     bad = {k: v for k, v in model.state_dict().items() if "h.0.attn" not in k}
     with pytest.raises(RuntimeError, match="does not match the model"):
         export_hf(bad, cfg, tok, tmp_path / "export2")
+
+
+def test_activation_checkpointing_switches_on_the_models_own_and_keeps_the_maths():
+    from orchestrator.config import PretrainJob, load_config
+    from orchestrator.pretrain.loop import seed_everything, worker_model
+
+    def grads(*overrides: str) -> tuple[torch.nn.Module, float, list[torch.Tensor]]:
+        small = ["model.n_layer=2", "model.d_model=32", "model.n_head=2"]
+        job = load_config(PretrainJob, None, [*small, *overrides], default_preset="pretrain-tiny")
+        cfg = hf_config(job.model, 64, 16, 0).to_dict()
+        seed_everything(0)
+        model = worker_model(job, cfg)
+        model.train()
+        x = torch.randint(0, 64, (2, 16))
+        loss = model(input_ids=x, labels=x).loss
+        loss.backward()
+        return model, float(loss), [p.grad.clone() for p in model.parameters()]
+
+    plain, loss_a, ga = grads()
+    ckpt, loss_b, gb = grads("train.activation_checkpointing=true")
+    assert not plain.is_activation_checkpointing and ckpt.is_activation_checkpointing
+    assert loss_a == pytest.approx(loss_b, rel=1e-6)
+    for a, b in zip(ga, gb, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -161,3 +161,79 @@ def test_resume_checks_world_size_and_backend(tmp_path: Path):
     assert e.value.key == "scaling.num_workers" and "holds ZeRO shards of 2 workers" in str(e.value)
     with pytest.raises(ConfigError, match="written by backend='deepspeed'"):
         check_resumable(job("backend=ddp"), info)
+
+
+# ------------------------------------------------------------------------------------------
+# Loading never runs code from a checkpoint file
+
+
+class _RunsCode:
+    """Unpickling this calls Path.touch(marker): stands in for any code an attacker chooses."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_checkpoint_that_would_run_code_is_refused(tmp_path: Path):
+    import pickle
+
+    import torch
+
+    from orchestrator.pretrain.backends.ddp import load_model_state
+    from orchestrator.pretrain.checkpoint import check_safe
+    from orchestrator.pretrain.safe_load import UnsafeCheckpointError
+
+    marker = tmp_path / "code-ran"
+    d = tmp_path / "checkpoint_00000004"
+    d.mkdir()
+    torch.save({"model": {"w": torch.zeros(2)}, "extra": _RunsCode(marker)}, d / "state.pt")
+    write_manifest(d, 4, world_size=1, backend="ddp")
+    info = verify(d)  # structurally complete...
+    with pytest.raises(UnsafeCheckpointError, match=r"state\.pt.*could run code") as e:
+        check_safe(info)  # ...but refused before anything is launched
+    assert e.value.key == "run.dir" and "Delete that checkpoint directory" in str(e.value)
+    with pytest.raises(UnsafeCheckpointError):
+        load_model_state(d)
+    # a raw pickle (not torch's zip format) is refused too
+    (d / "state.pt").write_bytes(pickle.dumps(_RunsCode(marker)))
+    write_manifest(d, 4, world_size=1, backend="ddp")
+    with pytest.raises(UnsafeCheckpointError):
+        check_safe(verify(d))
+    assert not marker.exists()
+
+
+def test_rng_state_round_trips_through_a_weights_only_load(tmp_path: Path):
+    import random
+
+    import numpy as np
+    import torch
+
+    from orchestrator.pretrain.loop import rng_state, set_rng_state
+    from orchestrator.pretrain.safe_load import safe_load
+
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    np.random.standard_normal()  # numpy caches a gaussian: part of the state
+    torch.save({"rng": rng_state()}, tmp_path / "s.pt")
+    expect = (random.random(), np.random.standard_normal(), torch.rand(2).tolist())
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    set_rng_state(safe_load(tmp_path / "s.pt")["rng"])
+    assert (random.random(), np.random.standard_normal(), torch.rand(2).tolist()) == expect
+
+
+def test_safe_checkpoint_engine_loads_with_the_map_locations_deepspeed_passes(tmp_path: Path):
+    import torch
+
+    from orchestrator.pretrain.safe_load import SafeCheckpointEngine
+
+    class Inner:
+        name = "TorchCheckpointEngine"
+
+    torch.save({"w": torch.ones(2), "n": 3}, tmp_path / "s.pt")
+    engine = SafeCheckpointEngine(Inner())
+    assert engine.name == "TorchCheckpointEngine"  # everything else is the wrapped engine's
+    for where in (None, "cpu", torch.device("cpu"), lambda storage, loc: storage):
+        state = engine.load(str(tmp_path / "s.pt"), map_location=where)
+        assert state["n"] == 3 and torch.equal(state["w"], torch.ones(2))

@@ -11,6 +11,7 @@ import torch
 
 from orchestrator.config.schema import PretrainJob
 from orchestrator.pretrain.checkpoint import write_manifest
+from orchestrator.pretrain.safe_load import safe_load
 from orchestrator.pretrain.schedule import lr_factor
 
 STATE_FILE = "state.pt"
@@ -99,7 +100,7 @@ class DDPBackend:
         write_manifest(directory, step, self.world_size, self.name)
 
     def load(self, directory: Path) -> dict[str, Any]:
-        state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)
+        state = safe_load(directory / STATE_FILE)
         self.raw.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -112,4 +113,4 @@ class DDPBackend:
 
 def load_model_state(directory: Path) -> dict[str, torch.Tensor]:
     """The model weights of a DDP checkpoint (for export on the driver)."""
-    return torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)["model"]
+    return safe_load(directory / STATE_FILE)["model"]

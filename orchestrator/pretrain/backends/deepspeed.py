@@ -28,6 +28,7 @@ from orchestrator.config.loader import ConfigError
 from orchestrator.config.schema import PretrainJob
 from orchestrator.pretrain.backends.ddp import make_optimizer, make_scheduler, param_groups
 from orchestrator.pretrain.checkpoint import read_rank_manifest, write_rank_manifest
+from orchestrator.pretrain.safe_load import SafeCheckpointEngine, deepspeed_globals, safe_load
 
 EXTRA_FILE = "extra.rank{rank}.pt"
 """Per-rank ``extra`` (step, RNG): DeepSpeed's ``client_state`` lives only in rank 0's file at
@@ -182,6 +183,14 @@ def check_user_config(job: PretrainJob, user: dict[str, Any], source: str) -> No
             "(with scaling.use_gpu=true).",
             key,
         )
+    if "activation_checkpointing" in user:
+        raise ConfigError(
+            f"{key}={source!r} has an activation_checkpointing block, which only affects models "
+            "that call deepspeed.checkpointing themselves; Hugging Face models do not, so it "
+            "would do nothing. Remove the block and set train.activation_checkpointing=true "
+            "(the model's own gradient checkpointing, for DDP and DeepSpeed alike).",
+            key,
+        )
     typed = _leaves(typed_config(job))
     given = _leaves(user)
     problems: list[str] = []
@@ -281,6 +290,8 @@ class DeepSpeedBackend:
             config=config,
             dist_init_required=False,
         )
+        # DeepSpeed's checkpoint engine unpickles with weights_only=False; load through ours.
+        self.engine.checkpoint_engine = SafeCheckpointEngine(self.engine.checkpoint_engine)
         self.model = self.engine
         self.zero_stage = job.deepspeed.zero_stage
 
@@ -346,9 +357,7 @@ class DeepSpeedBackend:
             self.scheduler.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True
         ):
             group["lr"] = lr
-        return torch.load(
-            directory / EXTRA_FILE.format(rank=self.rank), map_location="cpu", weights_only=False
-        )
+        return safe_load(directory / EXTRA_FILE.format(rank=self.rank))
 
     def eval_module(self) -> torch.nn.Module:
         # At ZeRO-3 the module's parameters are partitioned; its hooks gather them on forward.
@@ -366,12 +375,12 @@ def load_model_state(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
     tag = m["tag"]
     if int(m.get("zero_stage", 0)) == 0:
         # ZeRO-0 keeps the whole module in rank 0's model-states file.
-        state = torch.load(
-            checkpoint_dir / tag / "mp_rank_00_model_states.pt",
-            map_location="cpu",
-            weights_only=False,
-        )["module"]
+        state = safe_load(checkpoint_dir / tag / "mp_rank_00_model_states.pt", deepspeed_globals())[
+            "module"
+        ]
         return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    # DeepSpeed's consolidation unpickles with weights_only=False: every file of this
+    # checkpoint passed checkpoint.check_safe (weights_only) in checkpoint_model_state first.
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     return dict(get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag))
