@@ -9,6 +9,8 @@ Node config (the only thing a site provides; see clients/site_data.py):
     data-path       local csv/jsonl/json/parquet (text + label columns) or .txt file
     site-name       optional display name in the server's table (default: file stem)
     partition-id, num-partitions   simulated sites only (set by Flower's simulation engine)
+    state-dir       optional directory for this site's persistent state across rounds and
+                    restarts (clients/site_state.py; default: kept in memory only)
     num-threads     optional torch intra-op threads for this site (default: torch's choice)
     device          optional torch device (cpu, cuda, cuda:1); default: the site's GPU if it
                     has one (under simulation: the share federation.gpus_per_site reserved)
@@ -28,13 +30,14 @@ import torch
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from clients import secagg
+from clients import scaffold, secagg
 from clients.attacks import flip_labels
 from clients.pipeline import SiteContext, is_attacker, run_stages, update_stages
 from clients.site_data import SiteData, load_site_data
+from clients.site_state import site_store
 from clients.train import Encoded, encode, evaluate, local_train, site_device
 from orchestrator.contract.arrays import to_numpy
-from orchestrator.contract.messages import ARRAYS, CONFIG, evaluate_reply, train_reply
+from orchestrator.contract.messages import ARRAYS, CONFIG, DELTA_C, evaluate_reply, train_reply
 from orchestrator.contract.metrics import NUM_EXAMPLES
 from orchestrator.contract.model import build, load_state, trainable_names
 from orchestrator.contract.task import SiteTask
@@ -59,11 +62,15 @@ def _encode(task: SiteTask, texts: list[str], labels: list[str] | None) -> Encod
 
 
 def honest_update(
-    msg: Message, node_config: Mapping[str, Any], flip: bool = False
+    msg: Message,
+    node_config: Mapping[str, Any],
+    flip: bool = False,
+    control: scaffold.SiteControl | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, float], int, str]:
     """Local training from the received weights: ``(update, metrics, num-examples, site)``.
 
     ``flip``: a simulated label-flipping attacker trains on labels ``i -> C-1-i``.
+    ``control``: SCAFFOLD's control variates; local steps are corrected by ``c - c_i``.
     """
     task, data, model = _setup(msg, node_config)
     examples = _encode(task, data.train_texts, data.train_labels)
@@ -72,7 +79,9 @@ def honest_update(
     keys = set(trainable_names(model))
     params = {k: p for k, p in model.named_parameters() if k in keys}
     received = {k: p.detach().clone() for k, p in params.items()}
-    metrics = local_train(model, examples, task)
+    trainable = {k: v.cpu().numpy() for k, v in received.items()}
+    corr = control.correction(trainable) if control else None
+    metrics = local_train(model, examples, task, corr)
     update = {k: (p.detach() - received[k]).cpu().numpy() for k, p in params.items()}
     return update, metrics, len(examples), data.name
 
@@ -91,22 +100,30 @@ def train(msg: Message, context: Context) -> Message:
     task = SiteTask.from_record(msg.content[CONFIG])
     attacker = is_attacker(task, node_config)
     flip = attacker and task.attack.kind == "label_flip"
-    update, metrics, n, site = honest_update(msg, node_config, flip)
+    store = site_store(context, task.state_key, task.server_round, node_config, task.sim_state_dir)
+    control = scaffold.SiteControl(msg.content, store) if task.scaffold else None
+    update, metrics, n, site = honest_update(msg, node_config, flip, control)
+    extra: dict[str, dict[str, np.ndarray]] = {}
+    if control is not None:
+        steps = int(metrics["train-steps"])
+        extra[DELTA_C] = control.finish(update, steps, task.train.lr)
 
     def colluder(pid: int) -> dict[str, np.ndarray]:  # simulation only (AttackStage)
         other = {**node_config, "partition-id": pid}
         return honest_update(msg, other, flip)[0]
 
-    ctx = SiteContext(task, site, node_config, honest_update_of=colluder if attacker else None)
+    ctx = SiteContext(
+        task, site, node_config, honest_update_of=colluder if attacker else None, state=store
+    )
     update = run_stages(update_stages(task, node_config), update, ctx)
     if task.privacy.mode == "local":
         # Local DP covers the update only: nothing else computed from the data leaves either.
         metrics, n = {}, 1
+    resets = {"site-state-reset": float(len(store.resets))} if store.resets else {}
+    reply_metrics = {**metrics, **ctx.metrics, **resets, NUM_EXAMPLES: n}
     if task.privacy.secure_aggregation:  # the update stays here; only masked, later
-        return secagg.begin(
-            msg, context, task, update, {**metrics, **ctx.metrics, NUM_EXAMPLES: n}, site
-        )
-    return train_reply(msg, update, {**metrics, **ctx.metrics, NUM_EXAMPLES: n}, site)
+        return secagg.begin(msg, context, task, update, reply_metrics, site)
+    return train_reply(msg, update, reply_metrics, site, extra)
 
 
 @app.train("secagg_share")

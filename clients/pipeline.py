@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from clients.attacks import attack_update
 from orchestrator.contract.attackers import select_attackers
 from orchestrator.contract.task import SiteTask
+
+if TYPE_CHECKING:
+    from clients.site_state import SiteStateStore
 
 Arrays = dict[str, np.ndarray]
 
@@ -33,6 +36,9 @@ class SiteContext:
     honest_update_of: Callable[[int], Arrays] | None = None
     """Simulation only: the honest update simulated site ``i`` computes this round (colluding
     attackers use it; see :class:`AttackStage`)."""
+    state: SiteStateStore | None = None
+    """This site's persistent state for this run (clients/site_state.py): a stage that keeps
+    something across rounds (e.g. an error-feedback residual) loads and saves it here."""
 
 
 class UpdateStage(Protocol):
@@ -127,9 +133,14 @@ def describe(task: SiteTask) -> list[str]:
     steps = f"{task.local_steps} step(s)" if task.local_steps else f"{task.local_epochs} epoch(s)"
     head = [
         f"train: AdamW lr={task.train.lr} batch={task.train.micro_batch_size}, {steps}"
-        + (f", FedProx mu={task.proximal_mu}" if task.proximal_mu else ""),
+        + (f", FedProx mu={task.proximal_mu}" if task.proximal_mu else "")
+        + (", SCAFFOLD: each step corrected by -lr (c - c_i)" if task.scaffold else ""),
         "update: w_local - w_received (trainable tensors)",
     ]
+    if task.scaffold:
+        head.append(
+            "site state: c_i <- c_i - c - update / (K lr); reply delta_c (clients/scaffold.py)"
+        )
     stages = [AttackStage(task).name] if task.attack.kind != "none" else []
     p = task.privacy
     if p.mode == "local":

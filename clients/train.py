@@ -145,16 +145,25 @@ def round_seed(task: SiteTask) -> int:
     return task.train.seed + 1000 * task.server_round
 
 
-def local_train(model: torch.nn.Module, data: Encoded, task: SiteTask) -> dict[str, float]:
+def local_train(
+    model: torch.nn.Module,
+    data: Encoded,
+    task: SiteTask,
+    correction: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, float]:
     """Train the trainable parameters in place with a fresh AdamW (``task.train``) for
     ``task.local_steps`` steps or ``task.local_epochs`` epochs; returns train metrics.
 
     A fresh optimizer per round is the FedAvg convention (sites keep no state between rounds),
     which is what makes one site x E steps equal E centralized steps. FedProx
-    (``task.proximal_mu > 0``) adds ``mu/2 ||w - w_global||^2`` to the loss.
+    (``task.proximal_mu > 0``) adds ``mu/2 ||w - w_global||^2`` to the loss. SCAFFOLD
+    (``correction`` = ``c - c_i`` per trainable tensor) moves each step by ``-lr * correction``
+    after the optimizer's own step (clients/scaffold.py says why it is applied there).
     """
     model.train()
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if correction is not None:  # moved to the model's device once, not every step
+        correction = {n: correction[n].to(p.device, p.dtype) for n, p in params.items()}
     hp, mu = task.train, task.proximal_mu
     anchor = {n: p.detach().clone() for n, p in params.items()} if mu > 0 else {}
     opt = torch.optim.AdamW(
@@ -176,6 +185,10 @@ def local_train(model: torch.nn.Module, data: Encoded, task: SiteTask) -> dict[s
         if hp.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params.values(), hp.grad_clip)
         opt.step()
+        if correction is not None:
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.sub_(correction[n], alpha=hp.lr)
         losses.append(loss.item())
     return {
         "train-loss": sum(losses) / max(1, len(losses)),

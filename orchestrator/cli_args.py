@@ -35,16 +35,21 @@ def round_pipeline(job: Any) -> dict[str, list[str]]:
     """
     from clients.pipeline import describe
     from orchestrator.contract.model import ModelSpec
-    from orchestrator.contract.task import site_task
+    from orchestrator.contract.task import SiteTask, site_task
     from strategies import build_strategy
 
     task = site_task(job, ModelSpec(task=job.task.kind, hf_config={}), None, list(job.task.labels))
-    server = build_strategy(job).pipeline()
+    strategy = build_strategy(job)
+    server = strategy.pipeline()
     if job.privacy.secure_aggregation:
         from orchestrator.federated.secagg_round import describe as secure
 
         server = [*secure(job.privacy, job.federation.sampled_sites), server[-2], server[-1]]
-    return {"site": describe(task), "server": server}
+    # What the strategy adds to every train message (FedProx's mu, SCAFFOLD's flag) shapes the
+    # site's pipeline too.
+    record = task.to_record()
+    record.update(strategy.extra_train_config())
+    return {"site": describe(SiteTask.from_record(record)), "server": server}
 
 
 def privacy_plan(job: Any) -> dict[str, Any]:

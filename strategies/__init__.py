@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING
 from strategies.aggregators import RuleConfig
 from strategies.base import DeltaStrategy, RoundReport, SiteReport, stream_replies
 from strategies.fedavg import FedAvg, FedProx
+from strategies.fedavgm import FedAvgM
 from strategies.fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
 from strategies.privacy import CentralDP
 from strategies.robust_strategy import RobustStrategy
+from strategies.scaffold import Scaffold
 
 if TYPE_CHECKING:
     from orchestrator.config.federated import FederatedJob
@@ -32,6 +34,8 @@ STRATEGIES: dict[str, type[DeltaStrategy]] = {
     "fedadam": FedAdam,
     "fedyogi": FedYogi,
     "fedadagrad": FedAdagrad,
+    "fedavgm": FedAvgM,
+    "scaffold": Scaffold,
 }
 
 
@@ -84,6 +88,10 @@ def build_strategy(
         return FedProx(proximal_mu=s.proximal_mu, **common)
     if s.name in ("fedadam", "fedyogi", "fedadagrad"):
         return STRATEGIES[s.name](beta1=s.beta1, beta2=s.beta2, tau=s.tau, **common)
+    if s.name == "fedavgm":
+        return FedAvgM(server_momentum=s.server_momentum, **common)
+    if s.name == "scaffold":
+        return Scaffold(**common)
     return FedAvg(**common)
 
 
@@ -109,11 +117,13 @@ __all__ = [
     "FedAdagrad",
     "FedAdam",
     "FedAvg",
+    "FedAvgM",
     "FedOpt",
     "FedProx",
     "FedYogi",
     "RobustStrategy",
     "RoundReport",
+    "Scaffold",
     "SiteReport",
     "build_strategy",
     "stream_replies",

@@ -107,6 +107,9 @@ class DeltaStrategy(Strategy):
     """FedAvg over updates weighted by ``num-examples``, then ``w + eta * mean_update``."""
 
     name = "fedavg"
+    reply_extra_arrays: tuple[str, ...] = ()
+    """Array records a train reply must hold besides the update (validated like it; SCAFFOLD's
+    ``scaffold-delta-c``)."""
 
     def __init__(
         self,
@@ -166,6 +169,8 @@ class DeltaStrategy(Strategy):
         self.arrayrecord_key = arrayrecord_key
         self.configrecord_key = configrecord_key
         self._global: Arrays = {}
+        self.num_nodes = 0
+        """Sites connected when the last train round was configured."""
         self.last_train = RoundReport()
         self.last_evaluate = RoundReport()
 
@@ -177,6 +182,10 @@ class DeltaStrategy(Strategy):
 
     def extra_train_config(self) -> dict[str, Any]:
         """Entries added to every train message's config (FedProx sends ``proximal-mu``)."""
+        return {}
+
+    def extra_train_records(self) -> dict[str, ArrayRecord]:
+        """Array records added to every train message (SCAFFOLD sends its control variate)."""
         return {}
 
     # ---- state, for checkpoints and resume ---------------------------------------------------
@@ -236,9 +245,16 @@ class DeltaStrategy(Strategy):
         return max(self.min_sites, int(n_nodes * self.fraction))
 
     def _messages(
-        self, arrays: ArrayRecord, config: ConfigRecord, nodes: list[int], kind: str
+        self,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        nodes: list[int],
+        kind: str,
+        extra: dict[str, ArrayRecord] | None = None,
     ) -> list[Message]:
-        content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        content = RecordDict(
+            {self.arrayrecord_key: arrays, self.configrecord_key: config, **(extra or {})}
+        )
         return [Message(content=content, dst_node_id=n, message_type=kind) for n in nodes]
 
     # ---- Flower Strategy API -----------------------------------------------------------------
@@ -248,6 +264,7 @@ class DeltaStrategy(Strategy):
     ) -> Iterable[Message]:
         self._global = to_numpy(arrays)
         n_nodes = len(list(grid.get_node_ids()))
+        self.num_nodes = n_nodes
         nodes = self.sample(grid, self._train_sample_size(max(n_nodes, self.min_available_sites)))
         if self.admit_round is not None:  # raises PrivacyBudgetExhausted: nothing is sent
             self.admit_round(server_round, len(nodes), self.last_population)
@@ -258,7 +275,7 @@ class DeltaStrategy(Strategy):
         for k, v in self.extra_train_config().items():
             cfg[k] = v
         log.info("round %d: training on %d site(s)", server_round, len(nodes))
-        return self._messages(arrays, cfg, nodes, MessageType.TRAIN)
+        return self._messages(arrays, cfg, nodes, MessageType.TRAIN, self.extra_train_records())
 
     # ---- the round's stages (see strategies/pipeline.py) --------------------------------------
 
@@ -302,7 +319,11 @@ class DeltaStrategy(Strategy):
         for msg in replies:
             try:
                 reply = decode_train_reply(
-                    msg, self.update_keys, self._global, self.weighted_by_key
+                    msg,
+                    self.update_keys,
+                    self._global,
+                    self.weighted_by_key,
+                    self.reply_extra_arrays,
                 )
                 for stage in self.reply_stages:
                     reply = stage(reply, server_round)

@@ -37,6 +37,9 @@ class Reply:
     nbytes: int = 0
     note: str = ""
     """Set by a reply stage that changed the reply (e.g. ``clipped``); goes to the record."""
+    extras: dict[str, Arrays] = field(default_factory=dict)
+    """Further validated array records a strategy asks for (SCAFFOLD's ``scaffold-delta-c``),
+    by record name; same tensors as ``update``."""
 
 
 @dataclass

@@ -16,7 +16,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from orchestrator.contract.arrays import array_view, nbytes
-from orchestrator.contract.messages import SITE, SITE_NAME
+from orchestrator.contract.messages import ARRAYS, SITE, SITE_NAME
 from orchestrator.contract.metrics import CONFUSION, NUM_EXAMPLES
 from strategies.math import is_finite
 from strategies.pipeline import Reply
@@ -99,16 +99,19 @@ def decode_train_reply(
     expected_keys: Collection[str] | None,
     reference: Mapping[str, np.ndarray],
     weighted_by_key: str = NUM_EXAMPLES,
+    extra_arrays: Collection[str] = (),
 ) -> Reply:
     """A validated :class:`Reply`, or :class:`RejectedReply` (any decoding failure included).
 
     ``expected_keys``: exactly the tensors a site must send (None = any subset of the global
     model's, learnt from the first accepted reply). ``reference``: the global arrays.
+    ``extra_arrays``: names of further array records the reply must hold besides ``arrays``
+    (e.g. SCAFFOLD's ``scaffold-delta-c``), each checked like the update (same tensors).
     """
     if msg.has_error():
         raise RejectedReply(f"site reported an error: {str(msg.error.reason)[:500]}")
     try:
-        record = _one(msg.content, ArrayRecord)
+        record = _update_record(msg.content, extra_arrays)
         metrics = _one(msg.content, MetricRecord)
         n = _weight(metrics, weighted_by_key)
         if expected_keys is None:
@@ -117,13 +120,34 @@ def decode_train_reply(
                 raise RejectedReply(f"keys not in the global model: {_few(sorted(unknown))}")
             expected_keys = set(record.keys())
         update = check_update(record, expected_keys, reference)
-        scalars = scalar_metrics(metrics)
+        extras: dict[str, dict[str, np.ndarray]] = {}
         size = nbytes(record)
+        for name in extra_arrays:
+            extra = msg.content[name]
+            try:
+                extras[name] = check_update(extra, expected_keys, reference)
+            except RejectedReply as e:
+                raise RejectedReply(f"{name}: {e}") from e
+            size += nbytes(extra)
+        scalars = scalar_metrics(metrics)
     except RejectedReply:
         raise
     except Exception as e:  # anything else a hostile payload triggers is a rejection too
         raise RejectedReply(f"malformed reply: {type(e).__name__}: {str(e)[:300]}") from e
-    return Reply(msg.metadata.src_node_id, site_name(msg), update, n, scalars, size)
+    site = site_name(msg)
+    return Reply(msg.metadata.src_node_id, site, update, n, scalars, size, extras=extras)
+
+
+def _update_record(content: RecordDict, extra_arrays: Collection[str]) -> ArrayRecord:
+    """The update's ArrayRecord: the only one, or (with ``extra_arrays``) the one named
+    ``arrays`` next to exactly the named extras."""
+    if not extra_arrays:
+        return _one(content, ArrayRecord)
+    names = sorted(k for k, v in content.items() if isinstance(v, ArrayRecord))
+    expected = sorted({ARRAYS, *extra_arrays})
+    if names != expected:
+        raise RejectedReply(f"array records {names[:5]}, expected {expected}")
+    return content[ARRAYS]
 
 
 def decode_evaluate_reply(

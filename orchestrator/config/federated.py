@@ -32,6 +32,8 @@ StrategyName = Literal[
     "fedadam",
     "fedyogi",
     "fedadagrad",
+    "fedavgm",
+    "scaffold",
     "median",
     "trimmed_mean",
     "krum",
@@ -139,7 +141,10 @@ class StrategyConfig:
 
     name: StrategyName = "fedavg"
     """``fedavg`` | ``fedprox`` (FedAvg + proximal term at the sites) | ``fedadam`` |
-    ``fedyogi`` | ``fedadagrad`` (server optimizer on the averaged update) | robust rules:
+    ``fedyogi`` | ``fedadagrad`` (server optimizer on the averaged update) | ``fedavgm``
+    (FedAvg + server momentum, Hsu et al. 2019) | ``scaffold`` (control variates against
+    client drift on non-IID data, Karimireddy et al. 2020; sites keep state across rounds) |
+    robust rules:
     ``median`` (coordinate-wise), ``trimmed_mean``, ``krum``, ``multikrum``, ``centered_clip``
     (docs/federated.md, "Robustness and threat model")."""
     weighting: Weighting = "examples"
@@ -171,6 +176,9 @@ class StrategyConfig:
     server_lr: float | None = None
     """Server learning rate (eta) applied to the averaged update. ``None`` = 1.0 for
     fedavg/fedprox (plain averaging) and 0.01 for the adaptive optimizers."""
+    server_momentum: float = 0.9
+    """FedAvgM: the server momentum beta, ``v <- beta v + mean update; w <- w + eta v`` (0 = FedAvg;
+    only with ``fedavgm``)."""
     beta1: float = 0.9
     """First-moment decay of fedadam/fedyogi (fedadagrad uses it too, as in Reddi et al. 2021)."""
     beta2: float = 0.99
@@ -191,6 +199,17 @@ class StrategyConfig:
         require(0 <= self.beta1 < 1, self, "beta1", "a float in [0, 1)")
         require(0 <= self.beta2 < 1, self, "beta2", "a float in [0, 1)")
         require(self.tau > 0, self, "tau", "a float > 0")
+        require(0 <= self.server_momentum < 1, self, "server_momentum", "a float in [0, 1)")
+        if self.name == "scaffold":
+            # delta_c is folded with the replies' own weights, next to the streamed mean.
+            require(
+                self.weighting != "capped" and not self.clip_relative,
+                self,
+                "weighting" if self.weighting == "capped" else "clip_relative",
+                "'examples' or 'uniform' weighting and an absolute clip_update_norm with scaffold",
+                "SCAFFOLD keeps its control variates consistent only under a streamed weighted "
+                "mean; use strategy.weighting=examples|uniform and clip_relative=false.",
+            )
         require(self.accumulate in ("float64", "float32"), self, "accumulate", "float64 | float32")
         require(self.weight_cap >= 1, self, "weight_cap", "a float >= 1")
         require(self.clip_update_norm >= 0, self, "clip_update_norm", "a float >= 0 (0 = off)")
@@ -365,4 +384,15 @@ class FederatedJob:
             )
         if s.name == "multikrum" and s.num_selected is not None and s.num_selected > k:
             raise FieldError(s, "num_selected", s.num_selected, f"<= sites per round = {k}")
+        if s.name == "scaffold" and (self.privacy.enabled or self.privacy.secure_aggregation):
+            # delta_c is computed from the site's data and would leave it unclipped, unnoised and
+            # unmasked: the privacy guarantee would not hold.
+            raise FieldError(
+                s,
+                "name",
+                s.name,
+                "a strategy other than scaffold with privacy.mode != off or secure aggregation",
+                "SCAFFOLD's control-variate updates are not covered by DP or secure aggregation; "
+                "use fedavgm (server-side only) for drift, or turn privacy off.",
+            )
         check_privacy(self)

@@ -106,6 +106,15 @@ class SiteTask:
     """Set by the strategy on each message."""
     proximal_mu: float = 0.0
     """FedProx's proximal coefficient (set by the strategy); 0 = plain local training."""
+    scaffold: bool = False
+    """SCAFFOLD (set by the strategy): the train message carries the server control variate
+    and the site corrects its local steps with it (clients/scaffold.py)."""
+    state_key: str = ""
+    """The run identity a site keys its persistent state by (clients/site_state.py); drawn by
+    the server when a run starts, kept in its checkpoints. "" = Flower's run id."""
+    sim_state_dir: str = ""
+    """Where *simulated* sites mirror their state (the run directory's ``site-state``), so a
+    resumed simulation finds it; a real site ignores it (its own ``state-dir`` wins)."""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
     """Keys this version does not know (ignored; a newer server may send more)."""
 

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -345,7 +346,11 @@ def site_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--num-threads", type=int, help="torch threads for local training")
     p.add_argument(
-        "--state-dir", type=Path, help="FLWR_HOME and logs (default: a temporary directory)"
+        "--state-dir",
+        type=Path,
+        help="FLWR_HOME, logs and the site's persistent state (e.g. SCAFFOLD's control "
+        "variate, in STATE_DIR/site-state); give one to keep that state across site restarts "
+        "(default: a temporary directory)",
     )
     p.add_argument(
         "--retry-refused-s",
@@ -427,7 +432,8 @@ def _site(ns: argparse.Namespace) -> int:
             "no --key: this site does not authenticate; a server with site authentication "
             "(the default) refuses it"
         )
-    state_dir = ns.state_dir or Path(tempfile.mkdtemp(prefix="fedray-site-"))
+    state_dir = (ns.state_dir or Path(tempfile.mkdtemp(prefix="fedray-site-"))).absolute()
+    opts = replace(opts, state_dir=state_dir / "site-state")
     # The SuperNode's per-message INFO lines go to STATE_DIR/run.log only (its own log under
     # STATE_DIR/logs keeps them too); warnings and errors still reach the console.
     with console_to_run_log(state_dir, ns.verbose) as run_log:

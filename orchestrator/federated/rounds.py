@@ -10,6 +10,7 @@ run directory (``metrics.jsonl``, checkpoints, export) and names the sites.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -122,6 +123,7 @@ class FederatedRun:
         )
         self.result = FederatedResult(run_dir, run_dir / "export")
         self.task_record = setup.task.to_record()
+        self.site_state_key = ""
         self.timeout = job.federation.round_timeout_s
         self.secure = (
             SecureTrain(grid, self.strategy, job.privacy, self.timeout)
@@ -155,9 +157,11 @@ class FederatedRun:
         """
         ckpt = checkpoint.latest(self.run_dir)
         if ckpt is None:
+            self.use_site_state_key(secrets.token_hex(8))
             arrays = {k: v.numpy() for k, v in model_state(self.setup.model).items()}
             return 1, from_numpy(arrays)
         check_resumable(ckpt.state.get("config_yaml", ""), to_yaml(self.job), self.run_dir)
+        self.use_site_state_key(str(ckpt.state.get("site_state_key", "")) or secrets.token_hex(8))
         self.strategy.load_state(ckpt.state["strategy"], ckpt.strategy_arrays)
         if self.ledger is not None:
             self.ledger.load(ckpt.state.get("privacy_ledger") or {})
@@ -170,11 +174,21 @@ class FederatedRun:
         self.result.rounds = rows
         return ckpt.round + 1, from_numpy(ckpt.global_arrays)
 
+    def use_site_state_key(self, key: str) -> None:
+        """Sites key their persistent state (clients/site_state.py) by this token: drawn when a
+        run starts, restored on resume, so only this run's state is ever picked up."""
+        self.site_state_key = key
+        task = replace(
+            self.setup.task, state_key=key, sim_state_dir=str(self.run_dir / "site-state")
+        )
+        self.task_record = task.to_record()
+
     def save(self, server_round: int, arrays: ArrayRecord, rec: dict[str, Any]) -> None:
         state = {
             "strategy": self.strategy.state_meta(),
             "config_yaml": to_yaml(self.job),
             "record": rec,
+            "site_state_key": self.site_state_key,
         }
         if self.ledger is not None:
             state["privacy_ledger"] = self.ledger.to_json()
@@ -214,14 +228,18 @@ class FederatedRun:
             new, metrics, sampled, secagg_skip = self.secure.train(
                 server_round, arrays, self.task_record
             )
+            bytes_down = nbytes(arrays) * len(sampled)
         else:
             msgs = list(s.configure_train(server_round, arrays, self.task_record, self.grid))
+            # Every array record counts (SCAFFOLD also sends its control variate).
+            bytes_down = sum(
+                nbytes(r) for m in msgs for r in m.content.values() if isinstance(r, ArrayRecord)
+            )
             sampled = [m.metadata.dst_node_id for m in msgs]
             new, metrics = s.aggregate_train(
                 server_round, stream_replies(self.grid, msgs, self.timeout)
             )
             del msgs
-        bytes_down = nbytes(arrays) * len(sampled)
         replied = {r.node_id for r in s.last_train.sites}
         dropped = [self.site_names.get(n, f"node-{n}") for n in sampled if n not in replied]
         # The SuperLink answers for a site it lost ("Node Unavailable") under its own node id.

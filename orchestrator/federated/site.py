@@ -57,6 +57,9 @@ class SiteOptions:
     when the process is built (:func:`site_process`)."""
     num_threads: int | None = None
     """torch threads for local training (default: torch's choice)."""
+    state_dir: Path | None = None
+    """Where the ClientApp keeps this site's state across rounds and restarts (node config
+    ``state-dir``; clients/site_state.py). None = in memory only."""
 
     def node_config(self) -> dict[str, Any]:
         cfg: dict[str, Any] = {"data-path": str(self.data)}
@@ -64,6 +67,8 @@ class SiteOptions:
             cfg["site-name"] = self.name
         if self.num_threads:
             cfg["num-threads"] = int(self.num_threads)
+        if self.state_dir:
+            cfg["state-dir"] = str(self.state_dir)
         return cfg
 
     def validate(self) -> None:

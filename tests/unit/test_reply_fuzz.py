@@ -49,16 +49,23 @@ def reply(content: RecordDict, node: int, kind: str = MessageType.TRAIN) -> Mess
     return Message(content=content, reply_to=instruction(node, kind))
 
 
-def honest_replies() -> list[Message]:
+def honest_replies(s=None) -> list[Message]:
     """Five identical honest replies (enough for Krum with f = 1)."""
-    return [honest(100 + i) for i in range(5)]
+    return [honest(100 + i, s) for i in range(5)]
 
 
-def honest(node: int = 1) -> Message:
+def for_strategy(s, content: RecordDict) -> RecordDict:
+    """``content`` plus an honest copy of each further array record the strategy asks for
+    (SCAFFOLD's delta_c), so that only the part under test is hostile."""
+    extra = {name: from_numpy(HONEST) for name in getattr(s, "reply_extra_arrays", ())}
+    return RecordDict({**dict(content.items()), **extra}) if extra else content
+
+
+def honest(node: int = 1, s=None) -> Message:
     content = RecordDict(
         {"arrays": from_numpy(HONEST), "metrics": MetricRecord({"num-examples": 10})}
     )
-    return reply(content, node)
+    return reply(for_strategy(s, content), node)
 
 
 def strategy(name: str):
@@ -156,11 +163,11 @@ HOSTILE_REPLIES = {
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_every_hostile_train_reply_is_rejected_and_the_round_goes_on(name):
     s = strategy(name)
-    replies = [reply(c, i + 2) for i, c in enumerate(HOSTILE_REPLIES.values())]
+    replies = [reply(for_strategy(s, c), i + 2) for i, c in enumerate(HOSTILE_REPLIES.values())]
     replies.append(
         reply(RecordDict(), 99).__class__(Error(code=1, reason="boom"), reply_to=instruction(99))
     )
-    new, metrics = s.aggregate_train(1, [*replies, *honest_replies()])
+    new, metrics = s.aggregate_train(1, [*replies, *honest_replies(s)])
     assert new is not None
     assert metrics["sites-accepted"] == 5
     assert metrics["sites-rejected"] == len(HOSTILE_REPLIES) + 1
@@ -184,7 +191,8 @@ def test_every_hostile_train_reply_is_rejected_and_the_round_goes_on(name):
 def test_fuzzed_payloads_never_escape_as_exceptions(data, dtype, shape, prefix, n, name):
     s = strategy(name)
     bad = raw_array(prefix + data, dtype=dtype, shape=shape)
-    new, metrics = s.aggregate_train(1, [reply(with_b(bad, n), 2), *honest_replies()])
+    bad_reply = reply(for_strategy(s, with_b(bad, n)), 2)
+    new, metrics = s.aggregate_train(1, [bad_reply, *honest_replies(s)])
     assert metrics["sites-rejected"] + metrics["sites-accepted"] == 6
     assert metrics["sites-accepted"] >= 5 and new is not None
 
