@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import OmegaConf
 
 from orchestrator.config.loader import ConfigError
 
@@ -37,14 +38,28 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): tree}
 
 
+def job_defaults() -> dict[str, Any]:
+    """Every key of a federated job with its default value (flattened)."""
+    from orchestrator.config.federated import FederatedJob
+
+    return flatten(OmegaConf.to_container(OmegaConf.structured(FederatedJob)))
+
+
 def changed_keys(saved_yaml: str, new_yaml: str) -> list[str]:
-    """Keys whose values differ between two job YAMLs, excluding :data:`MAY_CHANGE`."""
+    """Keys whose values differ between two job YAMLs, excluding :data:`MAY_CHANGE`.
+
+    A key the saved job lacks (a checkpoint written before that setting existed) counts as
+    unchanged while the new job leaves it at its default: the old run behaved as the default.
+    """
     old, new = flatten(yaml.safe_load(saved_yaml) or {}), flatten(yaml.safe_load(new_yaml) or {})
+    defaults = job_defaults()
+    missing = object()
     keys = sorted(set(old) | set(new))
     return [
         k
         for k in keys
-        if old.get(k) != new.get(k)
+        if old.get(k, missing) != new.get(k)
+        and not (k not in old and new.get(k) == defaults.get(k, missing))
         and not any(k == m or (m.endswith(".") and k.startswith(m)) for m in MAY_CHANGE)
     ]
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from clients.client_app import app as client_app
+from orchestrator.config.federated import FederatedJob
 from orchestrator.config.loader import ConfigError, to_yaml
 from orchestrator.federated.local_grid import LocalGrid
 from orchestrator.federated.report import RoundTable
@@ -28,6 +30,17 @@ def test_check_resumable_names_old_and_new_values(tmp_path):
         check_resumable("strategy:\n  name: fedavg\n", "strategy:\n  name: fedadam\n", tmp_path)
     assert e.value.key == "strategy.name"
     check_resumable("", "strategy:\n  name: fedadam\n", tmp_path)  # pre-ledger checkpoints
+
+
+def test_a_checkpoint_from_before_a_setting_existed_resumes_while_it_stays_default(tmp_path):
+    """An older fedray wrote no ``privacy`` section: resuming with the defaults is the same job,
+    turning the new setting on is not."""
+    new = to_yaml(FederatedJob())
+    saved = yaml.safe_dump({k: v for k, v in yaml.safe_load(new).items() if k != "privacy"})
+    assert changed_keys(saved, new) == []
+    check_resumable(saved, new, tmp_path)
+    on = new.replace("mode: 'off'", "mode: central")
+    assert "privacy.mode" in changed_keys(saved, on)
 
 
 def grid(n: int = 2) -> LocalGrid:
