@@ -7,13 +7,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from orchestrator.config.federated import FederatedJob
 from orchestrator.config.loader import ConfigError
 from orchestrator.contract.model import ModelSpec, build, classification_config, trainable_names
-from orchestrator.contract.partition import Partition, partition
+from orchestrator.contract.partition import Partition, site_indices, site_sizes
 from orchestrator.contract.task import SiteTask, site_task
 from orchestrator.data.sources import (
     DEMO_LABELLED,
@@ -131,10 +132,15 @@ def prepare(job: FederatedJob) -> ServerSetup:
     )
 
 
-def simulation_partition(job: FederatedJob) -> tuple[Partition, list[str]]:
+def simulation_partition(
+    job: FederatedJob, max_sites: int | None = None
+) -> tuple[Partition, list[str]]:
     """The simulated sites' slices of the labelled file and its labels (for the summary), cut
     exactly as every simulated site cuts them; bad data is a :class:`ConfigError` that names
-    the file, the column or count, and the fix (so ``--dry-run`` catches it, nothing starts)."""
+    the file, the column or count, and the fix (so ``--dry-run`` catches it, nothing starts).
+
+    ``max_sites``: slices of the first ``max_sites`` sites only (every site's size is still
+    checked, from counts): a population of 10,000 sites is not cut up front."""
     p, n = job.partition, job.federation.num_sites
     path = server_data_path(job)
     texts, labels, column = read_columns(
@@ -160,12 +166,15 @@ def simulation_partition(job: FederatedJob) -> tuple[Partition, list[str]]:
             "or a larger file.",
             "federation.num_sites",
         )
+    values, seed = labels or texts, job.federation.seed
     try:
-        parts = partition(p.kind, labels or texts, column, n, p.alpha, job.federation.seed)
+        sizes = site_sizes(p.kind, values, column, n, p.alpha, seed)
+        shown = range(n if max_sites is None else min(n, max_sites))
+        parts = [site_indices(p.kind, values, column, n, p.alpha, seed, i) for i in shown]
     except ValueError as e:
         key = "partition.alpha" if p.kind == "dirichlet" else "federation.num_sites"
         raise ConfigError(f"{where}: {e}", key) from e
-    small = [i for i, part in enumerate(parts) if len(part) < 2]
+    small = [int(i) for i in np.flatnonzero(sizes < 2)][:20]
     if small:
         raise ConfigError(
             f"{where}: site(s) {small} get fewer than 2 rows with partition.kind={p.kind}. "
