@@ -4,6 +4,7 @@ built from ``model.*``), and the site task every message carries."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,20 @@ class ServerSetup:
     """What every train/evaluate message carries (its ``config`` record)."""
 
 
+DEMO_MODEL_PREFIX = "demo:"
+"""``model.path: demo:NAME`` = the model directory ``NAME`` bundled under ``orchestrator/data/demo``
+(the default preset's pretrained tiny GPT-2, built by ``python -m orchestrator.data.demo_model``)."""
+
+
+def with_local_model_path(job: FederatedJob) -> FederatedJob:
+    """``job`` with a ``demo:NAME`` model path turned into the bundled directory's path."""
+    path = job.model.path
+    if not path or not path.startswith(DEMO_MODEL_PREFIX):
+        return job
+    local = demo_path(path.removeprefix(DEMO_MODEL_PREFIX))
+    return dataclasses.replace(job, model=dataclasses.replace(job.model, path=str(local)))
+
+
 def server_data_path(job: FederatedJob) -> Path:
     """The labelled file the server can read (demo tweets when ``data.paths`` is empty)."""
     return Path(job.data.paths[0]).expanduser() if job.data.paths else demo_path(DEMO_LABELLED)
@@ -48,6 +63,7 @@ def resolve_tokenizer(job: FederatedJob) -> PreTrainedTokenizerBase:
     the bundled pretraining corpus (site-independent: the server never sees site text)."""
     from orchestrator.data.tokenizer import load_tokenizer, trained_tokenizer
 
+    job = with_local_model_path(job)
     if job.data.tokenizer.path:
         return load_tokenizer(job.data.tokenizer.path)
     if job.model.path:
@@ -90,6 +106,7 @@ def check_inputs(job: FederatedJob) -> None:
     exit code 2 of ``fedray simulate`` / ``fedray server``, not a failed run."""
     from orchestrator.models import check_model_dir
 
+    job = with_local_model_path(job)
     if job.model.path:
         check_model_dir(job.model.path)
     resolve_tokenizer(job)
@@ -100,6 +117,7 @@ def prepare(job: FederatedJob) -> ServerSetup:
     """Tokenizer, labels, model spec and the starting model (seeded by ``train.seed``)."""
     from orchestrator.models import check_model_dir, hf_config
 
+    job = with_local_model_path(job)
     tok = resolve_tokenizer(job)
     labels = resolve_labels(job)
     if job.model.path:

@@ -101,7 +101,9 @@ def test_sampled_evaluation_and_eval_every(cache_dir, tmp_path):
     )
     grid = LocalGrid(client_app, [{"partition-id": i, "num-partitions": 5} for i in range(5)])
     result = run_federated(grid, j, tmp_path)
-    evaluated = [sorted(n for n, s in r["sites"].items() if "eval-loss" in s) for r in result.rounds]
+    evaluated = [
+        sorted(n for n, s in r["sites"].items() if "eval-loss" in s) for r in result.rounds
+    ]
     assert [len(e) for e in evaluated] == [2, 0, 2, 5]  # round 1 skipped; the last: every site
     assert result.rounds[1]["eval"] == {} and result.rounds[2]["eval"]
     assert grid.messages_handled == 2 + 1 + (1 + 2) + (1 + 5)
