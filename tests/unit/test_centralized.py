@@ -107,3 +107,12 @@ def test_sampled_evaluation_and_eval_every(cache_dir, tmp_path):
     assert [len(e) for e in evaluated] == [2, 0, 2, 5]  # round 1 skipped; the last: every site
     assert result.rounds[1]["eval"] == {} and result.rounds[2]["eval"]
     assert grid.messages_handled == 2 + 1 + (1 + 2) + (1 + 5)
+
+
+def test_eval_sampling_settings_are_validated(cache_dir, tmp_path):
+    with pytest.raises(ConfigError, match=r"federation\.eval_sites_per_round"):
+        job(cache_dir, tmp_path, "federation.eval_sites_per_round=5")  # 4 sites
+    with pytest.raises(ConfigError, match=r"federation\.eval_every"):
+        job(cache_dir, tmp_path, "federation.eval_every=0")
+    fed = job(cache_dir, tmp_path, "federation.num_rounds=5", "federation.eval_every=2").federation
+    assert [r for r in range(6) if fed.evaluates(r)] == [0, 2, 4, 5]

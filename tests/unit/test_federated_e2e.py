@@ -49,7 +49,7 @@ ensure_task_identity()
 Arrays = dict[str, np.ndarray]
 
 SMALL = [
-    "model.path=null",  # small from-scratch model, not the demo\'s pretrained one
+    "data.tokenizer.path=null",  # a BPE of data.tokenizer.vocab_size, not the bundled one
     "model.d_model=32",
     "model.n_head=2",
     "model.n_layer=1",

@@ -33,7 +33,7 @@ ensure_task_identity()
 def job(cache_dir: Path, *overrides: str) -> FederatedJob:
     small = [
         f"data.cache_dir={cache_dir}",
-        "model.path=null",  # small from-scratch model, not the demo\'s pretrained one
+        "data.tokenizer.path=null",  # a BPE of data.tokenizer.vocab_size, not the bundled one
         "model.d_model=32",
         "model.n_head=2",
         "model.n_layer=1",

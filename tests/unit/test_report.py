@@ -401,7 +401,7 @@ def test_report_on_a_real_tiny_federated_run(cache_dir, tmp_path):
         None,
         [
             f"data.cache_dir={cache_dir}",
-            "model.path=null",  # small from-scratch model, not the demo\'s pretrained one
+            "data.tokenizer.path=null",  # a BPE of data.tokenizer.vocab_size, not the bundled one
             "model.d_model=32",
             "model.n_head=2",
             "model.n_layer=1",
