@@ -133,7 +133,7 @@ def main() -> int:
         f"load average {load:.1f} at the end | {a.rounds} rounds, 10 sites train per round",
         "",
         "| sites | evaluated per round | median round s | rounds 1.. s | start-up s | wall s "
-        "| CPU s |",
+        "| driver CPU s |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in results:

@@ -70,6 +70,9 @@ def test_four_sites_two_rounds_improve_over_round_zero(tmp_path: Path, cache_dir
         "simulate",
         "federation.num_sites=4",
         "federation.num_rounds=2",
+        # Two long rounds, each evaluated (the demo itself runs many short ones).
+        "federation.eval_every=1",
+        "finetune.local_steps=30",
         f"data.cache_dir={cache_dir}",
         f"run.dir={run_dir}",
     ]
