@@ -16,7 +16,8 @@ per-site rows and the pooled (global) metrics exactly as a federated run has the
 
 It runs in this process (no Ray, no Flower): the one server-side module that imports the site's
 code, because the baseline must train and evaluate exactly as a site does. No checkpoints: a
-baseline is rerun, not resumed.
+baseline is rerun, not resumed. Site-side stages (simulated attacks, local DP, compression)
+do not apply: the baseline is the honest, undefended, uncompressed reference.
 """
 
 from __future__ import annotations
@@ -185,6 +186,16 @@ class CentralizedRun:
         self.table.row(rec)
 
     def run(self) -> FederatedResult:
+        # Train like one simulated site: with its cores (a Ray actor of cpus_per_site CPUs), not
+        # every core of the machine (torch's default, which thrashes on a shared machine).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, int(self.job.federation.cpus_per_site)))
+        try:
+            return self._run()
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self) -> FederatedResult:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(to_yaml(self.job))
         hp, model = self.setup.task.train, self.setup.model
