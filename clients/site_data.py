@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.contract.partition import partition, train_eval_split
+from orchestrator.contract.partition import site_indices, train_eval_split
 from orchestrator.contract.task import SiteTask
 from orchestrator.data.sources import DEMO_LABELLED, demo_path, read_columns
 
@@ -54,15 +54,16 @@ def load_site_data(node_config: Mapping[str, object], task: SiteTask) -> SiteDat
             raise ValueError(f"{path}: dirichlet partitioning needs column {task.label_field!r}")
         if task.partition.kind == "natural" and column is None:
             raise ValueError(f"{path}: natural partitioning needs column {task.partition.column!r}")
-        parts = partition(
+        # Only this site's rows (lazy): the cost does not grow with the number of sites.
+        idx = site_indices(
             task.partition.kind,
             labels or texts,
             column,
             num,
             task.partition.alpha,
             task.partition_seed,
+            pid,
         )
-        idx = parts[pid]
         name = f"site-{pid}"
         seed = task.partition_seed + pid
     else:

@@ -2,6 +2,7 @@
 
     fedray pretrain [CONFIG] [key=value ...] [--print-config] [--dry-run] [--verbose]
     fedray simulate [CONFIG] [key=value ...] [--print-config] [--dry-run] [--verbose]
+                    [--centralized]
     fedray submit [CONFIG] [key=value ...] --address http://HEAD:8265 [--dry-run] [--no-wait]
     fedray jobs list | logs ID [--follow] | stop ID [--address http://HEAD:8265]
 
@@ -126,8 +127,19 @@ def run_job_command(name: str, argv: Sequence[str]) -> int:
         help="also show Ray/Flower/DeepSpeed/transformers lines on the console "
         "(same as logging.verbose=true; RUN_DIR/run.log always has them)",
     )
+    if name == "simulate":
+        p.add_argument(
+            "--centralized",
+            action="store_true",
+            help="the job's centralized baseline: every site's training rows at one site, the "
+            "same examples per round, evaluated on each site's held-out rows (its own run)",
+        )
     ns = p.parse_args(argv)
     schema, default_preset, run, plan = factory()
+    if getattr(ns, "centralized", False):
+        from orchestrator.federated.centralized import centralized, centralized_plan
+
+        run, plan = centralized, centralized_plan
     source, overrides = split_config_args(ns.args)
     if ns.verbose:
         overrides.append("logging.verbose=true")

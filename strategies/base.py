@@ -141,6 +141,7 @@ class DeltaStrategy(Strategy):
         self.min_available_sites = max(min_available_sites, min_sites)
         # None = learn them from the first accepted reply (stock ServerApp use).
         self.update_keys: set[str] | None = set(update_keys) if update_keys is not None else None
+        self.seed = seed
         self.rng = random.Random(seed)
         self.wait_for_sites_s = wait_for_sites_s
         self.rejoin_wait_s = rejoin_wait_s
@@ -214,8 +215,9 @@ class DeltaStrategy(Strategy):
 
     # ---- sampling ----------------------------------------------------------------------------
 
-    def sample(self, grid: Grid, k: int | None) -> list[int]:
-        """Wait for enough connected sites, then draw ``k`` of them (all when ``k`` is None)."""
+    def sample(self, grid: Grid, k: int | None, rng: random.Random | None = None) -> list[int]:
+        """Wait for enough connected sites, then draw ``k`` of them (all when ``k`` is None)
+        with ``rng`` (default: the training sampler, whose state is checkpointed)."""
         # The first sampling waits for the whole expected federation; later ones go on with
         # whoever is connected as long as min_sites are (real sites drop out and come back).
         need = self.min_sites if self._federation_seen else self.min_available_sites
@@ -237,7 +239,7 @@ class DeltaStrategy(Strategy):
             return nodes
         self.last_population = len(nodes)
         # Sorted first: the seeded RNG then picks the same positions in every run.
-        return self.rng.sample(nodes, min(k, len(nodes)))
+        return (rng or self.rng).sample(nodes, min(k, len(nodes)))
 
     def _train_sample_size(self, n_nodes: int) -> int:
         if self.sites_per_round is not None:
@@ -390,12 +392,21 @@ class DeltaStrategy(Strategy):
         return from_numpy(self.server_update(self._global, aggregate.folded, server_round))
 
     def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+        self,
+        server_round: int,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        grid: Grid,
+        num_sites: int | None = None,
     ) -> Iterable[Message]:
+        """Evaluation messages to ``num_sites`` sampled sites (``None`` = every site)."""
         cfg = ConfigRecord(dict(config))
         cfg["server-round"] = server_round
-        # Every site evaluates: the per-site table needs all of them, and evaluation is cheap.
-        return self._messages(arrays, cfg, self.sample(grid, None), MessageType.EVALUATE)
+        # Its own RNG, a function of (seed, round): sampling evaluation never shifts the training
+        # sample, and a resumed run evaluates the same sites with no extra checkpointed state.
+        rng = random.Random(f"{self.seed}-evaluate-{server_round}")
+        nodes = self.sample(grid, num_sites, rng)
+        return self._messages(arrays, cfg, nodes, MessageType.EVALUATE)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]

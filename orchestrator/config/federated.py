@@ -280,6 +280,17 @@ class FederationConfig:
     """CPUs given to the embedded Ray of a simulation; ``None`` = all cores of this machine."""
     seed: int = 0
     """Seeds site sampling and data partitioning (same seed = same sites, same partitions)."""
+    eval_sites_per_round: int | None = None
+    """Sites that evaluate the global model in an evaluation round, sampled (reproducibly, from
+    ``seed`` and the round) like training; ``None`` = every site. With a large population this
+    keeps a round's cost independent of how many sites exist."""
+    eval_every: int = 1
+    """Evaluate after every N-th round (and before round 1); rounds in between record training
+    only. The last round always evaluates."""
+    final_eval_all: bool = True
+    """After the last round, evaluate at every site (the final per-site table) whatever
+    ``eval_sites_per_round`` says; false = the last round samples like the others (for
+    simulated populations too large to visit every site)."""
 
     def __post_init__(self) -> None:
         require(self.num_sites >= 1, self, "num_sites", "an integer >= 1")
@@ -292,6 +303,14 @@ class FederationConfig:
                 f"an integer in [1, federation.num_sites={self.num_sites}] or null",
             )
         require(0.0 < self.fraction <= 1.0, self, "fraction", "a float in (0, 1]")
+        if self.eval_sites_per_round is not None:
+            require(
+                1 <= self.eval_sites_per_round <= self.num_sites,
+                self,
+                "eval_sites_per_round",
+                f"an integer in [1, federation.num_sites={self.num_sites}] or null (every site)",
+            )
+        require(self.eval_every >= 1, self, "eval_every", "an integer >= 1")
         require(
             1 <= self.min_sites <= self.sampled_sites,
             self,
@@ -311,6 +330,16 @@ class FederationConfig:
         if self.sites_per_round is not None:
             return self.sites_per_round
         return max(1, int(self.num_sites * self.fraction))
+
+    def evaluates(self, server_round: int) -> bool:
+        """Does ``server_round`` (0 = the starting model) end with an evaluation?"""
+        return server_round % self.eval_every == 0 or server_round == self.num_rounds
+
+    def eval_sites(self, server_round: int) -> int | None:
+        """Sites that evaluate after ``server_round`` (``None`` = all of them)."""
+        if server_round == self.num_rounds and self.final_eval_all:
+            return None
+        return self.eval_sites_per_round
 
 
 @dataclass

@@ -30,25 +30,12 @@ def dirichlet_partition(
     Resampled (same RNG stream, so still reproducible) until every site has ``min_size`` rows;
     a tiny alpha with many sites may need several draws.
     """
-    y = np.asarray(labels)
-    _check_sites(len(y), num_sites)
-    rng = np.random.default_rng(seed)
-    classes = sorted(set(y.tolist()))
-    for _ in range(1000):
-        parts: list[list[int]] = [[] for _ in range(num_sites)]
-        for c in classes:
-            idx = np.flatnonzero(y == c)
-            rng.shuffle(idx)
-            props = rng.dirichlet(np.full(num_sites, alpha))
-            cuts = (np.cumsum(props)[:-1] * len(idx)).astype(int)
-            for site, chunk in enumerate(np.split(idx, cuts)):
-                parts[site].extend(chunk.tolist())
-        if min(len(p) for p in parts) >= min_size:
-            return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
-    raise ValueError(
-        f"dirichlet partition: could not give each of {num_sites} sites >= {min_size} rows with "
-        f"alpha={alpha} over {len(y)} rows. Raise partition.alpha or lower federation.num_sites."
-    )
+    draw = _dirichlet_draw(np.asarray(labels), num_sites, alpha, seed, min_size)
+    parts: list[list[np.ndarray]] = [[] for _ in range(num_sites)]
+    for idx, cuts in draw:
+        for site, chunk in enumerate(np.split(idx, cuts)):
+            parts[site].append(chunk)
+    return [np.sort(np.concatenate(p).astype(np.int64)) for p in parts]
 
 
 def natural_partition(values: Sequence[str], num_sites: int) -> Partition:
@@ -58,20 +45,7 @@ def natural_partition(values: Sequence[str], num_sites: int) -> Partition:
     currently smallest site, so sizes stay balanced and no seed is needed.
     """
     v = np.asarray(values)
-    groups = Counter(v.tolist())
-    if len(groups) < num_sites:
-        raise ValueError(
-            f"natural partition: the column has {len(groups)} distinct values "
-            f"({', '.join(sorted(groups))}) but federation.num_sites={num_sites}. Lower "
-            "federation.num_sites, or use partition.kind=dirichlet or iid."
-        )
-    assigned: list[list[str]] = [[] for _ in range(num_sites)]
-    sizes = [0] * num_sites
-    for name, size in sorted(groups.items(), key=lambda kv: (-kv[1], kv[0])):
-        site = min(range(num_sites), key=lambda s: (sizes[s], s))
-        assigned[site].append(name)
-        sizes[site] += size
-    return [np.flatnonzero(np.isin(v, names)) for names in assigned]
+    return [np.flatnonzero(np.isin(v, names)) for names in _natural_groups(v, num_sites)]
 
 
 def partition(
@@ -91,6 +65,118 @@ def partition(
         if column is None:
             raise ValueError("natural partition needs the partition column's values")
         return natural_partition(column, num_sites)
+    raise ValueError(f"unknown partition kind {kind!r}: expected natural, dirichlet or iid")
+
+
+# ---- lazy: one site's rows (or every site's size) without building every site's index list ----
+# A simulated site computes only its own slice when it is sampled, so a round's cost depends on
+# the sites sampled, not on how many exist. Each function consumes the same random stream as its
+# eager counterpart above, so both agree exactly (tests/unit/test_partition.py checks it).
+
+
+def _iid_bounds(n: int, num_sites: int, site: int) -> tuple[int, int]:
+    """``np.array_split``'s slice of ``site``: the first ``n % K`` parts are one row longer."""
+    base, extra = divmod(n, num_sites)
+    start = site * base + min(site, extra)
+    return start, start + base + (1 if site < extra else 0)
+
+
+def _natural_groups(values: np.ndarray, num_sites: int) -> list[list[str]]:
+    groups = Counter(values.tolist())
+    if len(groups) < num_sites:
+        raise ValueError(
+            f"natural partition: the column has {len(groups)} distinct values "
+            f"({', '.join(sorted(groups))}) but federation.num_sites={num_sites}. Lower "
+            "federation.num_sites, or use partition.kind=dirichlet or iid."
+        )
+    assigned: list[list[str]] = [[] for _ in range(num_sites)]
+    sizes = [0] * num_sites
+    for name, size in sorted(groups.items(), key=lambda kv: (-kv[1], kv[0])):
+        site = min(range(num_sites), key=lambda s: (sizes[s], s))
+        assigned[site].append(name)
+        sizes[site] += size
+    return assigned
+
+
+def _dirichlet_draw(
+    y: np.ndarray, num_sites: int, alpha: float, seed: int, min_size: int = 2
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per class: its shuffled rows and the cut points over sites (the accepted draw)."""
+    _check_sites(len(y), num_sites)
+    rng = np.random.default_rng(seed)
+    classes = sorted(set(y.tolist()))
+    for _ in range(1000):
+        draw, sizes = [], np.zeros(num_sites, dtype=np.int64)
+        for c in classes:
+            idx = np.flatnonzero(y == c)
+            rng.shuffle(idx)
+            props = rng.dirichlet(np.full(num_sites, alpha))
+            cuts = (np.cumsum(props)[:-1] * len(idx)).astype(int)
+            draw.append((idx, cuts))
+            sizes += np.diff(np.concatenate(([0], cuts, [len(idx)])))
+        if sizes.min() >= min_size:
+            return draw
+    raise ValueError(
+        f"dirichlet partition: could not give each of {num_sites} sites >= {min_size} rows with "
+        f"alpha={alpha} over {len(y)} rows. Raise partition.alpha or lower federation.num_sites."
+    )
+
+
+def site_indices(
+    kind: str,
+    labels: Sequence[str],
+    column: Sequence[str] | None,
+    num_sites: int,
+    alpha: float,
+    seed: int,
+    site: int,
+) -> np.ndarray:
+    """Site ``site``'s rows (sorted), equal to ``partition(...)[site]``, computing only them."""
+    if not 0 <= site < num_sites:
+        raise ValueError(f"site {site} is not in [0, {num_sites})")
+    if kind == "iid":
+        _check_sites(len(labels), num_sites)
+        perm = np.random.default_rng(seed).permutation(len(labels))
+        lo, hi = _iid_bounds(len(labels), num_sites, site)
+        return np.sort(perm[lo:hi])
+    if kind == "dirichlet":
+        chunks = []
+        for idx, cuts in _dirichlet_draw(np.asarray(labels), num_sites, alpha, seed):
+            edges = np.concatenate(([0], cuts, [len(idx)]))
+            chunks.append(idx[edges[site] : edges[site + 1]])
+        return np.sort(np.concatenate(chunks).astype(np.int64))
+    if kind == "natural":
+        if column is None:
+            raise ValueError("natural partition needs the partition column's values")
+        v = np.asarray(column)
+        return np.flatnonzero(np.isin(v, _natural_groups(v, num_sites)[site]))
+    raise ValueError(f"unknown partition kind {kind!r}: expected natural, dirichlet or iid")
+
+
+def site_sizes(
+    kind: str,
+    labels: Sequence[str],
+    column: Sequence[str] | None,
+    num_sites: int,
+    alpha: float,
+    seed: int,
+) -> np.ndarray:
+    """Every site's row count, without any site's index list (checks a large population)."""
+    if kind == "iid":
+        _check_sites(len(labels), num_sites)
+        base, extra = divmod(len(labels), num_sites)
+        return base + (np.arange(num_sites) < extra).astype(np.int64)
+    if kind == "dirichlet":
+        sizes = np.zeros(num_sites, dtype=np.int64)
+        for idx, cuts in _dirichlet_draw(np.asarray(labels), num_sites, alpha, seed):
+            sizes += np.diff(np.concatenate(([0], cuts, [len(idx)])))
+        return sizes
+    if kind == "natural":
+        if column is None:
+            raise ValueError("natural partition needs the partition column's values")
+        counts = Counter(np.asarray(column).tolist())
+        groups = _natural_groups(np.asarray(column), num_sites)
+        return np.array([sum(counts[name] for name in g) for g in groups])
     raise ValueError(f"unknown partition kind {kind!r}: expected natural, dirichlet or iid")
 
 

@@ -10,15 +10,21 @@ from rich.console import Console
 _out = Console(highlight=False)
 
 
-def print_partition(rows: Sequence[dict[str, Any]], kind: str, console: Console = _out) -> None:
-    """Per-site size and label mix, e.g. ``site-0  1000  negative 62% neutral 21% positive 16%``."""
-    console.print(f"[bold]partition[/] ({kind}): {len(rows)} sites")
+def print_partition(
+    rows: Sequence[dict[str, Any]], kind: str, total: int | None = None, console: Console = _out
+) -> None:
+    """Per-site size and label mix, e.g. ``site-0  1000  negative 62% neutral 21% positive 16%``.
+    ``total``: the population, when ``rows`` lists only its first sites."""
+    total = len(rows) if total is None else total
+    console.print(f"[bold]partition[/] ({kind}): {total} sites")
     for r in rows:
         size = int(r["size"])
         mix = "  ".join(
             f"{name} {count / max(1, size):4.0%}" for name, count in r["labels"].items()
         )
         console.print(f"  site-{r['site']:<3} {size:6d} rows   {mix}", markup=False)
+    if total > len(rows):
+        console.print(f"  ... and {total - len(rows)} more sites", markup=False)
 
 
 def _fmt(v: Any, spec: str = ".3f") -> str:

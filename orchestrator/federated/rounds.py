@@ -34,7 +34,7 @@ from orchestrator.federated.setup import ServerSetup, prepare
 from orchestrator.runs import append_metrics, read_metrics
 from orchestrator.tracking import log_round
 from strategies import DeltaStrategy, build_strategy, stream_replies
-from strategies.base import SiteReport
+from strategies.base import RoundReport, SiteReport
 from strategies.privacy import PrivacyBudgetExhausted
 
 log = logging.getLogger(__name__)
@@ -210,9 +210,15 @@ class FederatedRun:
                 self.site_names[s.node_id] = s.site
 
     def evaluate(self, server_round: int, arrays: ArrayRecord) -> tuple[dict[str, Any], int]:
-        """Every site evaluates ``arrays``; returns the pooled metrics and the bytes sent."""
-        s = self.strategy
-        msgs = list(s.configure_evaluate(server_round, arrays, self.task_record, self.grid))
+        """The round's sampled sites (``federation.eval_sites_per_round``; all of them after the
+        last round) evaluate ``arrays``; returns the pooled metrics and the bytes sent. Rounds
+        that ``federation.eval_every`` skips evaluate nowhere: ``({}, 0)``."""
+        s, fed = self.strategy, self.job.federation
+        if not fed.evaluates(server_round):
+            s.last_evaluate = RoundReport()  # no stale per-site evaluation in this round's row
+            return {}, 0
+        k = fed.eval_sites(server_round)
+        msgs = list(s.configure_evaluate(server_round, arrays, self.task_record, self.grid, k))
         sent = [m.metadata.dst_node_id for m in msgs]
         ev = s.aggregate_evaluate(server_round, stream_replies(self.grid, msgs, self.timeout))
         attribute_lost_replies(s.last_evaluate.sites, sent, self.site_names)

@@ -4,16 +4,18 @@ built from ``model.*``), and the site task every message carries."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from orchestrator.config.federated import FederatedJob
 from orchestrator.config.loader import ConfigError
 from orchestrator.contract.model import ModelSpec, build, classification_config, trainable_names
-from orchestrator.contract.partition import Partition, partition
+from orchestrator.contract.partition import Partition, site_indices, site_sizes
 from orchestrator.contract.task import SiteTask, site_task
 from orchestrator.data.sources import (
     DEMO_LABELLED,
@@ -37,6 +39,29 @@ class ServerSetup:
     """What every train/evaluate message carries (its ``config`` record)."""
 
 
+BUNDLED_PREFIX = "demo:"
+"""``model.path`` / ``data.tokenizer.path`` ``demo:NAME`` = the directory ``NAME`` bundled under
+``orchestrator/data/demo`` (the default preset's ``demo:tweets-bpe``: a BPE fitted to tweets that
+are not in the demo file, built by ``python -m orchestrator.data.demo_model``)."""
+
+
+def with_bundled_paths(job: FederatedJob) -> FederatedJob:
+    """``job`` with ``demo:NAME`` model / tokenizer paths turned into the bundled directories."""
+
+    def local(path: str | None) -> str | None:
+        if not path or not path.startswith(BUNDLED_PREFIX):
+            return path
+        return str(demo_path(path.removeprefix(BUNDLED_PREFIX)))
+
+    model, tok = job.model, job.data.tokenizer
+    if local(model.path) == model.path and local(tok.path) == tok.path:
+        return job
+    data = dataclasses.replace(job.data, tokenizer=dataclasses.replace(tok, path=local(tok.path)))
+    return dataclasses.replace(
+        job, model=dataclasses.replace(model, path=local(model.path)), data=data
+    )
+
+
 def server_data_path(job: FederatedJob) -> Path:
     """The labelled file the server can read (demo tweets when ``data.paths`` is empty)."""
     return Path(job.data.paths[0]).expanduser() if job.data.paths else demo_path(DEMO_LABELLED)
@@ -47,6 +72,7 @@ def resolve_tokenizer(job: FederatedJob) -> PreTrainedTokenizerBase:
     the bundled pretraining corpus (site-independent: the server never sees site text)."""
     from orchestrator.data.tokenizer import load_tokenizer, trained_tokenizer
 
+    job = with_bundled_paths(job)
     if job.data.tokenizer.path:
         return load_tokenizer(job.data.tokenizer.path)
     if job.model.path:
@@ -89,6 +115,7 @@ def check_inputs(job: FederatedJob) -> None:
     exit code 2 of ``fedray simulate`` / ``fedray server``, not a failed run."""
     from orchestrator.models import check_model_dir
 
+    job = with_bundled_paths(job)
     if job.model.path:
         check_model_dir(job.model.path)
     resolve_tokenizer(job)
@@ -99,6 +126,7 @@ def prepare(job: FederatedJob) -> ServerSetup:
     """Tokenizer, labels, model spec and the starting model (seeded by ``train.seed``)."""
     from orchestrator.models import check_model_dir, hf_config
 
+    job = with_bundled_paths(job)
     tok = resolve_tokenizer(job)
     labels = resolve_labels(job)
     if job.model.path:
@@ -131,10 +159,15 @@ def prepare(job: FederatedJob) -> ServerSetup:
     )
 
 
-def simulation_partition(job: FederatedJob) -> tuple[Partition, list[str]]:
+def simulation_partition(
+    job: FederatedJob, max_sites: int | None = None
+) -> tuple[Partition, list[str]]:
     """The simulated sites' slices of the labelled file and its labels (for the summary), cut
     exactly as every simulated site cuts them; bad data is a :class:`ConfigError` that names
-    the file, the column or count, and the fix (so ``--dry-run`` catches it, nothing starts)."""
+    the file, the column or count, and the fix (so ``--dry-run`` catches it, nothing starts).
+
+    ``max_sites``: slices of the first ``max_sites`` sites only (every site's size is still
+    checked, from counts): a population of 10,000 sites is not cut up front."""
     p, n = job.partition, job.federation.num_sites
     path = server_data_path(job)
     texts, labels, column = read_columns(
@@ -160,12 +193,15 @@ def simulation_partition(job: FederatedJob) -> tuple[Partition, list[str]]:
             "or a larger file.",
             "federation.num_sites",
         )
+    values, seed = labels or texts, job.federation.seed
     try:
-        parts = partition(p.kind, labels or texts, column, n, p.alpha, job.federation.seed)
+        sizes = site_sizes(p.kind, values, column, n, p.alpha, seed)
+        shown = range(n if max_sites is None else min(n, max_sites))
+        parts = [site_indices(p.kind, values, column, n, p.alpha, seed, i) for i in shown]
     except ValueError as e:
         key = "partition.alpha" if p.kind == "dirichlet" else "federation.num_sites"
         raise ConfigError(f"{where}: {e}", key) from e
-    small = [i for i, part in enumerate(parts) if len(part) < 2]
+    small = [int(i) for i in np.flatnonzero(sizes < 2)][:20]
     if small:
         raise ConfigError(
             f"{where}: site(s) {small} get fewer than 2 rows with partition.kind={p.kind}. "

@@ -94,13 +94,17 @@ def federation_config(job: FederatedJob) -> dict[str, Any]:
     return cfg
 
 
+SUMMARY_SITES = 20
+"""Sites listed in the partition table; a larger population is checked but not listed."""
+
+
 def partition_summary(job: FederatedJob) -> list[dict[str, object]]:
-    """The per-site size/label table of the simulated partition (same code the sites run);
-    bad data is a ConfigError (exit 2, nothing started)."""
+    """The per-site size/label table of the simulated partition (same code the sites run; the
+    first :data:`SUMMARY_SITES` sites); bad data is a ConfigError (exit 2, nothing started)."""
     from orchestrator.contract.partition import summary
     from orchestrator.federated.setup import simulation_partition
 
-    parts, labels = simulation_partition(job)
+    parts, labels = simulation_partition(job, SUMMARY_SITES)
     return summary(parts, labels)
 
 
@@ -179,7 +183,7 @@ def simulate(job: FederatedJob) -> FederatedResult:
     run_dir = resolve_run_dir(job.run, "simulate")
     fed_config = federation_config(job)  # config errors before anything starts
     check_available(job.logging)
-    print_partition(partition_summary(job), job.partition.kind)
+    print_partition(partition_summary(job), job.partition.kind, job.federation.num_sites)
     check_inputs(job)
     log.info("federation config: %s", format_node_config(fed_config))
     with console_to_run_log(run_dir, job.logging.verbose):

@@ -70,6 +70,11 @@ def test_four_sites_two_rounds_improve_over_round_zero(tmp_path: Path, cache_dir
         "simulate",
         "federation.num_sites=4",
         "federation.num_rounds=2",
+        # The pre-issue-11 demo: two one-epoch rounds, each evaluated, KJV BPE (the demo itself
+        # now runs many short rounds with a bundled tokenizer; this test is about the plumbing).
+        "federation.eval_every=1",
+        "finetune.local_steps=null",
+        "data.tokenizer.path=null",
         f"data.cache_dir={cache_dir}",
         f"run.dir={run_dir}",
     ]

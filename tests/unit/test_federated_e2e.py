@@ -49,6 +49,8 @@ ensure_task_identity()
 Arrays = dict[str, np.ndarray]
 
 SMALL = [
+    "data.tokenizer.path=null",  # a BPE of data.tokenizer.vocab_size, not the bundled one
+    "federation.eval_every=1",  # every round evaluated (the demo preset: every 5th)
     "model.d_model=32",
     "model.n_head=2",
     "model.n_layer=1",

@@ -33,6 +33,8 @@ ensure_task_identity()
 def job(cache_dir: Path, *overrides: str) -> FederatedJob:
     small = [
         f"data.cache_dir={cache_dir}",
+        "data.tokenizer.path=null",  # a BPE of data.tokenizer.vocab_size, not the bundled one
+        "federation.eval_every=1",  # every round evaluated (the demo preset: every 5th)
         "model.d_model=32",
         "model.n_head=2",
         "model.n_layer=1",

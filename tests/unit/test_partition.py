@@ -68,3 +68,26 @@ def test_dispatch_summary_and_train_eval_split():
     assert len(ev) == 10 and len(tr) == 40 and not set(tr) & set(ev)
     tr2, ev2 = train_eval_split(parts[0], 0.2, seed=0, cap=20)
     assert len(tr2) + len(ev2) == 20
+
+
+@pytest.mark.parametrize(("kind", "k"), [("iid", 7), ("dirichlet", 9), ("natural", 4)])
+def test_lazy_site_slices_equal_the_eager_partition(kind, k):
+    # A simulated site computes only its own slice (lazy); it must be the eager one exactly.
+    from orchestrator.contract.partition import site_indices, site_sizes
+
+    rng = np.random.default_rng(0)
+    y = rng.choice(["neg", "neu", "pos"], size=400).tolist()
+    col = rng.choice(list("pqrstu"), size=400).tolist()
+    eager = partition(kind, y, col, k, 0.3, 5)
+    for site in range(k):
+        np.testing.assert_array_equal(site_indices(kind, y, col, k, 0.3, 5, site), eager[site])
+    assert site_sizes(kind, y, col, k, 0.3, 5).tolist() == [len(p) for p in eager]
+    with pytest.raises(ValueError, match="not in"):
+        site_indices(kind, y, col, k, 0.3, 5, k)
+
+
+def test_site_sizes_of_a_large_population_without_slicing():
+    from orchestrator.contract.partition import site_sizes
+
+    sizes = site_sizes("iid", ["a"] * 20_003, None, 10_000, 1.0, 0)
+    assert sizes.sum() == 20_003 and sizes.min() == 2 and (sizes == 3).sum() == 3

@@ -304,7 +304,12 @@ def test_central_dp_strategy_pipeline_and_local_dp_site_pipeline():
 def test_dry_run_prints_the_epsilon_the_configured_run_reaches():
     from orchestrator.cli_args import privacy_plan
 
-    job = fed_job(*DP, "federation.sites_per_round=2", "privacy.noise_multiplier=2.0")
+    job = fed_job(
+        *DP,
+        "federation.sites_per_round=2",
+        "privacy.noise_multiplier=2.0",
+        "federation.num_rounds=4",
+    )
     plan = privacy_plan(job)
     assert plan["epsilon_after_all_rounds"] == projected_epsilon(job.privacy, 4, 2, 4)
     assert "2 of 4 sites per round, uniformly without replacement" in plan["sampling"]

@@ -345,7 +345,8 @@ def test_check_inputs_names_the_missing_tokenizer(tmp_path: Path) -> None:
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text("{}")
-    job = load_config(FederatedJob, None, [f"model.path={model}"], "simulate-demo")
+    overrides = [f"model.path={model}", "data.tokenizer.path=null"]  # no bundled tokenizer
+    job = load_config(FederatedJob, None, overrides, "simulate-demo")
     with pytest.raises(ConfigError, match="holds no tokenizer") as e:
         check_inputs(job)
     assert e.value.key == "data.tokenizer.path"
