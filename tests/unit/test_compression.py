@@ -298,6 +298,7 @@ def _job(cache_dir: Path, *overrides: str) -> FederatedJob:
         "federation.num_sites=2",
         "federation.num_rounds=1",
         "federation.min_sites=1",
+        "logging.tensorboard=false",  # no event writers: not what these tests are about
     ]
     return load_config(FederatedJob, None, [*small, *overrides], default_preset="simulate-demo")
 
