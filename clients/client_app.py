@@ -32,6 +32,7 @@ from flwr.clientapp import ClientApp
 
 from clients import scaffold, secagg
 from clients.attacks import flip_labels
+from clients.base_cache import with_base
 from clients.pipeline import SiteContext, is_attacker, run_stages, update_stages
 from clients.site_data import SiteData, load_site_data
 from clients.site_state import site_store
@@ -39,21 +40,28 @@ from clients.train import Encoded, encode, evaluate, local_train, site_device
 from orchestrator.contract.arrays import to_numpy
 from orchestrator.contract.messages import ARRAYS, CONFIG, DELTA_C, evaluate_reply, train_reply
 from orchestrator.contract.metrics import NUM_EXAMPLES
-from orchestrator.contract.model import build, load_state, trainable_names
+from orchestrator.contract.model import build, load_state, model_state, trainable_names
 from orchestrator.contract.task import SiteTask
 
 app = ClientApp()
 
 
 def _setup(
-    msg: Message, node_config: Mapping[str, Any]
+    msg: Message, node_config: Mapping[str, Any], context: Context | None = None
 ) -> tuple[SiteTask, SiteData, torch.nn.Module]:
-    """Parse the task, load this site's data and the received global weights."""
+    """Parse the task, load this site's data and the received global weights (LoRA: plus the
+    base this site keeps, when only the trainable tensors came; clients/base_cache.py)."""
     task = SiteTask.from_record(msg.content[CONFIG])
     data = load_site_data(node_config, task)
     torch.manual_seed(task.train.seed)
     model = build(task.spec)
-    load_state(model, to_numpy(msg.content[ARRAYS]))
+    arrays = to_numpy(msg.content[ARRAYS])
+    if task.base_hash and context is not None:
+        keys = model_state(model)
+        arrays = with_base(
+            arrays, task.base_hash, keys, trainable_names(model), context, node_config
+        )
+    load_state(model, arrays)
     return task, data, model.to(site_device(node_config.get("device")))
 
 
@@ -66,13 +74,14 @@ def honest_update(
     node_config: Mapping[str, Any],
     flip: bool = False,
     control: scaffold.SiteControl | None = None,
+    context: Context | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, float], int, str]:
     """Local training from the received weights: ``(update, metrics, num-examples, site)``.
 
     ``flip``: a simulated label-flipping attacker trains on labels ``i -> C-1-i``.
     ``control``: SCAFFOLD's control variates; local steps are corrected by ``c - c_i``.
     """
-    task, data, model = _setup(msg, node_config)
+    task, data, model = _setup(msg, node_config, context)
     examples = _encode(task, data.train_texts, data.train_labels)
     if flip and examples.labels is not None:
         examples.labels = torch.from_numpy(flip_labels(examples.labels.numpy(), len(task.labels)))
@@ -102,7 +111,7 @@ def train(msg: Message, context: Context) -> Message:
     flip = attacker and task.attack.kind == "label_flip"
     store = site_store(context, task.state_key, task.server_round, node_config, task.sim_state_dir)
     control = scaffold.SiteControl(msg.content, store) if task.scaffold else None
-    update, metrics, n, site = honest_update(msg, node_config, flip, control)
+    update, metrics, n, site = honest_update(msg, node_config, flip, control, context)
     extra: dict[str, dict[str, np.ndarray]] = {}
     if control is not None:
         steps = int(metrics["train-steps"])
@@ -110,7 +119,7 @@ def train(msg: Message, context: Context) -> Message:
 
     def colluder(pid: int) -> dict[str, np.ndarray]:  # simulation only (AttackStage)
         other = {**node_config, "partition-id": pid}
-        return honest_update(msg, other, flip)[0]
+        return honest_update(msg, other, flip, context=context)[0]
 
     ctx = SiteContext(
         task, site, node_config, honest_update_of=colluder if attacker else None, state=store
@@ -123,7 +132,7 @@ def train(msg: Message, context: Context) -> Message:
     reply_metrics = {**metrics, **ctx.metrics, **resets, NUM_EXAMPLES: n}
     if task.privacy.secure_aggregation:  # the update stays here; only masked, later
         return secagg.begin(msg, context, task, update, reply_metrics, site)
-    return train_reply(msg, update, reply_metrics, site, extra)
+    return train_reply(msg, update, reply_metrics, site, extra, base_hash=task.base_hash)
 
 
 @app.train("secagg_share")
@@ -143,12 +152,13 @@ def secagg_unmask(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_(msg: Message, context: Context) -> Message:
-    task, data, model = _setup(msg, _threads(context))
+    task, data, model = _setup(msg, _threads(context), context)
     examples = _encode(task, data.eval_texts, data.eval_labels)
     metrics = evaluate(
         model, examples, task.spec.task, task.train.micro_batch_size, len(task.labels)
     )
-    return evaluate_reply(msg, {**metrics, NUM_EXAMPLES: len(examples)}, data.name)
+    metrics = {**metrics, NUM_EXAMPLES: len(examples)}
+    return evaluate_reply(msg, metrics, data.name, base_hash=task.base_hash)
 
 
 __all__ = ["app"]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from clients.attacks import attack_update
+from clients.compression import CompressStage
 from orchestrator.contract.attackers import select_attackers
 from orchestrator.contract.task import SiteTask
 
@@ -119,6 +120,8 @@ def update_stages(task: SiteTask, node_config: Mapping[str, Any]) -> list[Update
         from clients.privacy import LocalDPStage  # imports this module
 
         stages.append(LocalDPStage(task))
+    if task.compression.kind != "none":  # last: what it returns is what goes on the wire
+        stages.append(CompressStage(task.compression, task.train.seed, task.server_round))
     return stages
 
 
@@ -147,6 +150,9 @@ def describe(task: SiteTask) -> list[str]:
         from clients.privacy import LocalDPStage
 
         stages.append(LocalDPStage(task).name)
+    if task.compression.kind != "none":
+        c = task.compression
+        stages.append(CompressStage(c, task.train.seed, task.server_round).name)
     if p.secure_aggregation:
         dp = (
             f"clip L2 to {p.clip_norm}, add N(0, ({p.noise_multiplier} x {p.clip_norm})^2 / t) "

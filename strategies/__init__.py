@@ -79,6 +79,8 @@ def build_strategy(
         rule=rule,
         work_dir=work_dir,
         central_dp=central_dp(job),
+        compression=job.compression,
+        base_once=job.finetune.mode == "lora" and job.compression.lora_base_once,
     )
     if s.name in ROBUST:
         return RobustStrategy(name=s.name, **common)

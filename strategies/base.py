@@ -21,13 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from orchestrator.config.compression import CompressionConfig
 from orchestrator.contract.arrays import from_numpy, to_numpy
 from orchestrator.contract.metrics import classification_metrics, perplexity
 from strategies.aggregators import NormClipStage, RuleConfig, StoredAggregator
+from strategies.downlink import Downlink, with_compression
 from strategies.math import Arrays, RunningSum, apply_sgd_from_sum
 from strategies.pipeline import (
     Aggregate,
@@ -42,6 +44,7 @@ from strategies.validation import (
     RejectedReply,
     decode_evaluate_reply,
     decode_train_reply,
+    received_bytes,
     site_name,
 )
 
@@ -133,6 +136,8 @@ class DeltaStrategy(Strategy):
         weighted_by_key: str = "num-examples",
         arrayrecord_key: str = "arrays",
         configrecord_key: str = "config",
+        compression: CompressionConfig | None = None,
+        base_once: bool = False,
     ) -> None:
         self.eta = eta
         self.sites_per_round = sites_per_round
@@ -169,6 +174,8 @@ class DeltaStrategy(Strategy):
         self.weighted_by_key = weighted_by_key
         self.arrayrecord_key = arrayrecord_key
         self.configrecord_key = configrecord_key
+        self.compression = compression or CompressionConfig()  # replies decoded in validation
+        self.downlink = Downlink(self.compression.download, base_once)  # what goes to sites
         self._global: Arrays = {}
         self.num_nodes = 0
         """Sites connected when the last train round was configured."""
@@ -254,10 +261,8 @@ class DeltaStrategy(Strategy):
         kind: str,
         extra: dict[str, ArrayRecord] | None = None,
     ) -> list[Message]:
-        content = RecordDict(
-            {self.arrayrecord_key: arrays, self.configrecord_key: config, **(extra or {})}
-        )
-        return [Message(content=content, dst_node_id=n, message_type=kind) for n in nodes]
+        keys = (self.arrayrecord_key, self.configrecord_key)
+        return self.downlink.messages(arrays, config, self.update_keys, nodes, kind, keys, extra)
 
     # ---- Flower Strategy API -----------------------------------------------------------------
 
@@ -302,12 +307,13 @@ class DeltaStrategy(Strategy):
 
     def pipeline(self) -> list[str]:
         """The stages a train round runs, for ``--dry-run``."""
-        return describe(
+        steps = describe(
             self.reply_stages,
             self.make_aggregator(0),
             self.aggregate_stages,
             self.server_step_name(),
         )
+        return with_compression(steps, self.compression)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -319,6 +325,8 @@ class DeltaStrategy(Strategy):
         notes: dict[str, str] = {}
         report = RoundReport()
         for msg in replies:
+            size = received_bytes(msg)  # before decoding: a rejected reply was received too
+            self.downlink.note(msg)
             try:
                 reply = decode_train_reply(
                     msg,
@@ -326,6 +334,7 @@ class DeltaStrategy(Strategy):
                     self._global,
                     self.weighted_by_key,
                     self.reply_extra_arrays,
+                    compression=self.compression,
                 )
                 for stage in self.reply_stages:
                     reply = stage(reply, server_round)
@@ -333,7 +342,7 @@ class DeltaStrategy(Strategy):
                 site = site_name(msg)
                 log.warning("round %d: rejected reply from site %s: %s", server_round, site, e)
                 report.sites.append(
-                    SiteReport(msg.metadata.src_node_id, site, False, reason=str(e))
+                    SiteReport(msg.metadata.src_node_id, site, False, reason=str(e), bytes=size)
                 )
                 continue
             agg.add(reply)
@@ -416,25 +425,28 @@ class DeltaStrategy(Strategy):
         confusion: np.ndarray | None = None
         total = 0.0
         for msg in replies:
+            size = received_bytes(msg)  # before decoding: a rejected reply was received too
+            self.downlink.note(msg)
             site = site_name(msg)
             try:
                 n, scalars, c = decode_evaluate_reply(msg, self.num_classes, self.weighted_by_key)
             except RejectedReply as e:
                 log.warning("round %d: evaluation failed at site %s: %s", server_round, site, e)
                 report.sites.append(
-                    SiteReport(msg.metadata.src_node_id, site, False, reason=str(e))
+                    SiteReport(msg.metadata.src_node_id, site, False, reason=str(e), bytes=size)
                 )
                 continue
             if c is not None:
                 if confusion is not None and confusion.shape != c.shape:
                     reason = f"confusion of {c.size} entries, others sent {confusion.size}"
                     report.sites.append(
-                        SiteReport(msg.metadata.src_node_id, site, False, reason=reason)
+                        SiteReport(msg.metadata.src_node_id, site, False, reason=reason, bytes=size)
                     )
                     continue
                 confusion = c if confusion is None else confusion + c
                 scalars.update(classification_metrics(c))
-            report.sites.append(SiteReport(msg.metadata.src_node_id, site, True, scalars))
+            ok = SiteReport(msg.metadata.src_node_id, site, True, scalars, bytes=size)
+            report.sites.append(ok)
             total += n
             for k, v in scalars.items():
                 if k != self.weighted_by_key:

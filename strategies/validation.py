@@ -15,8 +15,10 @@ from typing import TypeVar
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from orchestrator.contract.arrays import array_view, nbytes
-from orchestrator.contract.messages import ARRAYS, SITE, SITE_NAME
+from orchestrator.config.compression import CompressionConfig
+from orchestrator.contract.arrays import array_view
+from orchestrator.contract.compression import PACKED, CodecError, decode_record
+from orchestrator.contract.messages import ARRAYS, SITE, SITE_NAME, wire_bytes
 from orchestrator.contract.metrics import CONFUSION, NUM_EXAMPLES
 from strategies.math import is_finite
 from strategies.pipeline import Reply
@@ -100,6 +102,7 @@ def decode_train_reply(
     reference: Mapping[str, np.ndarray],
     weighted_by_key: str = NUM_EXAMPLES,
     extra_arrays: Collection[str] = (),
+    compression: CompressionConfig | None = None,
 ) -> Reply:
     """A validated :class:`Reply`, or :class:`RejectedReply` (any decoding failure included).
 
@@ -107,6 +110,7 @@ def decode_train_reply(
     model's, learnt from the first accepted reply). ``reference``: the global arrays.
     ``extra_arrays``: names of further array records the reply must hold besides ``arrays``
     (e.g. SCAFFOLD's ``scaffold-delta-c``), each checked like the update (same tensors).
+    ``compression``: how the update is encoded (decoded here, strictly, into float32 tensors).
     """
     if msg.has_error():
         raise RejectedReply(f"site reported an error: {str(msg.error.reason)[:500]}")
@@ -114,22 +118,27 @@ def decode_train_reply(
         record = _update_record(msg.content, extra_arrays)
         metrics = _one(msg.content, MetricRecord)
         n = _weight(metrics, weighted_by_key)
+        kind = compression.kind if compression is not None else "none"
         if expected_keys is None:
+            if kind in PACKED:
+                raise RejectedReply(f"{kind} replies need the server to know the trainable keys")
             unknown = set(record.keys()) - set(reference)
             if unknown or not record:
                 raise RejectedReply(f"keys not in the global model: {_few(sorted(unknown))}")
             expected_keys = set(record.keys())
-        update = check_update(record, expected_keys, reference)
+        if kind == "none":
+            update = check_update(record, expected_keys, reference)
+        else:
+            update = decode_compressed(record, expected_keys, reference, compression)
         extras: dict[str, dict[str, np.ndarray]] = {}
-        size = nbytes(record)
         for name in extra_arrays:
             extra = msg.content[name]
             try:
                 extras[name] = check_update(extra, expected_keys, reference)
             except RejectedReply as e:
                 raise RejectedReply(f"{name}: {e}") from e
-            size += nbytes(extra)
         scalars = scalar_metrics(metrics)
+        size = wire_bytes(msg)
     except RejectedReply:
         raise
     except Exception as e:  # anything else a hostile payload triggers is a rejection too
@@ -148,6 +157,37 @@ def _update_record(content: RecordDict, extra_arrays: Collection[str]) -> ArrayR
     if names != expected:
         raise RejectedReply(f"array records {names[:5]}, expected {expected}")
     return content[ARRAYS]
+
+
+def decode_compressed(
+    record: ArrayRecord,
+    expected_keys: Collection[str],
+    reference: Mapping[str, np.ndarray],
+    compression: CompressionConfig,
+) -> dict[str, np.ndarray]:
+    """The dense float32 update of an encoded reply (layout checked before parsing)."""
+    missing = sorted(set(expected_keys) - set(reference))
+    if missing:
+        raise RejectedReply(f"keys not in the global model: {_few(missing)}")
+    ref = {k: reference[k] for k in sorted(expected_keys)}
+    try:
+        update = decode_record(
+            record, compression.kind, ref, compression.block_size, compression.ratio
+        )
+    except CodecError as e:
+        raise RejectedReply(f"{compression.kind} update: {e}") from e
+    for key, value in update.items():
+        if not is_finite(value):
+            raise RejectedReply(f"{key}: contains NaN or Inf")
+    return update
+
+
+def received_bytes(msg: Message) -> int:
+    """Wire bytes of a received message; 0 if even that fails on a malformed one."""
+    try:
+        return wire_bytes(msg)
+    except Exception:  # a hostile message must not break the round's accounting
+        return 0
 
 
 def decode_evaluate_reply(

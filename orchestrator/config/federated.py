@@ -3,9 +3,10 @@
 ``FederatedJob`` reuses the shared ``model``, ``data``, ``run`` and ``logging`` sections of
 :mod:`orchestrator.config.schema` and adds the federated ones: ``task``, ``train`` (a site's
 local optimiser, :class:`SiteTrainConfig`: pretraining's step schedule does not apply, so its keys
-are refused here instead of silently ignored), ``finetune``, ``strategy``, ``federation`` and
-``partition``. Validation style is the same as schema.py: a :class:`FieldError` in
-``__post_init__``; the loader adds the key path and exits with code 2.
+are refused here instead of silently ignored), ``finetune``, ``strategy``, ``federation``,
+``partition`` and ``compression`` (:mod:`orchestrator.config.compression`). Validation style
+is the same as schema.py: a :class:`FieldError` in ``__post_init__``; the loader adds the key
+path and exits with code 2.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
+from orchestrator.config.compression import CompressionConfig
 from orchestrator.config.privacy import PrivacyConfig, check_privacy
 from orchestrator.config.schema import (
     DataConfig,
@@ -386,6 +388,7 @@ class FederatedJob:
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
     run: RunConfig = field(default_factory=RunConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
@@ -425,3 +428,11 @@ class FederatedJob:
                 "use fedavgm (server-side only) for drift, or turn privacy off.",
             )
         check_privacy(self)
+        if self.compression.kind != "none" and self.privacy.secure_aggregation:
+            raise FieldError(
+                self.compression,
+                "kind",
+                self.compression.kind,
+                "none with privacy.secure_aggregation (masks are added to float32 updates)",
+                "Turn one of them off.",
+            )

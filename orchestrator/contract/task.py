@@ -25,6 +25,7 @@ from typing import Any
 from flwr.app import ConfigRecord
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from orchestrator.config.compression import CompressionConfig
 from orchestrator.config.federated import (
     AttackConfig,
     FederatedJob,
@@ -102,10 +103,15 @@ class SiteTask:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     """The job's privacy section: ``local`` mode clips and noises at the site; secure
     aggregation masks there. Sent as is (a site applies what it is told and reports it)."""
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
+    """How the site encodes its update (``orchestrator/contract/compression.py``)."""
     server_round: int = 0
     """Set by the strategy on each message."""
     proximal_mu: float = 0.0
     """FedProx's proximal coefficient (set by the strategy); 0 = plain local training."""
+    base_hash: str = ""
+    """LoRA with ``compression.lora_base_once`` (set by the strategy): the hash of the frozen
+    base; a message may then carry only the trainable tensors (clients/base_cache.py)."""
     scaffold: bool = False
     """SCAFFOLD (set by the strategy): the train message carries the server control variate
     and the site corrects its local steps with it (clients/scaffold.py)."""
@@ -163,6 +169,7 @@ def site_task(
         partition=job.partition,
         attack=job.attack,
         privacy=job.privacy,
+        compression=job.compression,
         partition_seed=job.federation.seed,
         sim_data_path=str(Path(job.data.paths[0]).expanduser().absolute())
         if job.data.paths

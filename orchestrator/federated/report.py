@@ -104,6 +104,10 @@ class RoundTable:
                 parts.append(f"macro-F1 {s['macro-f1']:.4f}")
             if "num-examples" in s:
                 parts.append(f"n={int(s['num-examples'])}")
+            if "bytes-up" in s or "bytes-down" in s:  # as measured on the wire this round
+                parts.append(
+                    f"up {s.get('bytes-up', 0) / 1e6:.3f} MB down {s.get('bytes-down', 0) / 1e6:.3f} MB"
+                )
             if s.get("aggregation"):  # what a robust rule / clip / cap did to this reply
                 parts.append(s["aggregation"])
             if s.get("rejected"):

@@ -24,6 +24,7 @@ from orchestrator.config.federated import FederatedJob
 from orchestrator.config.loader import to_yaml
 from orchestrator.contract.arrays import from_numpy, nbytes, to_numpy
 from orchestrator.contract.attackers import select_attackers
+from orchestrator.contract.messages import sent_bytes
 from orchestrator.contract.model import export, load_state, model_state
 from orchestrator.federated import checkpoint
 from orchestrator.federated.ledger import PrivacyLedger
@@ -209,22 +210,25 @@ class FederatedRun:
             if s.accepted:
                 self.site_names[s.node_id] = s.site
 
-    def evaluate(self, server_round: int, arrays: ArrayRecord) -> tuple[dict[str, Any], int]:
+    def evaluate(
+        self, server_round: int, arrays: ArrayRecord
+    ) -> tuple[dict[str, Any], dict[int, int]]:
         """The round's sampled sites (``federation.eval_sites_per_round``; all of them after the
-        last round) evaluate ``arrays``; returns the pooled metrics and the bytes sent. Rounds
-        that ``federation.eval_every`` skips evaluate nowhere: ``({}, 0)``."""
+        last round) evaluate ``arrays``; returns the pooled metrics and the wire bytes sent to
+        each node. Rounds that ``federation.eval_every`` skips evaluate nowhere: ``({}, {})``."""
         s, fed = self.strategy, self.job.federation
         if not fed.evaluates(server_round):
             s.last_evaluate = RoundReport()  # no stale per-site evaluation in this round's row
-            return {}, 0
+            return {}, {}
         k = fed.eval_sites(server_round)
         msgs = list(s.configure_evaluate(server_round, arrays, self.task_record, self.grid, k))
+        down = sent_bytes(msgs)
         sent = [m.metadata.dst_node_id for m in msgs]
         ev = s.aggregate_evaluate(server_round, stream_replies(self.grid, msgs, self.timeout))
         attribute_lost_replies(s.last_evaluate.sites, sent, self.site_names)
         self.remember_names()
         out = {k: v for k, v in (ev or {}).items() if not isinstance(v, list)}
-        return out, nbytes(arrays) * len(msgs)
+        return out, down
 
     def train(self, server_round: int, arrays: ArrayRecord) -> tuple[ArrayRecord | None, dict]:
         """Sample, send, fold; returns the new model (None = skipped) and the train columns."""
@@ -234,13 +238,11 @@ class FederatedRun:
             new, metrics, sampled, secagg_skip = self.secure.train(
                 server_round, arrays, self.task_record
             )
-            bytes_down = nbytes(arrays) * len(sampled)
+            # Counted as the model payload per site: SecAgg+'s key-exchange messages are not.
+            bytes_down = {n: nbytes(arrays) for n in sampled}
         else:
             msgs = list(s.configure_train(server_round, arrays, self.task_record, self.grid))
-            # Every array record counts (SCAFFOLD also sends its control variate).
-            bytes_down = sum(
-                nbytes(r) for m in msgs for r in m.content.values() if isinstance(r, ArrayRecord)
-            )
+            bytes_down = sent_bytes(msgs)
             sampled = [m.metadata.dst_node_id for m in msgs]
             new, metrics = s.aggregate_train(
                 server_round, stream_replies(self.grid, msgs, self.timeout)
@@ -263,17 +265,41 @@ class FederatedRun:
             info["secagg_skipped"] = secagg_skip
         return new, {"train": train, **info}
 
+    def site_bytes(self, sites: dict[str, dict[str, Any]], down: dict[int, int]) -> None:
+        """Add each site's ``bytes-up`` (its train + evaluate replies) and ``bytes-down`` (the
+        messages sent to it) this round, as measured on the wire, to its row."""
+        s = self.strategy
+        reports = [*s.last_train.sites, *s.last_evaluate.sites]
+        names = {**self.site_names, **{r.node_id: r.site for r in reports}}
+        for r in reports:
+            row = sites.setdefault(r.site, {})
+            row["bytes-up"] = row.get("bytes-up", 0) + r.bytes
+        for node, n in down.items():
+            row = sites.setdefault(names.get(node, f"node-{node}"), {})
+            row["bytes-down"] = row.get("bytes-down", 0) + n
+
     def round_record(
-        self, server_round: int, t0: float, train: dict[str, Any], ev: dict[str, Any], down: int
+        self,
+        server_round: int,
+        t0: float,
+        train: dict[str, Any],
+        ev: dict[str, Any],
+        down: dict[int, int],
     ) -> dict[str, Any]:
+        sites = site_rows(self.strategy)
+        down_all = dict(train["bytes_down"])
+        for node, n in down.items():
+            down_all[node] = down_all.get(node, 0) + n
+        self.site_bytes(sites, down_all)
+        s = self.strategy
         rec = {
             "round": server_round,
             "train": train["train"],
             "eval": ev,
-            "sites": site_rows(self.strategy),
+            "sites": sites,
             "dropped": train["dropped"],
-            "bytes_up": int(train["train"].get("bytes-received", 0)),
-            "bytes_down": train["bytes_down"] + down,
+            "bytes_up": s.last_train.bytes + s.last_evaluate.bytes,
+            "bytes_down": sum(down_all.values()),
             "skipped": train["skipped"],
             "round_time_s": round(time.monotonic() - t0, 3),
             "elapsed_s": round(time.monotonic() - self.t_run, 3),
@@ -300,12 +326,14 @@ class FederatedRun:
         if start_round == 1:
             t0 = time.monotonic()
             ev, down = self.evaluate(0, arrays)
+            sites = site_rows(self.strategy)
+            self.site_bytes(sites, down)
             rec = {
                 "round": 0,
                 "eval": ev,
-                "sites": site_rows(self.strategy),
-                "bytes_down": down,
-                "bytes_up": 0,
+                "sites": sites,
+                "bytes_down": sum(down.values()),
+                "bytes_up": self.strategy.last_evaluate.bytes,
                 "round_time_s": round(time.monotonic() - t0, 3),
                 "elapsed_s": round(time.monotonic() - self.t_run, 3),
             }
