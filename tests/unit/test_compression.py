@@ -298,6 +298,8 @@ def _job(cache_dir: Path, *overrides: str) -> FederatedJob:
         "federation.num_sites=2",
         "federation.num_rounds=1",
         "federation.min_sites=1",
+        "federation.eval_every=1",  # every round evaluated (the demo preset: every 5th)
+        "data.tokenizer.path=null",  # train the tiny tokenizer (the preset bundles a larger one)
         "logging.tensorboard=false",  # no event writers: not what these tests are about
     ]
     return load_config(FederatedJob, None, [*small, *overrides], default_preset="simulate-demo")

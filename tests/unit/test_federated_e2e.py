@@ -194,6 +194,7 @@ def fresh_load(causal_run: CausalRun, lora_run: CausalRun) -> dict[str, Any]:
     return info
 
 
+@pytest.mark.integration  # in-process but ~5-9 s: keeps the unit tier under a minute
 def test_causal_lm_two_rounds_perplexity_improves(causal_run: CausalRun) -> None:
     rounds = causal_run.result.rounds
     assert [r["round"] for r in rounds] == [0, 1, 2]
@@ -214,6 +215,7 @@ def test_causal_lm_two_rounds_perplexity_improves(causal_run: CausalRun) -> None
     assert n == 32  # 40 lines, 20% held out for evaluation
 
 
+@pytest.mark.integration  # in-process but ~5-9 s: keeps the unit tier under a minute
 def test_causal_lm_export_reloads_in_a_fresh_interpreter_with_the_servers_logits(
     causal_run: CausalRun, fresh_load: dict[str, Any]
 ) -> None:
@@ -291,6 +293,7 @@ def one_round_update(
     return {k: v.copy() for k, v in to_numpy(reply.content["arrays"]).items()}
 
 
+@pytest.mark.integration  # in-process but ~5-9 s: keeps the unit tier under a minute
 def test_fedprox_term_is_applied_at_the_site(cache_dir: Path) -> None:
     j = make_job(
         cache_dir,
