@@ -17,6 +17,7 @@ import numpy as np
 
 from clients.attacks import attack_update
 from clients.compression import CompressStage
+from clients.site_state import simulated_site
 from orchestrator.contract.attackers import select_attackers
 from orchestrator.contract.task import SiteTask
 
@@ -48,13 +49,6 @@ class UpdateStage(Protocol):
     name: str
 
     def __call__(self, update: Arrays, ctx: SiteContext) -> Arrays: ...
-
-
-def simulated_site(node_config: Mapping[str, Any]) -> tuple[int, int] | None:
-    """``(partition-id, num-partitions)`` of a simulated site; None for a real site."""
-    if "data-path" in node_config or "partition-id" not in node_config:
-        return None
-    return int(node_config["partition-id"]), int(node_config["num-partitions"])
 
 
 def attackers(task: SiteTask, num_sites: int) -> list[int]:

@@ -1,7 +1,7 @@
 """Local differential privacy at the site (``privacy.mode=local``): clip, then noise, before the
 update leaves. The site trusts no server: what it sends is already private.
 
-The math is :func:`strategies.privacy.privatize_update` (clip to C, add N(0, (z C)^2) per
+The math is :func:`orchestrator.contract.privacy.privatize_update` (clip to C, add N(0, (z C)^2) per
 coordinate); the noise comes from the OS's entropy, so nobody (not the server, not whoever wrote
 the config) can predict or remove it. The epsilon a site spends is reported by the server's ledger
 (``Gaussian(z/2)`` per round the site takes part in; docs/privacy.md).
@@ -10,12 +10,15 @@ the config) can predict or remove it. The epsilon a site spends is reported by t
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clients.pipeline import Arrays, SiteContext
+from orchestrator.contract.privacy import privatize_update, secure_rng
 from orchestrator.contract.task import SiteTask
-from strategies.privacy import privatize_update, secure_rng
+
+if TYPE_CHECKING:  # types only: clients.pipeline imports this module
+    from clients.pipeline import Arrays, SiteContext
 
 log = logging.getLogger(__name__)
 

@@ -50,10 +50,17 @@ import numpy as np
 from flwr.app import ArrayRecord, Context
 from safetensors.numpy import load_file, save_file
 
-from clients.pipeline import simulated_site
 from orchestrator.contract.arrays import array_view, from_numpy
 
 log = logging.getLogger(__name__)
+
+
+def simulated_site(node_config: Mapping[str, Any]) -> tuple[int, int] | None:
+    """``(partition-id, num-partitions)`` of a simulated site; None for a real site."""
+    if "data-path" in node_config or "partition-id" not in node_config:
+        return None
+    return int(node_config["partition-id"]), int(node_config["num-partitions"])
+
 
 Arrays = dict[str, np.ndarray]
 FORMAT = "fedray-site-state-1"

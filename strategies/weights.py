@@ -8,11 +8,12 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from orchestrator.contract.privacy import update_norm  # noqa: F401  (one definition; re-exported)
 
 WEIGHTING_MODES = ("examples", "uniform", "capped")
 NORM_CLIP_MODES = ("fixed", "median")
@@ -26,18 +27,6 @@ class NormClip:
     scales: np.ndarray
     clipped: np.ndarray
     threshold: float
-
-
-def update_norm(update: Mapping[str, np.ndarray]) -> float:
-    """``||delta||_2`` over all tensors of one update, accumulated in float64 (in blocks, so no
-    model-sized temporary)."""
-    total = 0.0
-    for a in update.values():
-        flat = np.asarray(a).reshape(-1)
-        for start in range(0, flat.size, 1 << 20):
-            seg = flat[start : start + (1 << 20)].astype(np.float64)
-            total += float(np.dot(seg, seg))
-    return math.sqrt(total)
 
 
 def clip_update_norms(
