@@ -31,8 +31,9 @@ def deepspeed_globals() -> list[Any]:
     """The classes DeepSpeed's ZeRO optimizer states pickle besides tensors (checked on 0.19)."""
     from deepspeed.runtime.fp16.loss_scaler import LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address  # ZeRO-1/2: (numel, start)
 
-    return [LossScaler, ZeroStageEnum]
+    return [LossScaler, ZeroStageEnum, fragment_address]
 
 
 def safe_load(path: str | Path, allowed: Sequence[Any] = (), mmap: bool = False) -> Any:
