@@ -33,7 +33,19 @@ def deepspeed_globals() -> list[Any]:
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address  # ZeRO-1/2: (numel, start)
 
-    return [LossScaler, ZeroStageEnum, fragment_address]
+    # Python pickles enum members by name, as ``getattr(ZeroStageEnum, "optimizer_states")``.
+    # Allowing the real ``getattr`` would let a file walk from any allowed class to arbitrary
+    # code, so the pickle's ``builtins.getattr`` resolves to enum_member instead.
+    return [LossScaler, ZeroStageEnum, fragment_address, (enum_member, "builtins.getattr")]
+
+
+def enum_member(cls: Any, name: Any) -> Any:
+    """Stand-in for ``getattr`` while loading: only a member of an allow-listed enum."""
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    if cls is not ZeroStageEnum or not isinstance(name, str) or name not in cls.__members__:
+        raise pickle.UnpicklingError(f"getattr({cls!r}, {name!r}) is not an allowed enum member")
+    return cls[name]
 
 
 def safe_load(path: str | Path, allowed: Sequence[Any] = (), mmap: bool = False) -> Any:

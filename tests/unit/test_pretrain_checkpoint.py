@@ -237,3 +237,36 @@ def test_safe_checkpoint_engine_loads_with_the_map_locations_deepspeed_passes(tm
     for where in (None, "cpu", torch.device("cpu"), lambda storage, loc: storage):
         state = engine.load(str(tmp_path / "s.pt"), map_location=where)
         assert state["n"] == 3 and torch.equal(state["w"], torch.ones(2))
+
+
+class _GetattrOf:
+    """Pickles as ``getattr(obj, name)``: how Python pickles enum members, and how a hostile
+    file would walk from an allowed class to arbitrary code."""
+
+    def __init__(self, obj, name):
+        self.obj, self.name = obj, name
+
+    def __reduce__(self):
+        return getattr, (self.obj, self.name)
+
+
+def test_deepspeed_enum_members_load_but_getattr_reaches_nothing_else(tmp_path: Path):
+    import torch
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    from orchestrator.pretrain.safe_load import (
+        UnsafeCheckpointError,
+        deepspeed_globals,
+        safe_load,
+    )
+
+    ok = tmp_path / "optim_states.pt"
+    torch.save({"zero_stage": _GetattrOf(ZeroStageEnum, "optimizer_states")}, ok)
+    state = safe_load(ok, deepspeed_globals())
+    assert state["zero_stage"] is ZeroStageEnum.optimizer_states
+    for obj, name in [(LossScaler, "__init__"), (ZeroStageEnum, "__class__")]:
+        bad = tmp_path / f"bad-{name}.pt"
+        torch.save({"x": _GetattrOf(obj, name)}, bad)
+        with pytest.raises(UnsafeCheckpointError, match="could run code"):
+            safe_load(bad, deepspeed_globals())
