@@ -9,12 +9,19 @@ step number (resume is exact), and 1 worker x 2 accumulation steps sees the same
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 
+@lru_cache(
+    maxsize=2
+)  # a step needs at most two epochs; permuting millions of blocks per step shows
 def epoch_permutation(n: int, epoch: int, seed: int) -> np.ndarray:
-    """The sample order of one epoch (deterministic in ``seed`` and ``epoch``)."""
-    return np.random.default_rng([seed, epoch]).permutation(n)
+    """The sample order of one epoch (deterministic in ``seed`` and ``epoch``); read-only, cached."""
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    order.flags.writeable = False
+    return order
 
 
 def global_batch_indices(step: int, global_batch: int, n: int, seed: int) -> np.ndarray:

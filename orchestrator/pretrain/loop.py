@@ -262,7 +262,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         maybe_inject_fault(job, step, rank, run_dir)
         t0 = time.perf_counter()
         batch = global_batch_indices(step, t.global_batch_size, len(train_blocks), t.seed)
-        loss_sum = 0.0
+        # Summed on the device: a float() here would stall the GPU before the optimizer step.
+        loss_sum = torch.zeros((), device=device)
         for a, idx in enumerate(
             micro_batches_for_rank(batch, rank, world, t.micro_batch_size, accum)
         ):
@@ -270,13 +271,13 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             with backend.no_sync(a < accum - 1), amp:
                 loss = backend.model(input_ids=x, labels=x).loss
             backend.backward(loss / accum)
-            loss_sum += float(loss.detach())
+            loss_sum += loss.detach().float()
         lr = backend.lr()
         grad_norm = backend.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         step_time = time.perf_counter() - t0
-        (loss_avg,) = all_reduce_mean([loss_sum / accum], device)
+        (loss_avg,) = all_reduce_mean([float(loss_sum) / accum], device)
         done = step + 1
         rec: dict[str, Any] = {
             "step": done,
@@ -285,6 +286,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             "grad_norm": grad_norm,
             "step_time": step_time,
             "tokens_per_s": tokens_per_step / step_time,
+            # Stamped here, not on receipt: the sink can fall behind and take records in bursts.
+            "wall_time": time.time(),
         }
         if peak:
             rec["mfu"] = mfu(rec["tokens_per_s"], fpt, peak, world)

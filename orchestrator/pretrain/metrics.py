@@ -33,8 +33,8 @@ class MetricsSink:
         self.tracker = Tracker(self.path.parent, logging_cfg) if logging_cfg else None
 
     def log(self, record: dict[str, Any]) -> None:
-        now = time.time()
-        record = {"time": round(now - self.t0, 3), "wall_time": round(now, 3), **record}
+        now = float(record.get("wall_time", time.time()))  # the worker's stamp when it sent one
+        record = {**record, "time": round(now - self.t0, 3), "wall_time": round(now, 3)}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.tracker is not None and "step" in record:

@@ -170,3 +170,18 @@ def test_eval_batches_same_count_on_every_rank_and_exact_rows(n_val, world, micr
                    for rows, n in batches)  # fmt: skip
     # the case that used to deadlock: 3 blocks, 2 ranks, micro 1 -> 2 and 1 forwards before
     assert [len(eval_indices_for_rank(3, r, 2, 8)) for r in range(2)] == [2, 1]
+
+
+def test_epoch_permutation_is_cached_read_only_and_batches_unchanged():
+    """The per-epoch order is computed once (not per step) and cannot be altered by a caller."""
+    from orchestrator.data.sharding import epoch_permutation, global_batch_indices
+
+    a = epoch_permutation(1000, 3, 7)
+    assert a is epoch_permutation(1000, 3, 7)
+    assert not a.flags.writeable
+    with pytest.raises(ValueError):
+        a[0] = 1
+    assert sorted(a.tolist()) == list(range(1000))
+    expected = np.random.default_rng([7, 3]).permutation(1000)[:16]
+    # Step 187 spans epochs 2 and 3: its second half is the start of epoch 3's order.
+    assert np.array_equal(global_batch_indices(3000 // 16, 16, 1000, 7)[8:], expected[:8])
