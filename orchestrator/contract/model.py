@@ -111,7 +111,14 @@ def build(spec: ModelSpec, weights_dir: str | None = None) -> torch.nn.Module:
             # GPT-2 stores its projections as Conv1D (in x out), transposed vs nn.Linear.
             fan_in_fan_out=config.model_type == "gpt2",
         )
-        model = get_peft_model(model, lora)
+        with warnings.catch_warnings():
+            # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` alias inside
+            # get_peft_model; the FutureWarning is theirs, not actionable here, and would print
+            # on every site at every round.
+            warnings.filterwarnings(
+                "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+            )
+            model = get_peft_model(model, lora)
     return model
 
 

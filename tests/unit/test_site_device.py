@@ -74,3 +74,16 @@ def test_site_trains_and_evaluates_on_its_gpu(finetune: str):
         out = build(task(finetune).spec).to(device)(input_ids=data().input_ids.to(device)).logits
     if torch.cuda.is_bf16_supported():
         assert out.dtype == torch.bfloat16
+
+
+def test_building_a_lora_model_prints_no_upstream_deprecation_warning():
+    """peft's internal use of transformers' deprecated alias must not reach every site's console."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = build(task("lora").spec)
+    assert trainable_names(model)  # a real LoRA model was built
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)], [
+        str(w.message) for w in caught
+    ]
