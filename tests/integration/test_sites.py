@@ -227,10 +227,9 @@ def test_site_killed_mid_round_round_completes_and_site_rejoins(fed: Fed) -> Non
     assert set(r1["sites"]) == set(SITES)  # no row for the SuperLink's own error reply
 
 
-def test_server_killed_after_round_1_resumes_to_the_same_model(
-    fed: Fed, reference: Reference
-) -> None:
-    run_dir = fed.root / "resumed"
+def crash_after_round_1_and_resume(fed: Fed, run_dir: Path, *overrides: str) -> None:
+    """`fedray server` with 3 real sites; the whole server process tree is killed once round 1's
+    checkpoint exists, then `fedray server --resume` finishes the run (exit 0)."""
     port = free_port()
     fedray = str(Path(sys.executable).parent / "fedray")
     common = [
@@ -242,12 +241,13 @@ def test_server_killed_after_round_1_resumes_to_the_same_model(
         str(port),
     ]
     env = flower_env(fed.root / "unused-flwr-home")
+    logs = run_dir.parent / "logs" / run_dir.name
     procs: list[ManagedProcess] = []
     try:
         server = ManagedProcess(
             "fedray server",
-            [fedray, "server", str(fed.job_yaml), f"run.dir={run_dir}", *common],
-            fed.root / "logs" / "server-1.log",
+            [fedray, "server", str(fed.job_yaml), f"run.dir={run_dir}", *overrides, *common],
+            logs / "server-1.log",
             env=env,
         ).start()
         procs.append(server)
@@ -270,7 +270,7 @@ def test_server_killed_after_round_1_resumes_to_the_same_model(
         resumed = ManagedProcess(
             "fedray server --resume",
             [fedray, "server", "--resume", str(run_dir), *common],
-            fed.root / "logs" / "server-2.log",
+            logs / "server-2.log",
             env=env,
         ).start()
         procs.append(resumed)
@@ -280,14 +280,57 @@ def test_server_killed_after_round_1_resumes_to_the_same_model(
         assert resumed.returncode == 0, resumed.log_tail(60)
     finally:
         stop_all(procs)
-    rounds = [json.loads(x)["round"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert rounds == [0, 1, 2]
+
+
+def metrics_rows(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_server_killed_after_round_1_resumes_to_the_same_model(
+    fed: Fed, reference: Reference
+) -> None:
+    run_dir = fed.root / "resumed"
+    crash_after_round_1_and_resume(fed, run_dir)
+    assert [r["round"] for r in metrics_rows(run_dir)] == [0, 1, 2]
     got, want = final_weights(run_dir), final_weights(reference.run.run_dir)
     assert set(got) == set(want)
     # Bit for bit: site training is seeded and single-threaded, and the server's float64 sum
     # makes the aggregate independent of the order the replies happened to arrive in.
     for k in want:
         np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+def test_central_dp_across_real_sites_ledger_continues_exactly_after_a_server_crash(
+    fed: Fed,
+) -> None:
+    """DP-FedAvg (central) with real sites: the server crashes after round 1, and the resumed run
+    charges round 2 on top of round 1's epsilon, no round charged twice or forgotten."""
+    from orchestrator.federated import checkpoint
+    from orchestrator.federated.ledger import central_epsilon
+
+    z, delta = 1.5, 1e-2
+    run_dir = fed.root / "dp-resumed"
+    crash_after_round_1_and_resume(
+        fed,
+        run_dir,
+        "privacy.mode=central",
+        f"privacy.noise_multiplier={z}",
+        "privacy.clip_norm=0.5",
+        f"privacy.delta={delta}",
+        "strategy.weighting=uniform",
+    )
+    rows = metrics_rows(run_dir)
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    ledger = checkpoint.latest(run_dir).state["privacy_ledger"]["rounds"]
+    assert [r["round"] for r in ledger] == [1, 2]
+    pairs = [(int(r["sampled"]), int(r["population"])) for r in ledger]
+    assert all(n == len(SITES) and 2 <= k <= n for k, n in pairs), pairs
+    # Each round's epsilon is the accountant's for every round so far, round 1 included.
+    assert rows[1]["epsilon"] == pytest.approx(central_epsilon(z, pairs[:1], delta), rel=1e-9)
+    assert rows[2]["epsilon"] == pytest.approx(central_epsilon(z, pairs, delta), rel=1e-9)
+    assert rows[2]["epsilon"] > rows[1]["epsilon"]
+    assert rows[2]["privacy"]["rounds_charged"] == 2
+    assert (run_dir / "export" / "model.safetensors").is_file()
 
 
 # ---- docs/sites.md quickstart, as written ------------------------------------------------------
