@@ -9,46 +9,19 @@ does not change. ``--dry-run`` lists the stages (:func:`describe`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from clients.attacks import attack_update
 from clients.compression import CompressStage
 from clients.site_state import simulated_site
+from clients.stages import Arrays, SiteContext, UpdateStage
 from orchestrator.contract.attackers import select_attackers
 from orchestrator.contract.task import SiteTask
 
-if TYPE_CHECKING:
-    from clients.site_state import SiteStateStore
-
-Arrays = dict[str, np.ndarray]
-
-
-@dataclass
-class SiteContext:
-    """What a stage may read (the task, the site) and write (metrics added to the reply)."""
-
-    task: SiteTask
-    site: str
-    node_config: Mapping[str, Any] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
-    honest_update_of: Callable[[int], Arrays] | None = None
-    """Simulation only: the honest update simulated site ``i`` computes this round (colluding
-    attackers use it; see :class:`AttackStage`)."""
-    state: SiteStateStore | None = None
-    """This site's persistent state for this run (clients/site_state.py): a stage that keeps
-    something across rounds (e.g. an error-feedback residual) loads and saves it here."""
-
-
-class UpdateStage(Protocol):
-    """One transformation of the update on its way out of the site."""
-
-    name: str
-
-    def __call__(self, update: Arrays, ctx: SiteContext) -> Arrays: ...
+__all__ = ["Arrays", "SiteContext", "UpdateStage", "describe", "run_stages", "update_stages"]
 
 
 def attackers(task: SiteTask, num_sites: int) -> list[int]:

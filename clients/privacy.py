@@ -17,8 +17,8 @@ import numpy as np
 from orchestrator.contract.privacy import privatize_update, secure_rng
 from orchestrator.contract.task import SiteTask
 
-if TYPE_CHECKING:  # types only: clients.pipeline imports this module
-    from clients.pipeline import Arrays, SiteContext
+if TYPE_CHECKING:
+    from clients.stages import Arrays, SiteContext
 
 log = logging.getLogger(__name__)
 
