@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from strategies.aggregators import RuleConfig
-from strategies.base import DeltaStrategy, RoundReport, SiteReport, stream_replies
+from strategies.base import DeltaStrategy
 from strategies.fedavg import FedAvg, FedProx
 from strategies.fedavgm import FedAvgM
 from strategies.fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
 from strategies.privacy import CentralDP
+from strategies.replies import RoundReport, SiteReport, stream_replies
 from strategies.robust_strategy import RobustStrategy
 from strategies.scaffold import Scaffold
 

@@ -35,8 +35,8 @@ from orchestrator.federated.setup import ServerSetup, prepare
 from orchestrator.runs import append_metrics, read_metrics
 from orchestrator.tracking import log_round
 from strategies import DeltaStrategy, build_strategy, stream_replies
-from strategies.base import RoundReport, SiteReport
 from strategies.privacy import PrivacyBudgetExhausted
+from strategies.replies import RoundReport, SiteReport
 
 log = logging.getLogger(__name__)
 

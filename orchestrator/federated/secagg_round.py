@@ -23,7 +23,7 @@ from orchestrator.secagg import SecAggError, ServerRound, new_params, site_ids
 from orchestrator.secagg.dp import effective_multiplier
 from orchestrator.secagg.protocol import RoundParams
 from strategies import DeltaStrategy, stream_replies
-from strategies.base import RoundReport, SiteReport
+from strategies.replies import RoundReport, SiteReport
 from strategies.validation import RejectedReply, scalar_metrics, site_name
 
 log = logging.getLogger(__name__)

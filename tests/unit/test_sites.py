@@ -531,7 +531,7 @@ def test_console_scripts_exist() -> None:
 
 def test_error_replies_for_lost_sites_get_the_sites_name():
     from orchestrator.federated.rounds import attribute_lost_replies
-    from strategies.base import SiteReport
+    from strategies.replies import SiteReport
 
     reports = [
         SiteReport(11, "s0", True, {"accuracy": 0.5}),
