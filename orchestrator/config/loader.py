@@ -8,6 +8,7 @@ into exit code 2.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -97,6 +98,13 @@ def load_config(
     return to_job(schema, merged)
 
 
+@functools.cache
+def _schema_defaults(schema: type) -> DictConfig:
+    """The schema's defaults as a DictConfig, built once per schema (about half of each load's
+    time). Never handed out: ``OmegaConf.merge`` copies its first argument."""
+    return OmegaConf.structured(schema)
+
+
 def load_dictconfig(
     schema: type,
     source: str | None = None,
@@ -104,7 +112,7 @@ def load_dictconfig(
     default_preset: str | None = None,
 ) -> DictConfig:
     """Merge schema defaults, a YAML file/preset and overrides (types checked, values not yet)."""
-    base = OmegaConf.structured(schema)
+    base = _schema_defaults(schema)
     layers: list[Any] = []
     src = source or default_preset
     if src is not None:

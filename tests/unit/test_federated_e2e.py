@@ -256,6 +256,7 @@ def test_lora_replies_hold_only_adapters_and_base_weights_never_move(lora_run: C
     assert ppl[2] < ppl[0], ppl
 
 
+@pytest.mark.integration  # loads the export in a fresh interpreter (subprocess): ~5-9 s
 def test_lora_export_is_a_merged_plain_model_with_the_servers_logits(
     lora_run: CausalRun, fresh_load: dict[str, Any]
 ) -> None:

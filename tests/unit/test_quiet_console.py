@@ -275,6 +275,7 @@ def test_context_applies_and_restores_quiet_env(monkeypatch, tmp_path):
     assert "DS_ACCELERATOR" not in os.environ
 
 
+@pytest.mark.integration  # a fresh interpreter (subprocess) is the point; ~2-5 s of imports
 def test_deepspeed_accelerator_warning_is_silenced_at_its_source():
     """DS_ACCELERATOR=cpu: DeepSpeed takes the CPU accelerator without its warning (and, as a
     control in the same process, warns when it has to detect the accelerator itself)."""
@@ -360,6 +361,7 @@ def test_contract_build_names_the_loss_of_causal_lm_sites():
     assert build(cls).loss_type == "ForSequenceClassification"
 
 
+@pytest.mark.integration  # a fresh interpreter (subprocess) is the point; ~2-5 s of imports
 def test_export_drops_a_null_loss_type_and_loads_in_plain_transformers_silently(tmp_path):
     from transformers import AutoConfig
 

@@ -7,6 +7,8 @@ reply with a reason, and the round must still produce the honest sites' aggregat
 
 from __future__ import annotations
 
+import copy
+import functools
 import io
 import pickle
 
@@ -68,11 +70,18 @@ def honest(node: int = 1, s=None) -> Message:
     return reply(for_strategy(s, content), node)
 
 
-def strategy(name: str):
-    """Built the way a run builds it (``build_strategy``), over a tiny two-tensor model."""
+@functools.cache
+def job_for(name: str) -> FederatedJob:
+    """The job for ``name``, loaded once per strategy: the fuzz tests build hundreds of
+    strategies, and parsing the config is most of each build's cost."""
     overrides = [f"strategy.name={name}", "federation.min_sites=1", "federation.num_sites=8"]
-    job = load_config(FederatedJob, None, overrides, "simulate-demo")
-    s = build_strategy(job, update_keys=list(GLOBAL), num_classes=3)
+    return load_config(FederatedJob, None, overrides, "simulate-demo")
+
+
+def strategy(name: str):
+    """Built the way a run builds it (``build_strategy``), over a tiny two-tensor model; a fresh
+    strategy (and a private copy of its job) every call."""
+    s = build_strategy(copy.deepcopy(job_for(name)), update_keys=list(GLOBAL), num_classes=3)
     s._global = to_numpy(from_numpy(GLOBAL))
     return s
 

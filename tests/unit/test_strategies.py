@@ -383,12 +383,19 @@ class _RejoiningGrid:
         return [1, 2, 3] if self.calls > self.back_after else [1, 2]
 
 
-def test_later_rounds_wait_for_a_rejoining_site_then_go_on_without_it():
+def test_later_rounds_wait_for_a_rejoining_site_then_go_on_without_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import strategies.base
     from strategies import FedAvg
 
+    # The 1 s polls are recorded instead of slept (the test would spend 2 s asleep otherwise).
+    slept: list[float] = []
+    monkeypatch.setattr(strategies.base.time, "sleep", slept.append)
     s = FedAvg(min_sites=2, min_available_sites=3, rejoin_wait_s=5.0, wait_for_sites_s=30.0)
     s._federation_seen = True  # a round has already run
-    assert s.sample(_RejoiningGrid(back_after=2), None) == [1, 2, 3]  # waited ~2 s, got all 3
+    assert s.sample(_RejoiningGrid(back_after=2), None) == [1, 2, 3]  # waited, got all 3
+    assert slept == [1.0, 1.0]  # two polls while site 3 was away
     impatient = FedAvg(min_sites=2, min_available_sites=3, rejoin_wait_s=0.0)
     impatient._federation_seen = True
     assert impatient.sample(_RejoiningGrid(back_after=2), None) == [1, 2]  # min_sites suffice
