@@ -96,8 +96,6 @@ def resolve_labels(job: FederatedJob) -> list[str]:
         return []
     if job.task.labels:
         return list(job.task.labels)
-    from orchestrator.data.sources import load_labelled
-
     path = server_data_path(job)
     if not path.is_file():
         raise ConfigError(
@@ -105,7 +103,16 @@ def resolve_labels(job: FederatedJob) -> list[str]:
             "list them with task.labels=[a,b,c].",
             "task.labels",
         )
-    _, labels, _ = load_labelled(path, job.data.text_field, job.data.label_field)
+    # The same cached read (same key) as simulation_partition's: the file is parsed once.
+    _, labels, _ = read_columns(
+        str(path), job.data.text_field, job.data.label_field, job.partition.column
+    )
+    if labels is None:
+        raise ConfigError(
+            f"data file {str(path)!r} has no label column {job.data.label_field!r}; "
+            "classification needs one. Set data.label_field.",
+            "data.label_field",
+        )
     return sorted(set(labels))
 
 
