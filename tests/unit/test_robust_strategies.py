@@ -3,6 +3,9 @@ against values worked out by hand. The math itself is tested in test_robust.py."
 
 from __future__ import annotations
 
+import copy
+import functools
+
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -18,13 +21,20 @@ ensure_task_identity()
 GLOBAL = {"w": np.zeros(2, np.float32)}
 
 
-def strategy(tmp_path, *overrides: str):
-    job = load_config(
+@functools.cache
+def job_for(*overrides: str) -> FederatedJob:
+    """Loaded once per set of overrides (some tests build a strategy per reply order)."""
+    return load_config(
         FederatedJob,
         None,
         ["federation.num_sites=8", "federation.min_sites=1", *overrides],
         "simulate-demo",
     )
+
+
+def strategy(tmp_path, *overrides: str):
+    """A fresh strategy (over a private copy of its job), built the way a run builds it."""
+    job = copy.deepcopy(job_for(*overrides))
     s = build_strategy(job, update_keys=["w"], work_dir=tmp_path / "replies")
     s._global = to_numpy(from_numpy(GLOBAL))
     return s
