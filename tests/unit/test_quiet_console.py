@@ -407,7 +407,7 @@ print("warnings:", [str(w.message) for w in caught])
 
 
 def test_fedray_site_console_is_quiet_and_its_state_dir_has_run_log(tmp_path, capsys, monkeypatch):
-    from orchestrator.federated import commands
+    from orchestrator.federated import commands, site_command
 
     data = tmp_path / "a.csv"
     data.write_text("text,label\nhi,1\n")
@@ -417,7 +417,7 @@ def test_fedray_site_console_is_quiet_and_its_state_dir_has_run_log(tmp_path, ca
         sys.stdout.write(SITE_KEPT[0] + "\n" + SITE_KEPT[1] + "\n")
         return 0, ""
 
-    monkeypatch.setattr(commands, "_run_site_once", fake_run_once)
+    monkeypatch.setattr(site_command, "_run_site_once", fake_run_once)  # site_main's module
     argv = ["--server", "127.0.0.1:9092", "--data", str(data), "--insecure"]
     state = tmp_path / "state"
     assert commands.site_main([*argv, "--state-dir", str(state)]) == 0
