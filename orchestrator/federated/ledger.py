@@ -31,23 +31,31 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
-
-import dp_accounting
-from dp_accounting import dp_event
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.config.privacy import PrivacyConfig
 from strategies.privacy import PrivacyBudgetExhausted
 
-REPLACE_ONE = dp_accounting.NeighboringRelation.REPLACE_ONE
+if TYPE_CHECKING:
+    import dp_accounting
+    from dp_accounting import dp_event
+
+# dp_accounting is imported where an epsilon is computed: importing it pulls in scipy.stats
+# (~1.5 s), which every server process (rounds.py imports this module) paid even without DP.
 
 
 def _accountant() -> dp_accounting.rdp.RdpAccountant:
-    return dp_accounting.rdp.RdpAccountant(neighboring_relation=REPLACE_ONE)
+    import dp_accounting
+
+    return dp_accounting.rdp.RdpAccountant(
+        neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE
+    )
 
 
 def round_event(z: float, sampled: int, population: int) -> dp_event.DpEvent:
     """One central-DP round: K of N sites without replacement, Gaussian of multiplier z/2."""
+    from dp_accounting import dp_event
+
     if not 1 <= sampled <= population:
         raise ValueError(f"need 1 <= sampled ({sampled}) <= population ({population})")
     gauss = dp_event.GaussianDpEvent(z / 2.0)
@@ -76,6 +84,8 @@ def _central_epsilon(
 ) -> float:
     # Cached: the without-replacement RDP takes ~0.5 s per distinct (K, N), and a round asks
     # for the same composition twice (the budget check, then the round record).
+    from dp_accounting import dp_event
+
     sampled, plain = _accountant(), _accountant()
     for (k, n), times in sorted(counts):
         sampled.compose(round_event(z, k, n), times)
@@ -89,6 +99,8 @@ def local_epsilon(z: float, participations: int, delta: float) -> float:
         return 0.0
     if z == 0:
         return math.inf
+    from dp_accounting import dp_event
+
     acc = _accountant()
     acc.compose(dp_event.GaussianDpEvent(z / 2.0), participations)
     return float(acc.get_epsilon(delta))
