@@ -29,6 +29,18 @@ from orchestrator.tracking import (
 )
 
 
+@pytest.fixture(autouse=True)
+def fresh_event_file_counter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Event files are named ``...tfevents.<second>.<host>.<pid>.<n>`` with ``n`` a per-process
+    writer counter, and TensorBoard reads a directory's files in name order. Two writers of one
+    second in this long-lived test process sort wrongly once ``n`` goes from 9 to 10 (depending
+    on how many writers earlier tests made); a resumed run is a new process in real use. Each
+    test starts the counter at 0 so the order is the creation order."""
+    from tensorboard.summary.writer import event_file_writer
+
+    monkeypatch.setattr(event_file_writer, "_global_uid", event_file_writer.AtomicCounter(0))
+
+
 def read_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar tag in ``log_dir`` (all event files), as TensorBoard would show it."""
     acc = EventAccumulator(str(log_dir))
