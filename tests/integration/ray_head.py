@@ -72,7 +72,7 @@ def ray_head(num_cpus: int = 2, timeout_s: float = 90) -> Iterator[RayHead]:
         while not _dashboard_up(url):
             if head.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"Ray head did not come up (exit {head.poll()})")
-            time.sleep(1)
+            time.sleep(0.25)  # a local HTTP probe: cheap to repeat
         yield RayHead(f"127.0.0.1:{port}", url, tmp, env)
     finally:
         head.send_signal(signal.SIGTERM)
