@@ -36,6 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 DELTA = 1e-4
+# Options that may differ between the invocations whose runs --append gathers in one file.
+PER_INVOCATION = ("out", "work_dir", "epsilons", "modes", "no_off", "append")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,6 +50,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--modes", nargs="+", default=["central", "local"])
     p.add_argument("--clip", type=float, default=1.0, help="privacy.clip_norm")
     p.add_argument("--local-steps", type=int, default=4, help="finetune.local_steps")
+    p.add_argument("--alpha", type=float, default=0.5, help="partition.alpha (Dirichlet label skew)")
+    p.add_argument("--d-model", type=int, default=None, help="model.d_model (default: preset's)")
+    p.add_argument("--n-layer", type=int, default=None, help="model.n_layer (default: preset's)")
+    p.add_argument("--n-head", type=int, default=None, help="model.n_head (default: preset's)")
+    p.add_argument("--finetune", choices=["full", "lora"], default="full", help="finetune.mode")
+    p.add_argument("--strategy", default="fedavg", help="strategy.name (fedavg, fedavgm, fedadam)")
+    p.add_argument("--server-lr", type=float, default=None, help="strategy.server_lr")
+    p.add_argument("--lr", type=float, default=None, help="train.lr (site AdamW)")
+    p.add_argument("--batch", type=int, default=None, help="train.micro_batch_size")
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="further config overrides for every run (e.g. strategy.server_momentum=0.9)",
+    )
+    p.add_argument("--no-off", action="store_true", help="skip the non-private (epsilon inf) run")
+    p.add_argument(
+        "--append",
+        action="store_true",
+        help="add the runs to --out's (same settings but --epsilons/--modes/--no-off)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads per (in-process) site")
     p.add_argument("--cache-dir", default="/tmp/fedray-bench-cache", help="data.cache_dir")
     p.add_argument("--work-dir", default="/tmp/fedray-bench-privacy", help="run dirs (deleted)")
@@ -72,6 +96,19 @@ def calibrate(mode: str, target: float, rounds: int, k: int, n: int) -> float:
     return hi
 
 
+def optional_overrides(args: argparse.Namespace) -> list[str]:
+    """Overrides for the options left at None (= the preset's value)."""
+    keys = {
+        "d_model": "model.d_model",
+        "n_layer": "model.n_layer",
+        "n_head": "model.n_head",
+        "server_lr": "strategy.server_lr",
+        "lr": "train.lr",
+        "batch": "train.micro_batch_size",
+    }
+    return [f"{k}={getattr(args, a)}" for a, k in keys.items() if getattr(args, a) is not None]
+
+
 def run_one(args: argparse.Namespace, mode: str, z: float | None) -> dict[str, Any]:
     from rich.console import Console
 
@@ -88,7 +125,7 @@ def run_one(args: argparse.Namespace, mode: str, z: float | None) -> dict[str, A
 
         def evaluate(self, server_round, arrays):
             if server_round != self.job.federation.num_rounds:
-                return {}, 0
+                return {}, {}
             return super().evaluate(server_round, arrays)
 
     name = f"{mode}-{z}"
@@ -107,12 +144,16 @@ def run_one(args: argparse.Namespace, mode: str, z: float | None) -> dict[str, A
         f"federation.seed={args.seed}",
         f"train.seed={args.seed}",
         "partition.kind=dirichlet",
-        "partition.alpha=0.5",
+        f"partition.alpha={args.alpha}",
         f"finetune.local_steps={args.local_steps}",
         f"data.cache_dir={args.cache_dir}",
         f"run.dir={run_dir}",
         "strategy.weighting=uniform",
         f"privacy.delta={DELTA}",
+        f"finetune.mode={args.finetune}",
+        f"strategy.name={args.strategy}",
+        *optional_overrides(args),
+        *args.set,
         *privacy,
     ]
     job = load_config(FederatedJob, None, ov, "simulate-demo")
@@ -148,8 +189,16 @@ def run_one(args: argparse.Namespace, mode: str, z: float | None) -> dict[str, A
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
+    settings = {k: v for k, v in vars(args).items() if k not in PER_INVOCATION}
     runs: list[dict[str, Any]] = []
-    plan: list[tuple[str, float | None, float]] = [("off", None, math.inf)]
+    if args.append and out.exists():
+        prev = json.loads(out.read_text())
+        if prev["settings"] != settings:
+            diff = {k: (prev["settings"].get(k), v) for k, v in settings.items()}
+            diff = {k: v for k, v in diff.items() if v[0] != v[1]}
+            raise SystemExit(f"--append: settings differ from {out}'s: {diff}")
+        runs = prev["runs"]
+    plan: list[tuple[str, float | None, float]] = [] if args.no_off else [("off", None, math.inf)]
     # Largest epsilon first: a benchmark cut short still has the most informative rows.
     for eps in sorted(args.epsilons, reverse=True):
         for mode in args.modes:
@@ -161,7 +210,6 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(res)
         print(json.dumps({k: v for k, v in res.items() if k != "overrides"}), flush=True)
         out.parent.mkdir(parents=True, exist_ok=True)
-        settings = {k: v for k, v in vars(args).items() if k not in ("out", "work_dir")}
         meta = {"settings": settings, "delta": DELTA, "machine": platform.platform()}
         out.write_text(json.dumps({**meta, "runs": runs}, indent=1, default=str))
     return 0

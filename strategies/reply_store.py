@@ -268,7 +268,7 @@ def _sum_squares(flat: np.ndarray) -> float:
     total = 0.0
     for start in range(0, flat.size, _BLOCK):
         seg = flat[start : start + _BLOCK].astype(np.float64)
-        total += float(np.dot(seg, seg))
+        total += float(np.vdot(seg, seg))  # not dot: see orchestrator.contract.privacy
     return total
 
 

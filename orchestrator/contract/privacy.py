@@ -26,7 +26,9 @@ def update_norm(update: Mapping[str, np.ndarray]) -> float:
         flat = np.asarray(a).reshape(-1)
         for start in range(0, flat.size, _CHUNK):
             seg = flat[start : start + _CHUNK].astype(np.float64)
-            total += float(np.dot(seg, seg))
+            # vdot, not dot: OpenBLAS threads its ddot, and waking the threads cost ~50x the
+            # arithmetic for a 1M-float block (57 ms vs 1 ms for a 0.67M-parameter update).
+            total += float(np.vdot(seg, seg))
     return math.sqrt(total)
 
 

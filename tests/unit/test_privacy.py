@@ -72,6 +72,17 @@ def test_every_clipped_update_has_norm_at_most_the_clip_exactly():
             np.testing.assert_allclose(clipped["a"] * norm / bound, update["a"], rtol=1e-4)
 
 
+def test_update_norm_is_the_float64_norm_across_blocks():
+    rng = np.random.default_rng(1)
+    # One tensor spans several 1M-float blocks; the sum of squares must be the float64 one.
+    update = {
+        "big": rng.standard_normal((1 << 20) + 12_345).astype(np.float32),
+        "small": rng.standard_normal((3, 4)).astype(np.float32),
+    }
+    ref = math.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2)) for v in update.values()))
+    assert update_norm(update) == pytest.approx(ref, rel=1e-12)
+
+
 def test_clip_refuses_a_non_finite_update():
     with pytest.raises(ValueError, match="non-finite"):
         clip_to_norm({"a": np.array([np.inf], np.float32)}, 1.0)
