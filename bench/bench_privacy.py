@@ -50,7 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--modes", nargs="+", default=["central", "local"])
     p.add_argument("--clip", type=float, default=1.0, help="privacy.clip_norm")
     p.add_argument("--local-steps", type=int, default=4, help="finetune.local_steps")
-    p.add_argument("--alpha", type=float, default=0.5, help="partition.alpha (Dirichlet label skew)")
+    p.add_argument(
+        "--alpha", type=float, default=0.5, help="partition.alpha (Dirichlet label skew)"
+    )
     p.add_argument("--d-model", type=int, default=None, help="model.d_model (default: preset's)")
     p.add_argument("--n-layer", type=int, default=None, help="model.n_layer (default: preset's)")
     p.add_argument("--n-head", type=int, default=None, help="model.n_head (default: preset's)")
