@@ -267,8 +267,9 @@ def _write_c_order(f, a: np.ndarray) -> float:
 def _sum_squares(flat: np.ndarray) -> float:
     total = 0.0
     for start in range(0, flat.size, _BLOCK):
-        seg = flat[start : start + _BLOCK].astype(np.float64)
-        total += float(np.vdot(seg, seg))  # not dot: see orchestrator.contract.privacy
+        seg = flat[start : start + _BLOCK]
+        # einsum, not a BLAS dot: see orchestrator.contract.privacy.update_norm
+        total += float(np.einsum("i,i->", seg, seg, dtype=np.float64))
     return total
 
 
