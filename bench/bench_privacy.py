@@ -1,12 +1,23 @@
 """Utility of differential privacy: final macro-F1 at epsilon in {1, 3, 8, inf}, central and local.
 
     python bench/bench_privacy.py [--sites 100] [--per-round 10] [--rounds 10] [--seed 0]
-        [--epsilons 1 3 8] [--modes central local] [--clip 1.0]
+        [--epsilons 1 3 8] [--modes central local] [--clip 1.0] [--alpha 0.5]
+        [--d-model D] [--n-layer L] [--n-head H] [--finetune full|lora] [--strategy fedavg]
+        [--server-lr ETA] [--lr LR] [--batch B] [--set KEY=VALUE ...] [--no-off] [--append]
         [--out bench/results/privacy.json]
 
-A sentiment federation of ``--sites`` simulated sites over the bundled demo tweets (Dirichlet 0.5
-label split, 3 classes), ``--per-round`` sampled per round, fine-tunes the ``simulate-demo`` tiny
-GPT-2 classifier in this process (:class:`~orchestrator.federated.local_grid.LocalGrid` +
+The BENCHMARKS.md table (500 sites, 50 per round, 20 rounds, an 80k-parameter GPT-2):
+
+    python bench/bench_privacy.py --sites 500 --per-round 50 --rounds 20 --alpha 1.0 \
+        --d-model 32 --n-layer 1 --n-head 2
+
+(``--append`` with ``--modes``/``--epsilons``/``--no-off`` adds rows to ``--out`` one run at a
+time; the other settings must match the file's.)
+
+A sentiment federation of ``--sites`` simulated sites over the bundled demo tweets
+(Dirichlet(``--alpha``) label split, 3 classes), ``--per-round`` sampled per round, fine-tunes
+the ``simulate-demo`` tiny GPT-2 classifier (or the size ``--d-model``/``--n-layer`` give) in
+this process (:class:`~orchestrator.federated.local_grid.LocalGrid` +
 :class:`~orchestrator.federated.rounds.FederatedRun`: the ServerApp round loop and ClientApp of
 ``fedray simulate`` without Ray). The noise multiplier of each run is calibrated *before* it
 runs so that the ledger's epsilon after ``--rounds`` rounds is the target at delta = 1e-4

@@ -195,7 +195,7 @@ def check_privacy(job: FederatedJob) -> None:
                 s,
                 "name",
                 s.name,
-                "fedavg | fedprox | fedadam | fedyogi | fedadagrad with privacy.mode=central",
+                "fedavg | fedprox | fedavgm | fedadam | fedyogi | fedadagrad with privacy.mode=central",
                 "Central DP noises a clipped *sum*; a robust rule (median, Krum, ...) is not a sum, "
                 "so its sensitivity is not clip_norm. Use privacy.mode=local with robust rules.",
             )
@@ -239,7 +239,7 @@ def check_secure_aggregation(job: FederatedJob) -> None:
             s,
             "name",
             s.name,
-            "fedavg | fedprox | fedadam | fedyogi | fedadagrad with secure aggregation",
+            "fedavg | fedprox | fedavgm | fedadam | fedyogi | fedadagrad with secure aggregation",
             "A robust rule needs every site's update; the server sees only their sum.",
         )
     if s.weighting != "uniform":
