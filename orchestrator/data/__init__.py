@@ -24,8 +24,13 @@ class PreparedData:
     files: list[Path]
 
 
-def prepare_text_data(cfg: DataConfig) -> PreparedData:
-    """Resolve files, get a tokenizer (load or train, cached) and pack blocks (cached)."""
+def prepare_text_data(cfg: DataConfig, on_cluster: bool = False) -> PreparedData:
+    """Resolve files, get a tokenizer (load or train, cached) and pack blocks (cached).
+
+    ``on_cluster`` (fedray connected to a Ray cluster): a cache miss tokenizes as Ray tasks over
+    the cluster's nodes instead of processes on this one; ``cfg.cache_dir`` must then be on
+    storage every node sees (check it first: :func:`orchestrator.data.shared.check_shared_storage`).
+    """
     files = resolve_files(cfg.paths)
     corpus_fp = fingerprint(files)
     if cfg.tokenizer.path:
@@ -42,6 +47,7 @@ def prepare_text_data(cfg: DataConfig) -> PreparedData:
     packed = packed_dataset(
         files, cfg.text_field, tok, cfg.block_size, cfg.val_fraction, key, cfg.cache_dir,
         cfg.num_proc, progress=lambda shards: track(shards, "tokenizing", unit="shards"),
+        on_cluster=on_cluster,
     )  # fmt: skip
     return PreparedData(tokenizer=tok, packed=packed, files=files)
 

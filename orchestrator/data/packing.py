@@ -14,12 +14,13 @@ is tokens ``[g * block, (g + 1) * block)`` (the tail that fills no block is drop
 holds out a fixed, seeded ``val_fraction`` of blocks. Both are exactly what packing all tokens
 into one array gave before (``pack_tokens`` + ``split_blocks``, kept as the reference).
 
-Tokenization runs in ``data.num_proc`` processes on the driver's node, one shard per batch of
-text, with a bounded number of batches in flight: the driver holds at most a few batches of
-text and never the token array. Both directories are built under a temporary name and renamed
-into place, and a reader checks every shard's size against the manifest, so a half-written
-cache is never used (it is rebuilt). Each training worker memory-maps the shards and reads only
-the blocks of its micro-batches.
+Tokenization runs in ``data.num_proc`` processes on the driver's node, or, when fedray is
+connected to a Ray cluster, as Ray tasks over its nodes (:mod:`orchestrator.data.ray_tasks`):
+one shard per batch of text, with a bounded number of batches in flight, so the driver holds at
+most a few batches of text and never the token array. Every path writes the same bytes. Both
+directories are built under a temporary name and renamed into place, and a reader checks every
+shard's size against the manifest, so a half-written cache is never used (it is rebuilt). Each
+training worker memory-maps the shards and reads only the blocks of its micro-batches.
 """
 
 from __future__ import annotations
@@ -243,8 +244,15 @@ def encode_shard(
         if ends:
             parts.append(eos)
     flat = np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
-    with open(out, "wb") as fh:
-        flat.tofile(fh)
+    try:
+        with open(out, "wb") as fh:
+            flat.tofile(fh)
+    except OSError as e:  # on a cluster: a node where the cache is missing or read-only
+        raise ConfigError(
+            f"data.cache_dir: cannot write token shard {out} ({e.strerror or e}). The cache "
+            "directory must be writable, and on a cluster mounted at the same path on every node.",
+            "data.cache_dir",
+        ) from e
     return len(flat)
 
 
@@ -273,12 +281,18 @@ class _Inline(Executor):
         return f
 
 
-def resolve_num_proc(num_proc: int | None, files: Sequence[Path]) -> int:
-    """``data.num_proc``, or (None) one per CPU up to 8 for corpora above 16 MB, else 1."""
+def resolve_num_proc(num_proc: int | None, files: Sequence[Path], on_cluster: bool = False) -> int:
+    """``data.num_proc``, or (None) 1 for corpora below 16 MB, else one per CPU up to 8 (of the
+    driver's node, or of the connected cluster up to 32 with ``on_cluster``)."""
     if num_proc is not None:
         return num_proc
-    total = sum(f.stat().st_size for f in files)
-    return 1 if total < AUTO_PARALLEL_BYTES else max(1, min(8, os.cpu_count() or 1))
+    if sum(f.stat().st_size for f in files) < AUTO_PARALLEL_BYTES:
+        return 1
+    if on_cluster:
+        from orchestrator.data.ray_tasks import cluster_parallelism
+
+        return cluster_parallelism(None)
+    return max(1, min(8, os.cpu_count() or 1))
 
 
 def _write_tokens(
@@ -289,6 +303,7 @@ def _write_tokens(
     num_proc: int,
     batch_chars: int,
     progress: Progress | None = None,
+    on_cluster: bool = False,
 ) -> dict[str, Any]:
     eos = tokenizer.eos_token_id
     assert eos is not None, "tokenizer without EOS (ensure_special_tokens was skipped)"
@@ -296,6 +311,10 @@ def _write_tokens(
     executor: Executor
     if num_proc <= 1:
         executor = _Inline(tokenizer)
+    elif on_cluster:
+        from orchestrator.data.ray_tasks import RayTasks
+
+        executor = RayTasks(tokenizer)
     else:
         import multiprocessing as mp
 
@@ -350,8 +369,10 @@ def token_cache(
     num_proc: int | None = None,
     batch_chars: int = BATCH_CHARS,
     progress: Progress | None = None,
+    on_cluster: bool = False,
 ) -> Path:
-    """The complete token directory for ``cache_key``, built first if missing or damaged."""
+    """The complete token directory for ``cache_key``, built first if missing or damaged
+    (``on_cluster``: as Ray tasks over the connected cluster's nodes)."""
     target = Path(cache_dir).expanduser().resolve() / "tokens" / cache_key
     try:
         verify_tokens(target)
@@ -364,8 +385,8 @@ def token_cache(
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{cache_key}-"))
     try:
         _write_tokens(
-            files, text_field, tokenizer, tmp, resolve_num_proc(num_proc, files), batch_chars,
-            progress,
+            files, text_field, tokenizer, tmp, resolve_num_proc(num_proc, files, on_cluster),
+            batch_chars, progress, on_cluster,
         )  # fmt: skip
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -410,12 +431,15 @@ def packed_dataset(
     cache_dir: str | os.PathLike[str],
     num_proc: int | None = None,
     progress: Progress | None = None,
+    on_cluster: bool = False,
 ) -> PackedData:
     """Tokenize (cached) and split (cached) the corpus; returns lazy block views. ``progress``
-    wraps the iterator of text batches (one per shard) while a cache miss tokenizes."""
+    wraps the iterator of text batches (one per shard) while a cache miss tokenizes;
+    ``on_cluster`` tokenizes as Ray tasks (call while connected to the cluster)."""
     tokens = token_cache(
-        files, text_field, tokenizer, cache_key, cache_dir, num_proc, progress=progress
-    )
+        files, text_field, tokenizer, cache_key, cache_dir, num_proc, progress=progress,
+        on_cluster=on_cluster,
+    )  # fmt: skip
     split = split_dir(tokens, block_size, val_fraction)
     return PackedData(
         train=TokenBlocks(tokens, split / "train.npy", block_size),

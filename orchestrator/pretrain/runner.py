@@ -1,4 +1,8 @@
-"""``pretrain(job)``: prepare data on the driver, run Ray Train workers, export the final model.
+"""``pretrain(job)``: prepare data, run Ray Train workers, export the final model.
+
+Data preparation (tokenizer, token cache) runs on the driver; a cache miss tokenizes in processes
+on the driver's node, or, with ``cluster.address`` set, as Ray tasks over the cluster's nodes
+(joined first, after checking that ``data.cache_dir`` is on storage every node sees).
 
 Launch commands (see README "Pretraining"):
     fedray pretrain                                   # default preset, embedded Ray
@@ -126,8 +130,27 @@ def pretrain(job: PretrainJob, console: Console | None = None) -> PretrainResult
         check_reachable(job.cluster)  # a dead address: exit 2 in seconds, before data preparation
     if job.train.grad_clip == 0:
         log.warning("train.grad_clip=0: gradient clipping is off")
+    with contextlib.ExitStack() as connected:
+        if job.cluster.address:
+            # On a cluster, a cache miss tokenizes as Ray tasks over its nodes: join it first and
+            # check every node sees the cache (the training below reuses this connection).
+            connected.enter_context(ray_cluster(job.cluster))
+            check_shared_storage(cache_root(job.data.cache_dir), "data.cache_dir")
+        return _prepare_and_train(job, console, run_dir, t_start)
 
-    data = prepare_text_data(job.data)  # raises ConfigError before anything is launched
+
+def cache_root(cache_dir: str) -> Path:
+    """``data.cache_dir`` resolved and created (the shared-storage check writes a marker there)."""
+    root = Path(cache_dir).expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _prepare_and_train(
+    job: PretrainJob, console: Console, run_dir: Path, t_start: float
+) -> PretrainResult:
+    # ConfigError (bad data, a corpus too small...) before anything is launched
+    data = prepare_text_data(job.data, on_cluster=bool(job.cluster.address))
     cfg = hf_config(
         job.model, len(data.tokenizer), job.data.block_size, data.tokenizer.eos_token_id
     )

@@ -203,3 +203,55 @@ def test_shared_storage_check_names_the_nodes_that_cannot_see_the_cache(tmp_path
     e = shared_error(tmp_path, "data.cache_dir", ["10.0.0.7"], 2)
     assert e.key == "data.cache_dir"
     assert "1 of 2 nodes (10.0.0.7)" in str(e) and "shared filesystem" in str(e)
+
+
+@pytest.mark.parametrize("address", [None, "127.0.0.1:6379"])
+def test_on_a_cluster_tokenization_runs_connected_after_the_shared_storage_check(
+    tmp_path, monkeypatch, address
+):
+    """With cluster.address, pretrain joins the cluster, checks data.cache_dir is shared, then
+    prepares data with Ray tasks; without it, data is prepared before any Ray starts."""
+    import contextlib
+
+    from orchestrator.config import PretrainJob, load_config
+    from orchestrator.pretrain import runner
+
+    calls: list[tuple] = []
+
+    @contextlib.contextmanager
+    def fake_cluster(cfg):
+        calls.append(("join", cfg.address))
+        yield
+
+    class Stop(Exception):
+        pass
+
+    def fake_prepare(cfg, on_cluster=False):
+        calls.append(("prepare", on_cluster))
+        raise Stop
+
+    monkeypatch.setattr(runner, "check_reachable", lambda cfg: None)
+    monkeypatch.setattr(runner, "ray_cluster", fake_cluster)
+    monkeypatch.setattr(runner, "check_shared_storage", lambda d, k: calls.append(("shared", d, k)))
+    monkeypatch.setattr(runner, "prepare_text_data", fake_prepare)
+    overrides = [f"data.cache_dir={tmp_path / 'cache'}", f"run.root={tmp_path / 'runs'}"]
+    if address:
+        overrides.append(f"cluster.address={address}")
+    job = load_config(PretrainJob, None, overrides, default_preset="pretrain-tiny")
+    with pytest.raises(Stop):
+        runner.pretrain(job)
+    if address:
+        cache = (tmp_path / "cache").resolve()
+        assert calls == [("join", address), ("shared", cache, "data.cache_dir"), ("prepare", True)]
+    else:
+        assert calls == [("prepare", False)]
+
+
+def test_small_corpora_tokenize_inline_even_on_a_cluster(tmp_path):
+    f = tmp_path / "a.txt"
+    f.write_text("x" * 1000)
+    from orchestrator.data.packing import resolve_num_proc
+
+    # no Ray needed: below 16 MB the driver tokenizes in-process whatever the mode
+    assert resolve_num_proc(None, [f], on_cluster=True) == 1
+    assert resolve_num_proc(3, [f], on_cluster=True) == 3
