@@ -130,7 +130,9 @@ class DataConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     num_proc: int | None = None
     """Processes that tokenize the corpus into the cache (pretraining); ``None`` = one per CPU
-    (up to 8) for corpora over 16 MB, else 1 (in-process). The cache is the same either way."""
+    (up to 8) for corpora over 16 MB, else 1 (in-process). With ``cluster.address`` set: Ray
+    tasks over the cluster's nodes (``None`` = its CPUs, up to 32). The cache is the same either
+    way."""
 
     def __post_init__(self) -> None:
         require(self.block_size >= 8, self, "block_size", "an integer >= 8")
