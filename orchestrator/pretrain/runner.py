@@ -135,6 +135,7 @@ def pretrain(job: PretrainJob, console: Console | None = None) -> PretrainResult
             # On a cluster, a cache miss tokenizes as Ray tasks over its nodes: join it first and
             # check every node sees the cache (the training below reuses this connection).
             connected.enter_context(ray_cluster(job.cluster))
+            check_capacity(job.scaling, job.cluster)  # exit 2 now, not after tokenizing
             check_shared_storage(cache_root(job.data.cache_dir), "data.cache_dir")
         return _prepare_and_train(job, console, run_dir, t_start)
 

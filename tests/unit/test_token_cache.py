@@ -232,6 +232,7 @@ def test_on_a_cluster_tokenization_runs_connected_after_the_shared_storage_check
 
     monkeypatch.setattr(runner, "check_reachable", lambda cfg: None)
     monkeypatch.setattr(runner, "ray_cluster", fake_cluster)
+    monkeypatch.setattr(runner, "check_capacity", lambda s, c: calls.append(("capacity",)))
     monkeypatch.setattr(runner, "check_shared_storage", lambda d, k: calls.append(("shared", d, k)))
     monkeypatch.setattr(runner, "prepare_text_data", fake_prepare)
     overrides = [f"data.cache_dir={tmp_path / 'cache'}", f"run.root={tmp_path / 'runs'}"]
@@ -242,7 +243,12 @@ def test_on_a_cluster_tokenization_runs_connected_after_the_shared_storage_check
         runner.pretrain(job)
     if address:
         cache = (tmp_path / "cache").resolve()
-        assert calls == [("join", address), ("shared", cache, "data.cache_dir"), ("prepare", True)]
+        assert calls == [
+            ("join", address),
+            ("capacity",),
+            ("shared", cache, "data.cache_dir"),
+            ("prepare", True),
+        ]
     else:
         assert calls == [("prepare", False)]
 
