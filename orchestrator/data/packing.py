@@ -42,6 +42,7 @@ from transformers import PreTrainedTokenizerBase
 
 from orchestrator.config.loader import ConfigError
 from orchestrator.data.sources import iter_pieces
+from orchestrator.data.tokenizer import encode_texts
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +233,7 @@ def encode_shard(
     each document's last piece); returns the number of tokens written."""
     tok = tokenizer if tokenizer is not None else _TOKENIZER
     assert tok is not None, "encode_shard in a worker without _init_worker"
-    encoded = tok([p for p, _ in batch], add_special_tokens=False)["input_ids"]
+    encoded = encode_texts(tok, [p for p, _ in batch])
     parts: list[np.ndarray] = []
     limit = np.iinfo(np.dtype(dtype)).max
     eos = np.asarray([eos_id], dtype=dtype)

@@ -101,3 +101,13 @@ def tokenizer_fingerprint(tok: PreTrainedTokenizerBase) -> str:
     backend = getattr(tok, "backend_tokenizer", None)
     payload = backend.to_str() if backend is not None else repr(sorted(tok.get_vocab().items()))
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def encode_texts(tok: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+    """Token ids of ``texts``, no special tokens. A fast tokenizer with no truncation or padding
+    set is called through its Rust ``encode_batch_fast`` (no offsets): the same ids, ~1.5x the
+    throughput of ``__call__``; anything else goes through ``__call__``, which resets them."""
+    backend = getattr(tok, "backend_tokenizer", None) if getattr(tok, "is_fast", False) else None
+    if backend is not None and backend.truncation is None and backend.padding is None:
+        return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
+    return tok(texts, add_special_tokens=False)["input_ids"]

@@ -261,3 +261,22 @@ def test_small_corpora_tokenize_inline_even_on_a_cluster(tmp_path):
     # no Ray needed: below 16 MB the driver tokenizes in-process whatever the mode
     assert resolve_num_proc(None, [f], on_cluster=True) == 1
     assert resolve_num_proc(3, [f], on_cluster=True) == 3
+
+
+def test_fast_encoding_gives_the_ids_of_call_and_respects_truncation(demo_tok):
+    """The Rust fast path is only a speed-up: the same ids as ``tokenizer(...)``; a tokenizer
+    whose backend has truncation set goes through ``__call__`` (which switches it off)."""
+    from orchestrator.data.tokenizer import encode_texts
+
+    texts = [
+        demo_path("kjv_pentateuch.txt").read_text()[i : i + 3000] for i in range(0, 30000, 3000)
+    ]
+    want = demo_tok(texts, add_special_tokens=False)["input_ids"]
+    assert encode_texts(demo_tok, texts) == want
+    backend = demo_tok.backend_tokenizer
+    backend.enable_truncation(max_length=8)
+    try:
+        assert encode_texts(demo_tok, texts) == want
+        assert max(map(len, want)) > 8
+    finally:
+        backend.no_truncation()
