@@ -176,10 +176,7 @@ def decode_compressed(
         )
     except CodecError as e:
         raise RejectedReply(f"{compression.kind} update: {e}") from e
-    for key, value in update.items():
-        if not is_finite(value):
-            raise RejectedReply(f"{key}: contains NaN or Inf")
-    return update
+    return all_finite(update)
 
 
 def received_bytes(msg: Message) -> int:
@@ -257,6 +254,11 @@ def check_update(
             arrays[key] = array_view(value)
         except ValueError as e:
             raise RejectedReply(f"{key}: {e}") from e
+    return all_finite(arrays)
+
+
+def all_finite(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``arrays`` unchanged, or a rejection naming the first tensor with a NaN or Inf."""
     for key, value in arrays.items():
         if not is_finite(value):
             raise RejectedReply(f"{key}: contains NaN or Inf")
