@@ -1,12 +1,13 @@
 """Bytes on the wire vs quality: update compression on the demo federation.
 
-    python bench/bench_bytes.py [--rounds 4] [--seeds 0,1] [--configs none,fp16,int8,topk,...]
-                                [--out bench/results/bytes.json]
+    python bench/bench_bytes.py [--rounds N] [--max-examples N] [--seeds 0,1]
+        [--configs none,fp16,int8,topk,...] [--set KEY=VALUE ...] [--out bench/results/bytes.json]
 
-Each config runs the default demo federation (``simulate-demo``: 4 sites split by topic, FedAvg)
-in one process on a LocalGrid (the real ClientApp and server loop, no Ray), for ``--rounds``
-rounds per seed (``train.seed``: model init and data order), with ``--max-examples`` rows per
-site (fewer than the preset's 1200, to fit a few minutes on 2 shared cores). Measured from the run's
+Each config runs the default demo federation (``simulate-demo``: 4 sites split by topic, FedAvg,
+the bundled pretrained tiny GPT-2) in one process on a LocalGrid (the real ClientApp and server
+loop, no Ray), per seed (``train.seed``: head init and data order). ``--rounds`` and
+``--max-examples`` (rows per site) default to the preset's; smaller values fit a loaded machine.
+``--set`` adds overrides to every config (e.g. ``strategy.name=scaffold``). Measured from the run's
 ``metrics.jsonl``: upload = the train replies' wire bytes per round (``train.bytes-received``:
 Flower's serialized objects, orchestrator/contract/messages.py), download = the bytes sent to
 sites per round (train + evaluate messages), and the final pooled macro-F1. Ratios and
@@ -39,6 +40,7 @@ CONFIGS: dict[str, list[str]] = {
     "fp16": ["compression.kind=fp16"],
     "int8": ["compression.kind=int8"],
     "topk": ["compression.kind=topk", "compression.ratio=0.01"],
+    "topk-2.5%": ["compression.kind=topk", "compression.ratio=0.025"],
     "topk-5%": ["compression.kind=topk", "compression.ratio=0.05"],
     "lora": ["finetune.mode=lora"],
     "lora-int8": ["finetune.mode=lora", "compression.kind=int8"],
@@ -47,13 +49,19 @@ CONFIGS: dict[str, list[str]] = {
 
 
 def run_one(
-    name: str, seed: int, rounds: int, cache_dir: Path, max_examples: int
+    name: str,
+    seed: int,
+    rounds: int | None,
+    cache_dir: Path,
+    max_examples: int | None,
+    more: list[str],
 ) -> dict[str, Any]:
     overrides = [
         f"data.cache_dir={cache_dir}",
-        f"federation.num_rounds={rounds}",
-        f"partition.max_examples_per_site={max_examples}",
+        *([f"federation.num_rounds={rounds}"] if rounds else []),
+        *([f"partition.max_examples_per_site={max_examples}"] if max_examples else []),
         f"train.seed={seed}",
+        *more,
         *CONFIGS[name],
     ]
     job = load_config(FederatedJob, None, overrides, default_preset="simulate-demo")
@@ -72,6 +80,8 @@ def run_one(
         "macro_f1": rows[-1]["eval"]["macro-f1"],
         "accuracy": rows[-1]["eval"]["accuracy"],
         "seconds": round(time.perf_counter() - t0, 1),
+        "rounds": job.federation.num_rounds,
+        "overrides": more,
     }
 
 
@@ -101,10 +111,9 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument(
-        "--max-examples", type=int, default=400, help="rows per site (the demo preset: 1200)"
-    )
+    p.add_argument("--rounds", type=int, default=None, help="default: the preset's")
+    p.add_argument("--max-examples", type=int, default=None, help="rows per site; default: preset")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more overrides")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--configs", default="none,fp16,int8,topk,lora,lora-int8")
@@ -123,7 +132,7 @@ def main() -> None:
     results = []
     for seed in (int(s) for s in args.seeds.split(",")):
         for name in names:
-            r = run_one(name, seed, args.rounds, Path(args.cache_dir), args.max_examples)
+            r = run_one(name, seed, args.rounds, Path(args.cache_dir), args.max_examples, args.set)
             print(json.dumps(r), flush=True)
             results.append(r)
     summary = summarize(results)

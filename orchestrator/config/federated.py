@@ -223,6 +223,11 @@ class StrategyConfig:
         require(self.clip_iters >= 1, self, "clip_iters", "an integer >= 1")
 
     @property
+    def robust(self) -> bool:
+        """A robust rule (median, Krum, ...): not a weighted sum of the updates."""
+        return self.name in ROBUST
+
+    @property
     def eta(self) -> float:
         if self.server_lr is not None:
             return self.server_lr
@@ -427,7 +432,7 @@ class FederatedJob:
                 "SCAFFOLD's control-variate updates are not covered by DP or secure aggregation; "
                 "use fedavgm (server-side only) for drift, or turn privacy off.",
             )
-        check_privacy(self)
+        check_privacy(self.privacy, self.strategy, self.federation)
         if self.compression.kind != "none" and self.privacy.secure_aggregation:
             raise FieldError(
                 self.compression,

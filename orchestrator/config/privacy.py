@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import Literal, Protocol, get_args
 
 from orchestrator.config.schema import FieldError, require
-
-if TYPE_CHECKING:
-    from orchestrator.config.federated import FederatedJob
 
 PrivacyMode = Literal["off", "central", "local"]
 PRIVACY_MODES: tuple[str, ...] = get_args(PrivacyMode)
@@ -151,10 +148,29 @@ class PrivacyConfig:
         return sites_per_round / 20.0
 
 
-def check_privacy(job: FederatedJob) -> None:
+class StrategySection(Protocol):
+    """What the privacy checks read of the ``strategy`` section (``StrategyConfig``)."""
+
+    name: str
+    weighting: str
+    clip_update_norm: float
+
+    @property
+    def robust(self) -> bool: ...
+
+
+class FederationSection(Protocol):
+    """What the privacy checks read of the ``federation`` section (``FederationConfig``)."""
+
+    num_sites: int
+
+    @property
+    def sampled_sites(self) -> int: ...
+
+
+def check_privacy(p: PrivacyConfig, s: StrategySection, fed: FederationSection) -> None:
     """Combinations the DP analysis does not cover are config errors naming why (called from
-    ``FederatedJob.__post_init__``)."""
-    p, s, fed = job.privacy, job.strategy, job.federation
+    ``FederatedJob.__post_init__`` with its sections)."""
     k = fed.sampled_sites
     if p.secagg_threshold is not None and p.secagg_threshold > k:
         raise FieldError(
@@ -165,7 +181,7 @@ def check_privacy(job: FederatedJob) -> None:
             "Lower privacy.secagg_threshold or sample more sites per round.",
         )
     if p.secure_aggregation:
-        check_secure_aggregation(job)
+        check_secure_aggregation(p, s, fed)
     if not p.enabled:
         return
     if p.delta >= 1.0 / fed.num_sites:
@@ -188,9 +204,7 @@ def check_privacy(job: FederatedJob) -> None:
             "strategy.weighting=uniform.",
         )
     if p.mode == "central":
-        from orchestrator.config.federated import ROBUST
-
-        if s.name in ROBUST:
+        if s.robust:
             raise FieldError(
                 s,
                 "name",
@@ -221,20 +235,18 @@ def check_privacy(job: FederatedJob) -> None:
                 )
 
 
-def check_secure_aggregation(job: FederatedJob) -> None:
+def check_secure_aggregation(p: PrivacyConfig, s: StrategySection, fed: FederationSection) -> None:
     """What the server needs to see one site's update for cannot run under secure aggregation."""
-    from orchestrator.config.federated import ROBUST
-
-    p, s, k = job.privacy, job.strategy, job.federation.sampled_sites
+    k = fed.sampled_sites
     if k < 3:
         raise FieldError(
-            job.federation,
+            fed,
             "sites_per_round",
             k,
             ">= 3 with privacy.secure_aggregation=true",
             "With 2 sites each one learns the other's update from the sum; sample more sites.",
         )
-    if s.name in ROBUST:
+    if s.robust:
         raise FieldError(
             s,
             "name",
