@@ -199,6 +199,11 @@ def simulate(job: FederatedJob) -> FederatedResult:
         )
     result = FederatedResult(run_dir, run.export_dir, run.metrics)
     print(f"run directory: {result.run_dir}\nexport: {result.export_dir}")
+    print(
+        "Its centralized baseline (same model, rows and examples per round, one site): add "
+        "--centralized to this command, then: fedray report "
+        f"{shlex.quote(str(result.run_dir))} <its run directory>"
+    )
     print(report_hint(result.run_dir))
     return result
 

@@ -273,9 +273,13 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
             has_acc = any("accuracy" in e for e in evals if isinstance(e, dict))
             task = "classification" if has_acc else "causal_lm"
     stamps = [float(r["wall_time"]) for r in records if finite(r.get("wall_time"))]
+    label = label or d.name
+    # A `fedray simulate --centralized` run overlays its federation in every plot: say which.
+    if kind == "federated" and any(r.get("centralized") is True for r in rows):
+        label += "" if "centralized" in label else " (centralized)"
     return Run(
         path=d,
-        label=label or d.name,
+        label=label,
         kind=kind,
         rows=rows,
         task=task,

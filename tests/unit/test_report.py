@@ -286,6 +286,19 @@ def test_several_runs_overlay_and_federated_vs_centralized(tmp_path, monkeypatch
     assert "2 / 2 rounds" in text and "6 / 6 steps" in text
 
 
+def test_a_centralized_baseline_is_labelled_next_to_its_federation(tmp_path):
+    fed = write_run(tmp_path / "fed", fed_rows(), fed_config())
+    base = write_run(
+        tmp_path / "base", [{**r, "centralized": True} for r in fed_rows()], fed_config()
+    )
+    assert load_run(fed).label == "fed"
+    assert load_run(base).label == "base (centralized)"
+    assert load_run(base, "centralized-1").label == "centralized-1"  # already says so
+    rep = build_report([fed, base], tmp_path / "out")
+    assert "compare-fed-macro-f1.png" in pngs(rep.html.parent)
+    assert ">base (centralized)<" in rep.html.read_text()
+
+
 def test_two_pretrain_runs_overlay(tmp_path):
     a = write_run(tmp_path / "a", pretrain_rows(), PRETRAIN_CONFIG)
     b = write_run(tmp_path / "b", pretrain_rows(steps=4), PRETRAIN_CONFIG)
