@@ -8,7 +8,9 @@
 Node config (the only thing a site provides; see clients/site_data.py):
     data-path       local csv/jsonl/json/parquet (text + label columns) or .txt file
     site-name       optional display name in the server's table (default: file stem)
-    partition-id, num-partitions   simulated sites only (set by Flower's simulation engine)
+    partition-id, num-partitions   simulated sites only (set by Flower's simulation engine);
+                    on a pool of simulation nodes the message's ``sim-site`` record names the
+                    site instead (orchestrator/contract/site_pool.py; a real site refuses it)
     state-dir       optional directory for this site's persistent state across rounds and
                     restarts (clients/site_state.py; default: kept in memory only)
     num-threads     optional torch intra-op threads for this site (default: torch's choice)
@@ -41,6 +43,7 @@ from orchestrator.contract.arrays import to_numpy
 from orchestrator.contract.messages import ARRAYS, CONFIG, DELTA_C, evaluate_reply, train_reply
 from orchestrator.contract.metrics import NUM_EXAMPLES
 from orchestrator.contract.model import build, load_state, model_state, trainable_names
+from orchestrator.contract.site_pool import acting_node_config
 from orchestrator.contract.task import SiteTask
 
 app = ClientApp()
@@ -95,9 +98,10 @@ def honest_update(
     return update, metrics, len(examples), data.name
 
 
-def _threads(context: Context) -> dict[str, Any]:
-    """The node config, after applying its optional ``num-threads``."""
-    node_config = dict(context.node_config)
+def _threads(msg: Message, context: Context) -> dict[str, Any]:
+    """The node config this message is handled with (a simulated pool node acts as the site
+    the message names; orchestrator/contract/site_pool.py), after applying ``num-threads``."""
+    node_config = acting_node_config(msg.content, context.node_config)
     if threads := node_config.get("num-threads"):
         torch.set_num_threads(int(threads))
     return node_config
@@ -105,7 +109,7 @@ def _threads(context: Context) -> dict[str, Any]:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    node_config = _threads(context)
+    node_config = _threads(msg, context)
     task = SiteTask.from_record(msg.content[CONFIG])
     attacker = is_attacker(task, node_config)
     flip = attacker and task.attack.kind == "label_flip"
@@ -152,7 +156,7 @@ def secagg_unmask(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_(msg: Message, context: Context) -> Message:
-    task, data, model = _setup(msg, _threads(context), context)
+    task, data, model = _setup(msg, _threads(msg, context), context)
     examples = _encode(task, data.eval_texts, data.eval_labels)
     metrics = evaluate(
         model, examples, task.spec.task, task.train.micro_batch_size, len(task.labels)

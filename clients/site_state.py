@@ -14,7 +14,9 @@ Where the state lives (:func:`site_store`):
 
 * **simulation**: in Flower's ``Context.state`` (per simulated node, kept across rounds), mirrored
   to ``RUN_DIR/site-state/site-<id>/`` on the same machine (the task's ``sim_state_dir``), so a
-  resumed simulation (a new process, empty contexts) continues exactly;
+  resumed simulation (a new process, empty contexts) continues exactly. On a pool of
+  simulation nodes (``federation.simulation_nodes``; one node acts for many sites) a site's
+  state lives in that mirror only (``Context.state`` is per node, not per site);
 * **a real site**: on disk under the node config's ``state-dir`` (``fedray site --state-dir``),
   one safetensors file per version written atomically (temporary name, fsync, rename), so it
   survives site restarts. Without ``state-dir`` it lives in ``Context.state`` only (logged: lost
@@ -51,6 +53,7 @@ from flwr.app import ArrayRecord, Context
 from safetensors.numpy import load_file, save_file
 
 from orchestrator.contract.arrays import array_view, from_numpy
+from orchestrator.contract.site_pool import POOLED
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +92,10 @@ class Backend(Protocol):
 class ContextBackend:
     """Versions as ``ArrayRecord``s in Flower's ``Context.state`` (lives as long as the node)."""
 
-    def __init__(self, context: Context, state_key: str) -> None:
+    def __init__(self, context: Context, state_key: str, scope: str = "") -> None:
         self.state = context.state
-        self.prefix = f"{_CONTEXT_PREFIX}/{state_key}"
+        # scope: the site, when one node acts for many (a simulation pool)
+        self.prefix = f"{_CONTEXT_PREFIX}/{state_key}" + (f"/{scope}" if scope else "")
         self.where = "Flower Context.state"
 
     def _key(self, name: str, version: int) -> str:
@@ -278,7 +282,12 @@ def site_store(
 
     def backends() -> list[Backend]:
         key = state_key_of(state_key, context)
-        if (sim := simulated_site(node_config)) is not None:
+        if (sim := simulated_site(node_config)) is not None and node_config.get(POOLED):
+            # A pool node acts for many sites: the state is the site's, never the node's.
+            if sim_state_dir:
+                return [DiskBackend(Path(sim_state_dir) / f"site-{sim[0]}", key)]
+            return [ContextBackend(context, key, scope=f"site-{sim[0]}")]
+        if sim is not None:
             found: list[Backend] = [ContextBackend(context, key)]
             if sim_state_dir:
                 found.append(DiskBackend(Path(sim_state_dir) / f"site-{sim[0]}", key))

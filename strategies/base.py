@@ -27,6 +27,7 @@ from flwr.serverapp.strategy import Strategy
 from orchestrator.config.compression import CompressionConfig
 from orchestrator.contract.arrays import from_numpy, to_numpy
 from orchestrator.contract.metrics import classification_metrics, perplexity
+from orchestrator.contract.site_pool import site_record
 from strategies.aggregators import NormClipStage, RuleConfig, StoredAggregator
 from strategies.downlink import Downlink, with_compression
 from strategies.math import Arrays, RunningSum, apply_sgd_from_sum
@@ -123,7 +124,13 @@ class DeltaStrategy(Strategy):
         self.downlink = Downlink(self.compression.download, base_once)  # what goes to sites
         self._global: Arrays = {}
         self.num_nodes = 0
-        """Sites connected when the last train round was configured."""
+        """Sites in the federation when the last train round was configured (connected nodes;
+        with a site pool, the population)."""
+        self.population: int | None = None
+        """Set by :meth:`use_site_pool`: sites ``0..population-1`` take turns on the grid's
+        nodes (a simulation pool); None = every node is one site."""
+        self.assigned: dict[int, str] = {}
+        """With a site pool: node id -> the site its message in flight is for."""
         self.last_train = RoundReport()
         self.last_evaluate = RoundReport()
 
@@ -167,6 +174,12 @@ class DeltaStrategy(Strategy):
 
     # ---- sampling ----------------------------------------------------------------------------
 
+    def use_site_pool(self, num_sites: int) -> None:
+        """Sample SITE ids ``0..num_sites-1`` (with the same RNG draws as sampling as many
+        nodes) and send each sampled site's message to a distinct node of the grid, naming the
+        site in a ``sim-site`` record (orchestrator/contract/site_pool.py). Simulation only."""
+        self.population = num_sites
+
     def sample(self, grid: Grid, k: int | None, rng: random.Random | None = None) -> list[int]:
         """Wait for enough connected sites, then draw ``k`` of them (all when ``k`` is None)
         with ``rng`` (default: the training sampler, whose state is checkpointed)."""
@@ -187,11 +200,13 @@ class DeltaStrategy(Strategy):
                 )
             time.sleep(1.0)
         self._federation_seen = True
+        # A pool draws site ids: the same positions as drawing from as many sorted node ids.
+        sites = nodes if self.population is None else list(range(self.population))
         if k is None:
-            return nodes
-        self.last_population = len(nodes)
+            return sites
+        self.last_population = len(sites)
         # Sorted first: the seeded RNG then picks the same positions in every run.
-        return (rng or self.rng).sample(nodes, min(k, len(nodes)))
+        return (rng or self.rng).sample(sites, min(k, len(sites)))
 
     def _train_sample_size(self, n_nodes: int) -> int:
         if self.sites_per_round is not None:
@@ -202,12 +217,42 @@ class DeltaStrategy(Strategy):
         self,
         arrays: ArrayRecord,
         config: ConfigRecord,
-        nodes: list[int],
+        targets: list[int],
         kind: str,
+        grid: Grid,
         extra: dict[str, ArrayRecord] | None = None,
     ) -> list[Message]:
+        """One message per target: a node id, or with a site pool a site id (routed to a node)."""
         keys = (self.arrayrecord_key, self.configrecord_key)
-        return self.downlink.messages(arrays, config, self.update_keys, nodes, kind, keys, extra)
+        nodes, records = self.route(targets, grid)
+        return self.downlink.messages(
+            arrays, config, self.update_keys, nodes, kind, keys, extra, records
+        )
+
+    def route(
+        self, targets: list[int], grid: Grid
+    ) -> tuple[list[int], dict[int, ConfigRecord] | None]:
+        """The nodes to send to, and with a site pool each node's ``sim-site`` record: the
+        i-th site goes to the i-th node (sorted), so no node gets two messages at once."""
+        if self.population is None:
+            return targets, None
+        pool = sorted(grid.get_node_ids())
+        if len(targets) > len(pool):
+            raise RuntimeError(
+                f"{len(targets)} sites at once on a pool of {len(pool)} simulation nodes "
+                "(send in waves of the pool, or raise federation.simulation_nodes)"
+            )
+        nodes = pool[: len(targets)]
+        self.assigned = {n: f"site-{t}" for n, t in zip(nodes, targets, strict=True)}
+        records = {n: site_record(t, self.population) for n, t in zip(nodes, targets, strict=True)}
+        return nodes, records
+
+    def site_of(self, msg: Message) -> str:
+        """A reply's site name: with a site pool the site its node was sent (the server's own
+        assignment, also for error replies), else the name the site reports."""
+        if self.population is not None and msg.metadata.src_node_id in self.assigned:
+            return self.assigned[msg.metadata.src_node_id]
+        return site_name(msg)
 
     # ---- Flower Strategy API -----------------------------------------------------------------
 
@@ -215,7 +260,7 @@ class DeltaStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._global = to_numpy(arrays)
-        n_nodes = len(list(grid.get_node_ids()))
+        n_nodes = self.population or len(list(grid.get_node_ids()))
         self.num_nodes = n_nodes
         nodes = self.sample(grid, self._train_sample_size(max(n_nodes, self.min_available_sites)))
         if self.admit_round is not None:  # raises PrivacyBudgetExhausted: nothing is sent
@@ -227,7 +272,9 @@ class DeltaStrategy(Strategy):
         for k, v in self.extra_train_config().items():
             cfg[k] = v
         log.info("round %d: training on %d site(s)", server_round, len(nodes))
-        return self._messages(arrays, cfg, nodes, MessageType.TRAIN, self.extra_train_records())
+        return self._messages(
+            arrays, cfg, nodes, MessageType.TRAIN, grid, self.extra_train_records()
+        )
 
     # ---- the round's stages (see strategies/pipeline.py) --------------------------------------
 
@@ -284,12 +331,14 @@ class DeltaStrategy(Strategy):
                 for stage in self.reply_stages:
                     reply = stage(reply, server_round)
             except RejectedReply as e:
-                site = site_name(msg)
+                site = self.site_of(msg)
                 log.warning("round %d: rejected reply from site %s: %s", server_round, site, e)
                 report.sites.append(
                     SiteReport(msg.metadata.src_node_id, site, False, reason=str(e), bytes=size)
                 )
                 continue
+            if self.population is not None:
+                reply.site = self.site_of(msg)
             agg.add(reply)
             if reply.note:
                 notes[reply.site] = reply.note
@@ -354,13 +403,28 @@ class DeltaStrategy(Strategy):
         num_sites: int | None = None,
     ) -> Iterable[Message]:
         """Evaluation messages to ``num_sites`` sampled sites (``None`` = every site)."""
-        cfg = ConfigRecord(dict(config))
-        cfg["server-round"] = server_round
+        targets = self.sample_evaluate(server_round, grid, num_sites)
+        return self.evaluate_messages(server_round, arrays, config, grid, targets)
+
+    def sample_evaluate(self, server_round: int, grid: Grid, num_sites: int | None) -> list[int]:
+        """The nodes (site pool: the sites) that evaluate after ``server_round``."""
         # Its own RNG, a function of (seed, round): sampling evaluation never shifts the training
         # sample, and a resumed run evaluates the same sites with no extra checkpointed state.
         rng = random.Random(f"{self.seed}-evaluate-{server_round}")
-        nodes = self.sample(grid, num_sites, rng)
-        return self._messages(arrays, cfg, nodes, MessageType.EVALUATE)
+        return self.sample(grid, num_sites, rng)
+
+    def evaluate_messages(
+        self,
+        server_round: int,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        grid: Grid,
+        targets: list[int],
+    ) -> list[Message]:
+        """Evaluation messages to ``targets`` (nodes; site pool: at most a pool of sites)."""
+        cfg = ConfigRecord(dict(config))
+        cfg["server-round"] = server_round
+        return self._messages(arrays, cfg, targets, MessageType.EVALUATE, grid)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
@@ -372,7 +436,7 @@ class DeltaStrategy(Strategy):
         for msg in replies:
             size = received_bytes(msg)  # before decoding: a rejected reply was received too
             self.downlink.note(msg)
-            site = site_name(msg)
+            site = self.site_of(msg)
             try:
                 n, scalars, c = decode_evaluate_reply(msg, self.num_classes, self.weighted_by_key)
             except RejectedReply as e:

@@ -4,7 +4,7 @@ docs/federated.md, "Saving bandwidth")."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
@@ -13,6 +13,7 @@ from orchestrator.config.compression import CompressionConfig
 from orchestrator.contract.arrays import to_array, to_numpy
 from orchestrator.contract.compression import base_hash
 from orchestrator.contract.messages import BASE_HASH, SITE
+from orchestrator.contract.site_pool import SIM_SITE
 
 
 def fp16_download(arrays: ArrayRecord) -> ArrayRecord:
@@ -42,16 +43,24 @@ class Downlink:
         kind: str,
         keys: tuple[str, str],
         extra: dict[str, ArrayRecord] | None = None,
+        site_records: Mapping[int, ConfigRecord] | None = None,
     ) -> list[Message]:
         """One message per node. ``trainable``: the update keys (None = not known yet, so no
         base-once); ``keys``: the arrays and config record names; ``extra``: more records
-        (SCAFFOLD's control variate)."""
+        (SCAFFOLD's control variate); ``site_records``: a simulation pool's ``sim-site`` record
+        per node (the site it acts for; orchestrator/contract/site_pool.py)."""
         more = extra or {}
         if self.download == "fp16":
             arrays = fp16_download(arrays)
+
+        def message(content: RecordDict, node: int) -> Message:
+            if site_records is not None:  # the shared records, plus this node's site
+                content = RecordDict({**content, SIM_SITE: site_records[node]})
+            return Message(content=content, dst_node_id=node, message_type=kind)
+
         if not self.base_once or trainable is None:
             content = RecordDict({keys[0]: arrays, keys[1]: config, **more})
-            return [Message(content=content, dst_node_id=n, message_type=kind) for n in nodes]
+            return [message(content, n) for n in nodes]
         # Every message names the base by hash; a site that holds it gets the trainable tensors.
         views = to_numpy(arrays)
         digest = base_hash({k: v for k, v in views.items() if k not in trainable})
@@ -60,14 +69,9 @@ class Downlink:
         full = RecordDict({keys[0]: arrays, keys[1]: cfg, **more})
         light_arrays = ArrayRecord({k: arrays[k] for k in arrays if k in trainable})
         light = RecordDict({keys[0]: light_arrays, keys[1]: cfg, **more})
-        return [
-            Message(
-                content=light if self.site_base.get(n) == digest else full,
-                dst_node_id=n,
-                message_type=kind,
-            )
-            for n in nodes
-        ]
+        # With a simulation pool the node, not the site, holds the base (base_cache.py keeps it
+        # in the node's Context): every site the node acts for is sent the light message.
+        return [message(light if self.site_base.get(n) == digest else full, n) for n in nodes]
 
     def note(self, msg: Message) -> None:
         """Learn from a reply whether its site holds the base (``site`` record ``base-hash``);

@@ -258,6 +258,14 @@ class AttackConfig:
         require(math.isfinite(self.scale), self, "scale", "a finite float")
 
 
+POOL_AUTO_ABOVE = 1000
+"""``federation.simulation_nodes: null`` pools the simulated sites above this many (one
+SuperNode per site up to it: Flower's engine polls every node, a cost that grows with them;
+BENCHMARKS.md, "Population")."""
+POOL_AUTO_SIZE = 100
+"""The smallest automatic pool: a final evaluation of every site runs in waves of the pool."""
+
+
 @dataclass
 class FederationConfig:
     """Sites, rounds, sampling and per-site resources."""
@@ -298,6 +306,12 @@ class FederationConfig:
     """After the last round, evaluate at every site (the final per-site table) whatever
     ``eval_sites_per_round`` says; false = the last round samples like the others (for
     simulated populations too large to visit every site)."""
+    simulation_nodes: int | None = None
+    """``fedray simulate`` only: SuperNodes the simulation engine runs. ``None`` = one per site
+    up to :data:`POOL_AUTO_ABOVE` sites, a pool of ``max(100, sites sampled per round,
+    eval_sites_per_round, min_sites)`` above; fewer than ``num_sites`` = a pool: each message
+    names the site it is for and the sampled sites take turns on the pool's nodes (same samples,
+    same results as one node per site; docs/federated.md, "Large populations")."""
 
     def __post_init__(self) -> None:
         require(self.num_sites >= 1, self, "num_sites", "an integer >= 1")
@@ -331,6 +345,29 @@ class FederationConfig:
         require(self.gpus_per_site >= 0, self, "gpus_per_site", "a float >= 0")
         if self.num_cpus is not None:
             require(self.num_cpus >= 1, self, "num_cpus", "an integer >= 1 or null")
+        if self.simulation_nodes is not None:
+            low = self.pool_minimum
+            require(
+                low <= self.simulation_nodes <= self.num_sites,
+                self,
+                "simulation_nodes",
+                f"null (auto) or an integer in [{low}, federation.num_sites={self.num_sites}]",
+                "A pool needs a node for every site a round sends to at once (sites_per_round, "
+                "eval_sites_per_round, min_sites).",
+            )
+
+    @property
+    def pool_minimum(self) -> int:
+        """The fewest simulation nodes a round can run on (one per site it sends to at once)."""
+        return max(self.sampled_sites, self.eval_sites_per_round or 1, self.min_sites)
+
+    def simulation_pool(self, secure_aggregation: bool = False) -> int | None:
+        """The pool size ``fedray simulate`` runs (``None`` = one SuperNode per site)."""
+        if self.simulation_nodes is None:
+            if self.num_sites <= POOL_AUTO_ABOVE or secure_aggregation:
+                return None
+            return min(self.num_sites, max(POOL_AUTO_SIZE, self.pool_minimum))
+        return self.simulation_nodes if self.simulation_nodes < self.num_sites else None
 
     @property
     def sampled_sites(self) -> int:
@@ -431,6 +468,20 @@ class FederatedJob:
                 "a strategy other than scaffold with privacy.mode != off or secure aggregation",
                 "SCAFFOLD's control-variate updates are not covered by DP or secure aggregation; "
                 "use fedavgm (server-side only) for drift, or turn privacy off.",
+            )
+        f = self.federation
+        if (
+            f.simulation_nodes is not None
+            and f.simulation_nodes < n
+            and self.privacy.secure_aggregation
+        ):
+            raise FieldError(
+                f,
+                "simulation_nodes",
+                f.simulation_nodes,
+                f"null or federation.num_sites={n} with privacy.secure_aggregation (its four "
+                "exchanges keep per-node state)",
+                "Set federation.simulation_nodes=null.",
             )
         check_privacy(self.privacy, self.strategy, self.federation)
         if self.compression.kind != "none" and self.privacy.secure_aggregation:

@@ -5,6 +5,12 @@ server loop without the simulation engine. Each node is a ``Context`` with its o
 (e.g. ``{"partition-id": 0, "num-partitions": 4}`` or ``{"data-path": ...}``). Replies are
 produced lazily, one per ``pull_messages`` call, so a streaming strategy sees them one by one.
 ``intercept`` may rewrite a reply before the server sees it (tests use it to corrupt replies).
+
+:meth:`LocalGrid.simulated` gives N nodes the node configs Flower's simulation engine gives N
+SuperNodes; with fewer nodes than ``federation.num_sites`` and ``run_federated(...,
+site_pool=True)`` that is a simulation pool (orchestrator/contract/site_pool.py).
+:attr:`LocalGrid.overlaps` counts messages pushed to a node that still had one pending (a pool
+must never do that).
 """
 
 from __future__ import annotations
@@ -55,6 +61,23 @@ class LocalGrid(Grid):
         }
         self._pending: dict[str, Message] = {}
         self.messages_handled = 0
+        self.overlaps = 0
+        self._busy: dict[int, int] = {}  # node -> its pending messages
+        """Messages pushed to a node that still had an unanswered one."""
+        self.sent_to: list[tuple[int, str, Message]] = []
+        """``(node, message type, message)`` of every message pushed, in order (tests)."""
+        self.record_sent = False
+
+    @classmethod
+    def simulated(
+        cls,
+        client_app: ClientApp,
+        num_nodes: int,
+        intercept: Callable[[Message], Message] | None = None,
+    ) -> LocalGrid:
+        """``num_nodes`` simulated nodes, configured as Flower's engine configures SuperNodes."""
+        configs = [{"partition-id": i, "num-partitions": num_nodes} for i in range(num_nodes)]
+        return cls(client_app, configs, intercept)
 
     def set_run(self, run_id: int) -> None:  # type: ignore[override]
         self._run = Run.create_empty(run_id)
@@ -72,6 +95,11 @@ class LocalGrid(Grid):
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []
         for msg in messages:
+            dst = msg.metadata.dst_node_id
+            self.overlaps += self._busy.get(dst, 0) > 0
+            self._busy[dst] = self._busy.get(dst, 0) + 1
+            if self.record_sent:
+                self.sent_to.append((dst, msg.metadata.message_type, msg))
             msg_id = uuid.uuid4().hex
             msg.metadata.__dict__["_message_id"] = msg_id
             self._pending[msg_id] = msg
@@ -85,6 +113,7 @@ class LocalGrid(Grid):
             if msg is None:
                 continue
             ctx = self.contexts[msg.metadata.dst_node_id]
+            self._busy[msg.metadata.dst_node_id] -= 1
             try:
                 reply = self.client_app(msg, ctx)
             except Exception as e:  # a site failing must not stop the round (as in Flower)

@@ -12,12 +12,12 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, Message
 from flwr.serverapp import Grid
 
 from orchestrator.config.federated import FederatedJob
@@ -112,6 +112,7 @@ class FederatedRun:
         setup: ServerSetup,
         table: RoundTable,
         on_round: Callable[[dict[str, Any]], None] | None = None,
+        site_pool: bool = False,
     ) -> None:
         self.grid, self.job, self.run_dir, self.setup = grid, job, run_dir, setup
         self.table, self.on_round = table, on_round
@@ -126,6 +127,13 @@ class FederatedRun:
         self.task_record = setup.task.to_record()
         self.site_state_key = ""
         self.timeout = job.federation.round_timeout_s
+        # A simulation pool: the grid's nodes act for federation.num_sites sites in turn
+        # (orchestrator/contract/site_pool.py); sites are sampled and named by site id.
+        self.site_pool = site_pool
+        if site_pool:
+            if job.privacy.secure_aggregation:
+                raise ValueError("secure aggregation runs with one simulation node per site")
+            self.strategy.use_site_pool(job.federation.num_sites)
         self.secure = (
             SecureTrain(grid, self.strategy, job.privacy, self.timeout)
             if job.privacy.secure_aggregation
@@ -206,26 +214,62 @@ class FederatedRun:
     # ---- rounds -------------------------------------------------------------------------------
 
     def remember_names(self) -> None:
+        if self.site_pool:  # a pool node acts for a different site in every message
+            return
         for s in [*self.strategy.last_train.sites, *self.strategy.last_evaluate.sites]:
             if s.accepted:
                 self.site_names[s.node_id] = s.site
 
+    def by_site(self, down: dict[int, int], names: dict[int, str]) -> dict[str, int]:
+        """Bytes sent per node -> per site name (a pool node acts for many sites in a round)."""
+        out: dict[str, int] = {}
+        for node, n in down.items():
+            name = names.get(node, f"node-{node}")
+            out[name] = out.get(name, 0) + n
+        return out
+
+    def sent_names(self, reports: list[SiteReport]) -> dict[int, str]:
+        """node id -> site name for the batch just sent and answered (site pool: the
+        strategy's assignment; else the names sites reported, this round's first)."""
+        if self.site_pool:
+            return dict(self.strategy.assigned)
+        return {**self.site_names, **{r.node_id: r.site for r in reports}}
+
     def evaluate(
         self, server_round: int, arrays: ArrayRecord
-    ) -> tuple[dict[str, Any], dict[int, int]]:
+    ) -> tuple[dict[str, Any], dict[str, int]]:
         """The round's sampled sites (``federation.eval_sites_per_round``; all of them after the
         last round) evaluate ``arrays``; returns the pooled metrics and the wire bytes sent to
-        each node. Rounds that ``federation.eval_every`` skips evaluate nowhere: ``({}, {})``."""
+        each site. Rounds that ``federation.eval_every`` skips evaluate nowhere: ``({}, {})``.
+
+        With a site pool the sites go in waves of the pool's size (each wave's replies are in,
+        or timed out, before the next is sent): no node ever holds two messages."""
         s, fed = self.strategy, self.job.federation
         if not fed.evaluates(server_round):
             s.last_evaluate = RoundReport()  # no stale per-site evaluation in this round's row
             return {}, {}
-        k = fed.eval_sites(server_round)
-        msgs = list(s.configure_evaluate(server_round, arrays, self.task_record, self.grid, k))
-        down = sent_bytes(msgs)
-        sent = [m.metadata.dst_node_id for m in msgs]
-        ev = s.aggregate_evaluate(server_round, stream_replies(self.grid, msgs, self.timeout))
-        attribute_lost_replies(s.last_evaluate.sites, sent, self.site_names)
+        targets = s.sample_evaluate(server_round, self.grid, fed.eval_sites(server_round))
+        size = len(list(self.grid.get_node_ids())) if self.site_pool else len(targets)
+        down: dict[str, int] = {}
+        by_node: dict[int, int] = {}
+
+        def replies() -> Iterator[Message]:
+            for i in range(0, len(targets), max(1, size)):
+                msgs = s.evaluate_messages(
+                    server_round, arrays, self.task_record, self.grid, targets[i : i + size]
+                )
+                wave_down = sent_bytes(msgs)
+                yield from stream_replies(self.grid, msgs, self.timeout)
+                if self.site_pool:  # named while the pool's assignment is still this wave's
+                    for name, n in self.by_site(wave_down, self.sent_names([])).items():
+                        down[name] = down.get(name, 0) + n
+                else:
+                    by_node.update(wave_down)
+
+        ev = s.aggregate_evaluate(server_round, replies())
+        if not self.site_pool:  # one wave: name the nodes by their replies
+            attribute_lost_replies(s.last_evaluate.sites, list(by_node), self.site_names)
+            down = self.by_site(by_node, self.sent_names(s.last_evaluate.sites))
         self.remember_names()
         out = {k: v for k, v in (ev or {}).items() if not isinstance(v, list)}
         return out, down
@@ -249,7 +293,8 @@ class FederatedRun:
             )
             del msgs
         replied = {r.node_id for r in s.last_train.sites}
-        dropped = [self.site_names.get(n, f"node-{n}") for n in sampled if n not in replied]
+        names = self.sent_names(s.last_train.sites)
+        dropped = [names.get(n, f"node-{n}") for n in sampled if n not in replied]
         # The SuperLink answers for a site it lost ("Node Unavailable") under its own node id.
         lost = [r for r in s.last_train.sites if r.node_id not in sampled]
         self.remember_names()
@@ -260,22 +305,20 @@ class FederatedRun:
         train = dict(metrics or {})
         train["sites-sampled"] = len(sampled)
         train["sites-dropped"] = len(dropped)
-        info = {"dropped": dropped, "lost": lost, "bytes_down": bytes_down}
+        info = {"dropped": dropped, "lost": lost, "bytes_down": self.by_site(bytes_down, names)}
         if secagg_skip:
             info["secagg_skipped"] = secagg_skip
         return new, {"train": train, **info}
 
-    def site_bytes(self, sites: dict[str, dict[str, Any]], down: dict[int, int]) -> None:
+    def site_bytes(self, sites: dict[str, dict[str, Any]], down: dict[str, int]) -> None:
         """Add each site's ``bytes-up`` (its train + evaluate replies) and ``bytes-down`` (the
-        messages sent to it) this round, as measured on the wire, to its row."""
+        messages sent to it, by site name) this round, as measured on the wire, to its row."""
         s = self.strategy
-        reports = [*s.last_train.sites, *s.last_evaluate.sites]
-        names = {**self.site_names, **{r.node_id: r.site for r in reports}}
-        for r in reports:
+        for r in [*s.last_train.sites, *s.last_evaluate.sites]:
             row = sites.setdefault(r.site, {})
             row["bytes-up"] = row.get("bytes-up", 0) + r.bytes
-        for node, n in down.items():
-            row = sites.setdefault(names.get(node, f"node-{node}"), {})
+        for name, n in down.items():
+            row = sites.setdefault(name, {})
             row["bytes-down"] = row.get("bytes-down", 0) + n
 
     def round_record(
@@ -284,12 +327,12 @@ class FederatedRun:
         t0: float,
         train: dict[str, Any],
         ev: dict[str, Any],
-        down: dict[int, int],
+        down: dict[str, int],
     ) -> dict[str, Any]:
         sites = site_rows(self.strategy)
         down_all = dict(train["bytes_down"])
-        for node, n in down.items():
-            down_all[node] = down_all.get(node, 0) + n
+        for name, n in down.items():
+            down_all[name] = down_all.get(name, 0) + n
         self.site_bytes(sites, down_all)
         s = self.strategy
         rec = {
@@ -368,8 +411,12 @@ def run_federated(
     setup: ServerSetup | None = None,
     on_round: Callable[[dict[str, Any]], None] | None = None,
     table: RoundTable | None = None,
+    site_pool: bool = False,
 ) -> FederatedResult:
-    """Run (or resume) the job on ``grid``; returns the per-round records and the export dir."""
+    """Run (or resume) the job on ``grid``; returns the per-round records and the export dir.
+
+    ``site_pool``: the grid's nodes are a simulation pool acting for ``federation.num_sites``
+    sites in turn (``fedray simulate``'s ServerApp, ``sim_serverapp.py``; tests on a LocalGrid)."""
     setup = setup or prepare(job)
     run = FederatedRun(
         grid,
@@ -378,5 +425,6 @@ def run_federated(
         setup,
         table or RoundTable(job.task.kind, privacy=job.privacy.enabled),
         on_round=on_round,
+        site_pool=site_pool,
     )
     return run.run()

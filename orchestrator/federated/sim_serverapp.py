@@ -13,11 +13,30 @@ thread can pick up a half-initialised module ("partially initialized module
 So this module imports the ClientApp module and the ServerApp module at load time, under
 Flower's lock: whichever thread loads first does every shared import, and the other finds them
 complete.
+
+It is also the one ServerApp that knows it runs on the simulation engine, so it is where a
+simulation pool turns on: when ``federation.simulation_pool`` is set (``federation.simulation_nodes``,
+or automatically for large populations), ``fedray simulate`` started that many SuperNodes and
+the round loop sends each sampled site's message to one of them, naming the site
+(orchestrator/contract/site_pool.py). ``fedray server`` (real sites) never submits this app.
 """
 
 from __future__ import annotations
 
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
 import clients.client_app  # noqa: F401  (loaded under Flower's lock; see the module doc)
-from orchestrator.federated.server_app import app
+from orchestrator.federated.server_app import job_from_run_config, run_federated
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    job, run_dir = job_from_run_config(dict(context.run_config))
+    pool = job.federation.simulation_pool(job.privacy.secure_aggregation)
+    run_federated(grid, job, run_dir, site_pool=pool is not None)
+
 
 __all__ = ["app"]

@@ -20,7 +20,11 @@ Flower's supported simulation path, run the way ``fedray server`` runs a deploym
    read the rounds back from ``RUN_DIR/metrics.jsonl``.
 
 Each simulated site's ClientApp (clients/client_app.py) gets node config
-``partition-id``/``num-partitions`` and cuts its own slice of the labelled file.
+``partition-id``/``num-partitions`` and cuts its own slice of the labelled file. Above
+:data:`~orchestrator.config.federated.POOL_AUTO_ABOVE` sites (or with
+``federation.simulation_nodes``) the engine runs a smaller pool of SuperNodes and every message
+names the site it is for (``sim-site`` record; orchestrator/contract/site_pool.py): Flower's
+engine polls every SuperNode, so its cost would otherwise grow with the population.
 """
 
 from __future__ import annotations
@@ -74,7 +78,8 @@ from ``federation.num_sites``, so they are kept out of the terminal (``run.log``
 
 
 def federation_config(job: FederatedJob) -> dict[str, Any]:
-    """``flwr run --federation-config`` settings: the number of simulated sites, the resources
+    """``flwr run --federation-config`` settings: the number of simulated SuperNodes (one per
+    site, or a pool the sites take turns on: ``federation.simulation_nodes``), the resources
     each one reserves, and the CPUs of the embedded Ray."""
     fed = job.federation
     if float(fed.cpus_per_site) != int(fed.cpus_per_site):
@@ -84,14 +89,28 @@ def federation_config(job: FederatedJob) -> dict[str, Any]:
             "integer). Use 1, 2, ...; to run more sites at once, raise federation.num_cpus.",
             "federation.cpus_per_site",
         )
+    pool = fed.simulation_pool(job.privacy.secure_aggregation)
     cfg: dict[str, Any] = {
-        "num-supernodes": fed.num_sites,
+        "num-supernodes": pool or fed.num_sites,
         "client-resources-num-cpus": int(fed.cpus_per_site),
         "client-resources-num-gpus": float(fed.gpus_per_site),
     }
     if fed.num_cpus is not None:
         cfg["init-args-num-cpus"] = fed.num_cpus
     return cfg
+
+
+def site_pool_plan(job: FederatedJob) -> str:
+    """``--dry-run``'s line on how the simulated sites map to SuperNodes."""
+    fed = job.federation
+    pool = fed.simulation_pool(job.privacy.secure_aggregation)
+    how = "auto" if fed.simulation_nodes is None else f"simulation_nodes={fed.simulation_nodes}"
+    if pool is None:
+        return f"off ({how}): one SuperNode per site ({fed.num_sites})"
+    return (
+        f"on ({how}): {fed.num_sites} sites take turns on {pool} SuperNodes; each message "
+        f"names its site; a full evaluation runs in waves of {pool}"
+    )
 
 
 SUMMARY_SITES = 20
@@ -121,7 +140,8 @@ def simulation_plan(job: FederatedJob) -> dict[str, Any]:
             "engine": "simulation: flower-superlink --simulation on 127.0.0.1 + flwr run "
             "--stream (flwr-simulation runs the ServerApp and the simulated SuperNodes on an "
             "embedded Ray)",
-            "num_supernodes": fed.num_sites,
+            "num_supernodes": federation_config(job)["num-supernodes"],
+            "site_pool": site_pool_plan(job),
             "federation_config": federation_config(job),
             "superlink": superlink,
             "submit": shlex.join(
@@ -216,4 +236,5 @@ __all__ = [
     "run_on_simulation_engine",
     "simulate",
     "simulation_plan",
+    "site_pool_plan",
 ]
