@@ -1,7 +1,7 @@
 """Round time vs population: 10 sites train and 10 evaluate per round, out of 100 ... 10,000.
 
     python bench/bench_population.py [--sites 100 1000 10000] [--rounds 4]
-        [--full-eval-sites 100] [--md bench/results/population.md]
+        [--full-eval-sites 100] [--nodes auto|flat|N] [--md bench/results/population.md]
 
 Each federation runs exactly as ``fedray simulate`` runs it (:func:`orchestrator.federated.simulate.simulate`:
 a ``flower-superlink --simulation`` and ``flwr run``; the simulated sites are Flower
@@ -11,6 +11,10 @@ sites at the end would dominate the measurement; the default ``true`` does that 
 The data is the bundled demo tweets repeated 4x (24,000 rows, IID partition, at most 10 rows per
 site), so every site, whatever the population, trains 2 steps on <= 8 rows and evaluates its
 <= 2 held-out rows: per-round work is the same; only the population changes.
+
+``--nodes``: how many simulated SuperNodes the engine runs (``federation.simulation_nodes``):
+``auto`` (the default: one per site up to 1,000 sites, a pool of 100 above), ``flat`` (one per
+site, the behaviour before the pool) or a pool size.
 
 ``--full-eval-sites N`` adds, for each population <= N, the behaviour before sampled evaluation
 (every site evaluates after every round) for comparison.
@@ -51,12 +55,14 @@ def make_data(path: Path, copies: int = 4) -> int:
     return copies * len(rows)
 
 
-def run_one(sites: int, rounds: int, data: Path, root: Path, sampled_eval: bool) -> dict:
+def run_one(
+    sites: int, rounds: int, data: Path, root: Path, sampled_eval: bool, nodes: str = "auto"
+) -> dict:
     from orchestrator.config import load_config
     from orchestrator.config.federated import FederatedJob
-    from orchestrator.federated.simulate import simulate
+    from orchestrator.federated.simulate import federation_config, simulate
 
-    name = f"pop-{sites}-{'sampled' if sampled_eval else 'all'}"
+    name = f"pop-{sites}-{'sampled' if sampled_eval else 'all'}-{nodes}"
     overrides = [
         f"data.paths=[{data}]",
         f"data.cache_dir={root / 'cache'}",
@@ -81,7 +87,10 @@ def run_one(sites: int, rounds: int, data: Path, root: Path, sampled_eval: bool)
     ]
     if sampled_eval:
         overrides += ["federation.eval_sites_per_round=10", "federation.final_eval_all=false"]
+    if nodes != "auto":
+        overrides.append(f"federation.simulation_nodes={sites if nodes == 'flat' else nodes}")
     job = load_config(FederatedJob, None, overrides, default_preset="simulate-demo")
+    supernodes = federation_config(job)["num-supernodes"]
     t0, c0 = time.monotonic(), _cpu()
     result = simulate(job)
     wall, cpu = time.monotonic() - t0, _cpu() - c0
@@ -90,6 +99,7 @@ def run_one(sites: int, rounds: int, data: Path, root: Path, sampled_eval: bool)
     return {
         "sites": sites,
         "eval": "10 sampled" if sampled_eval else "every site",
+        "supernodes": supernodes,
         "rounds": rounds,
         "median_round_s": statistics.median(times[1:] or times),
         "round_times_s": times,
@@ -112,6 +122,7 @@ def main() -> int:
     p.add_argument("--sites", type=int, nargs="+", default=[100, 1000, 10000])
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--full-eval-sites", type=int, default=100)
+    p.add_argument("--nodes", default="auto", help="auto | flat | a pool size")
     p.add_argument("--md", type=Path, default=ROOT / "bench" / "results" / "population.md")
     a = p.parse_args()
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
@@ -124,7 +135,7 @@ def main() -> int:
             for sampled in (True, False):
                 if not sampled and sites > a.full_eval_sites:
                     continue
-                r = run_one(sites, a.rounds, root / "tweets-x4.csv", root, sampled)
+                r = run_one(sites, a.rounds, root / "tweets-x4.csv", root, sampled, a.nodes)
                 print(json.dumps(r), flush=True)
                 results.append(r)
     load = os.getloadavg()[0]
@@ -132,13 +143,13 @@ def main() -> int:
         f"### {time.strftime('%Y-%m-%d %H:%M')} | {platform.machine()}, {os.cpu_count()} cores, "
         f"load average {load:.1f} at the end | {a.rounds} rounds, 10 sites train per round",
         "",
-        "| sites | evaluated per round | median round s | rounds 1.. s | start-up s | wall s "
-        "| driver CPU s |",
-        "|---|---|---|---|---|---|---|",
+        "| sites | SuperNodes | evaluated per round | median round s | rounds 1.. s | start-up s "
+        "| wall s | driver CPU s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r['sites']} | {r['eval']} | {r['median_round_s']:.2f} | "
+            f"| {r['sites']} | {r['supernodes']} | {r['eval']} | {r['median_round_s']:.2f} | "
             f"{', '.join(f'{t:.1f}' for t in r['round_times_s'])} | {r['startup_s']} | "
             f"{r['wall_s']} | {r['cpu_s_children']} |"
         )
