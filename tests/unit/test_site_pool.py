@@ -247,3 +247,46 @@ def test_simulation_nodes_errors_name_the_key_and_the_fix(overrides: list[str], 
     with pytest.raises(ConfigError, match=match) as e:
         fed_job(*overrides)
     assert "federation.simulation_nodes" in str(e.value)
+
+
+def test_downlink_names_each_site_and_sends_the_base_once_per_node():
+    """LoRA base-once on a pool: the NODE holds the base (its Context), so every site it acts
+    for later gets the light message; each message carries its own site record."""
+    from flwr.app import Message
+
+    from orchestrator.contract.arrays import from_numpy
+    from orchestrator.contract.compression import base_hash
+    from orchestrator.contract.messages import BASE_HASH, SITE
+    from strategies.downlink import Downlink
+
+    arrays = {"base.w": np.ones(4, np.float32), "lora.a": np.zeros(2, np.float32)}
+    down = Downlink(base_once=True)
+    keys = ("arrays", "config")
+    records = {1: site_record(40, 100), 2: site_record(7, 100)}
+    first = down.messages(
+        from_numpy(arrays),
+        ConfigRecord({}),
+        {"lora.a"},
+        [1, 2],
+        "train",
+        keys,
+        site_records=records,
+    )
+    assert [decode_site(m.content) for m in first] == [(40, 100), (7, 100)]
+    assert all("base.w" in m.content["arrays"] for m in first)
+    digest = base_hash({"base.w": arrays["base.w"]})
+    reply = Message(
+        RecordDict({SITE: ConfigRecord({"name": "site-40", BASE_HASH: digest})}), reply_to=first[0]
+    )
+    down.note(reply)
+    again = down.messages(
+        from_numpy(arrays),
+        ConfigRecord({}),
+        {"lora.a"},
+        [1, 2],
+        "train",
+        keys,
+        site_records={1: site_record(3, 100), 2: site_record(9, 100)},
+    )
+    assert decode_site(again[0].content) == (3, 100) and "base.w" not in again[0].content["arrays"]
+    assert "base.w" in again[1].content["arrays"]
