@@ -119,7 +119,10 @@ def optional_overrides(args: argparse.Namespace) -> list[str]:
         "lr": "train.lr",
         "batch": "train.micro_batch_size",
     }
-    return [f"{k}={getattr(args, a)}" for a, k in keys.items() if getattr(args, a) is not None]
+    out = [f"{k}={getattr(args, a)}" for a, k in keys.items() if getattr(args, a) is not None]
+    if any(o.startswith("model.") for o in out):  # a size of its own, not the bundled model
+        out.insert(0, "model.path=null")
+    return out
 
 
 def run_one(args: argparse.Namespace, mode: str, z: float | None) -> dict[str, Any]:

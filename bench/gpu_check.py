@@ -102,6 +102,7 @@ def lora_round_check(root: Path, cpu: bool) -> dict[str, Any]:
         FederatedJob,
         "simulate-demo",
         [
+            "model.path=null",  # a model of the size below (the preset bundles a pretrained one)
             *(TINY if cpu else GPT2_124M),
             "task.kind=causal_lm",
             "task.max_length=64",

@@ -129,7 +129,31 @@ def load_dictconfig(
     except OmegaConfBaseException as e:
         raise _omegaconf_error(e) from e
     assert isinstance(merged, DictConfig)
+    _check_architecture_overrides(merged, overrides)
     return merged
+
+
+ARCHITECTURE_KEYS = (
+    "family", "n_layer", "n_head", "n_kv_head", "d_model", "d_ff", "max_position",
+    "tie_embeddings",
+)  # fmt: skip
+"""``model.*`` fields that only shape a model built from scratch (``model.path`` unset)."""
+
+
+def _check_architecture_overrides(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """An architecture override next to a ``model.path`` would be silently ignored (the
+    architecture comes from the directory's config.json): refuse it, naming the fix."""
+    model = cfg.get("model")
+    if not isinstance(model, DictConfig) or model.get("path") in (None, ""):
+        return
+    keys = [o.split("=", 1)[0].strip().lstrip("+~") for o in overrides]
+    if given := [k for k in keys if k in {f"model.{a}" for a in ARCHITECTURE_KEYS}]:
+        raise ConfigError(
+            f"{given[0]} has no effect while model.path={model.get('path')!r} is set: the "
+            "architecture comes from that directory's config.json. To build a model of your "
+            "own size from random weights, add model.path=null; else drop the override.",
+            given[0],
+        )
 
 
 def to_job(schema: type[T], cfg: DictConfig) -> T:

@@ -10,6 +10,7 @@ the classification head).
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -25,6 +26,8 @@ from transformers import (
     PretrainedConfig,
     PreTrainedTokenizerBase,
 )
+
+log = logging.getLogger(__name__)
 
 # LoRA targets by architecture when finetune.lora_target_modules is empty.
 DEFAULT_LORA_TARGETS = {"gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"]}
@@ -85,12 +88,7 @@ def build(spec: ModelSpec, weights_dir: str | None = None) -> torch.nn.Module:
         else AutoModelForCausalLM
     )
     config = spec.config()
-    if weights_dir:
-        model = auto.from_pretrained(
-            weights_dir, config=config, local_files_only=True, dtype=torch.float32
-        )
-    else:
-        model = auto.from_config(config)
+    model = load_pretrained(auto, weights_dir, config) if weights_dir else auto.from_config(config)
     if spec.task == "causal_lm":
         name_default_loss(model)
     if spec.finetune == "lora":
@@ -119,6 +117,48 @@ def build(spec: ModelSpec, weights_dir: str | None = None) -> torch.nn.Module:
                 "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
             )
             model = get_peft_model(model, lora)
+    return model
+
+
+HEAD_PREFIXES = ("score.",)
+"""A sequence-classification head (GPT-2, Llama, ...): new when a causal LM is fine-tuned."""
+
+
+def load_pretrained(auto: Any, weights_dir: str, config: PretrainedConfig) -> torch.nn.Module:
+    """``from_pretrained`` of a local directory, with fedray's own one-line report instead of
+    transformers' load table and progress bar (which would print for the expected case: a
+    causal LM's weights under a new classification head). Any other missing weight is logged
+    as a warning naming it: the model would start partly from random values."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        model, info = auto.from_pretrained(
+            weights_dir,
+            config=config,
+            local_files_only=True,
+            dtype=torch.float32,
+            output_loading_info=True,
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    missing = sorted(info.get("missing_keys") or [])
+    head = [k for k in missing if k.startswith(HEAD_PREFIXES)]
+    if head:
+        log.info("%s: new classification head %s (seeded by train.seed)", weights_dir, head)
+    if other := [k for k in missing if k not in head]:
+        log.warning(
+            "%s holds no weights for %d parameter(s) of the model, which start from random "
+            "values: %s%s. Check that model.path is the model you meant.",
+            weights_dir,
+            len(other),
+            ", ".join(other[:5]),
+            " ..." if len(other) > 5 else "",
+        )
     return model
 
 

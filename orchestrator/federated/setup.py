@@ -125,8 +125,43 @@ def check_inputs(job: FederatedJob) -> None:
     job = with_bundled_paths(job)
     if job.model.path:
         check_model_dir(job.model.path)
-    resolve_tokenizer(job)
+    tok = resolve_tokenizer(job)
     resolve_labels(job)
+    if job.model.path:
+        check_pretrained_fits(job, tok)
+
+
+def check_pretrained_fits(job: FederatedJob, tok: PreTrainedTokenizerBase) -> None:
+    """A pretrained ``model.path`` must read this tokenizer's ids and ``task.max_length``
+    positions; with another tokenizer than its own the ids would mean other words (silently)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    path = str(Path(job.model.path or "").expanduser())
+    cfg = AutoConfig.from_pretrained(path, local_files_only=True)
+    vocab = getattr(cfg, "vocab_size", None)
+    if isinstance(vocab, int) and len(tok) > vocab:
+        raise ConfigError(
+            f"the tokenizer has {len(tok)} tokens but model.path={job.model.path!r} embeds "
+            f"{vocab}: use the model's own tokenizer (data.tokenizer.path={job.model.path})",
+            "data.tokenizer.path",
+        )
+    positions = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
+    if isinstance(positions, int) and job.task.max_length > positions:
+        raise ConfigError(
+            f"task.max_length={job.task.max_length} is longer than the {positions} positions "
+            f"model.path={job.model.path!r} was built for; set task.max_length<={positions}",
+            "task.max_length",
+        )
+    if (Path(path) / "tokenizer.json").is_file():
+        own = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        if own.get_vocab() != tok.get_vocab():
+            raise ConfigError(
+                f"data.tokenizer.path={job.data.tokenizer.path!r} is not the tokenizer "
+                f"model.path={job.model.path!r} was trained with (its directory holds its own): "
+                "token ids would mean other words. Set data.tokenizer.path to the model "
+                "directory (or the same tokenizer), or model.path=null to train from scratch.",
+                "data.tokenizer.path",
+            )
 
 
 def prepare(job: FederatedJob) -> ServerSetup:
@@ -138,6 +173,7 @@ def prepare(job: FederatedJob) -> ServerSetup:
     labels = resolve_labels(job)
     if job.model.path:
         check_model_dir(job.model.path)
+        check_pretrained_fits(job, tok)
     config = hf_config(job.model, len(tok), job.task.max_length, tok.eos_token_id)
     if job.task.kind == "classification":
         config = classification_config(config, labels, tok.pad_token_id)

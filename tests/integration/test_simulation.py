@@ -74,6 +74,7 @@ def test_four_sites_two_rounds_improve_over_round_zero(tmp_path: Path, cache_dir
         # now runs many short rounds with a bundled tokenizer; this test is about the plumbing).
         "federation.eval_every=1",
         "finetune.local_steps=null",
+        "model.path=null",  # a model built from config (the preset bundles a pretrained one)
         "data.tokenizer.path=null",
         f"data.cache_dir={cache_dir}",
         f"run.dir={run_dir}",

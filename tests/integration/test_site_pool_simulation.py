@@ -38,6 +38,7 @@ def test_fifty_sites_on_a_pool_of_five(tmp_path: Path, cache_dir: Path):
         "partition.kind=iid",
         "partition.max_examples_per_site=6",
         "finetune.local_steps=1",
+        "model.path=null",  # build the small model below (not the bundled one)
         "model.d_model=32",
         "model.n_head=2",
         "model.n_layer=1",

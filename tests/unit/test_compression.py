@@ -287,6 +287,7 @@ def test_residual_survives_restarts_and_a_resumed_round_is_exact(tmp_path):
 def _job(cache_dir: Path, *overrides: str) -> FederatedJob:
     small = [
         f"data.cache_dir={cache_dir}",
+        "model.path=null",  # build the small model below (not the bundled one)
         "model.d_model=32",
         "model.n_head=2",
         "model.n_layer=1",

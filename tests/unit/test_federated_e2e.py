@@ -51,6 +51,7 @@ Arrays = dict[str, np.ndarray]
 SMALL = [
     "data.tokenizer.path=null",  # a BPE of data.tokenizer.vocab_size, not the bundled one
     "federation.eval_every=1",  # every round evaluated (the demo preset: every 5th)
+    "model.path=null",  # build the small model below (not the bundled one)
     "model.d_model=32",
     "model.n_head=2",
     "model.n_layer=1",

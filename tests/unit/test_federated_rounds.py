@@ -35,6 +35,7 @@ def job(cache_dir: Path, *overrides: str) -> FederatedJob:
         f"data.cache_dir={cache_dir}",
         "data.tokenizer.path=null",  # a BPE of data.tokenizer.vocab_size, not the bundled one
         "federation.eval_every=1",  # every round evaluated (the demo preset: every 5th)
+        "model.path=null",  # build the small model below (not the bundled one)
         "model.d_model=32",
         "model.n_head=2",
         "model.n_layer=1",

@@ -104,3 +104,25 @@ def test_activation_checkpointing_switches_on_the_models_own_and_keeps_the_maths
     assert loss_a == pytest.approx(loss_b, rel=1e-6)
     for a, b in zip(ga, gb, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_pretrained_load_reports_missing_body_weights_and_hides_the_hf_table(tmp_path, caplog):
+    """A classification head missing from a causal LM is expected (one info line); a body
+    weight missing from model.path (wrong directory, other depth) is a warning naming it."""
+    import logging
+
+    from transformers import AutoModelForSequenceClassification
+
+    from orchestrator.contract.model import classification_config, load_pretrained
+
+    small = ModelConfig(family="gpt2", n_layer=1, n_head=2, d_model=32)
+    AutoModelForCausalLM.from_config(hf_config(small, 64, 16, 0)).save_pretrained(tmp_path)
+    deeper = hf_config(ModelConfig(family="gpt2", n_layer=2, n_head=2, d_model=32), 64, 16, 0)
+    cfg = classification_config(deeper, ["a", "b"], 0)
+    with caplog.at_level(logging.INFO, logger="orchestrator.contract.model"):
+        model = load_pretrained(AutoModelForSequenceClassification, str(tmp_path), cfg)
+    assert model.config.n_layer == 2
+    assert "new classification head ['score.weight']" in caplog.text
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "transformer.h.1." in warned[0].getMessage()
+    assert "LOAD REPORT" not in caplog.text

@@ -30,6 +30,7 @@ SITES = [{"partition-id": i, "num-partitions": 3} for i in range(3)]
 def job(cache_dir: Path, *overrides: str) -> FederatedJob:
     small = [
         f"data.cache_dir={cache_dir}",
+        "model.path=null",  # build the small model below (not the bundled one)
         "model.d_model=16",
         "model.n_head=2",
         "model.n_layer=1",
