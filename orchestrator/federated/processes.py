@@ -199,17 +199,28 @@ class ManagedProcess:
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM, wait ``timeout`` s, then SIGKILL; the same for leftover descendants."""
+        return self._finish_stop(self._begin_stop(), timeout)
+
+    def _begin_stop(self) -> list[psutil.Process]:
+        """First half of :meth:`stop`: note the descendants, SIGTERM the process (no waiting)."""
         if self.popen is None:
-            return None
+            return []
         kids = self.descendants()
         if self.popen.poll() is None:
             self.popen.terminate()
-            try:
-                self.popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("%s (pid %d) ignored SIGTERM; killing it", self.name, self.pid)
-                self.popen.kill()
-                self.popen.wait(timeout=timeout)
+        return kids
+
+    def _finish_stop(self, kids: list[psutil.Process], timeout: float) -> int | None:
+        """Second half of :meth:`stop`: wait for the process (SIGKILL after ``timeout`` s), then
+        make sure ``kids`` are gone too."""
+        if self.popen is None:
+            return None
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("%s (pid %d) ignored SIGTERM; killing it", self.name, self.pid)
+            self.popen.kill()
+            self.popen.wait(timeout=timeout)
         # Flower's children watch their parent and exit on their own; give them a moment, then
         # make sure of it (an orphan that does not watch would otherwise hold up the stop).
         _, alive = psutil.wait_procs(kids, timeout=min(timeout, 1.0))
@@ -297,11 +308,19 @@ def wait_until(
 
 
 def stop_all(procs: Sequence[ManagedProcess], timeout: float = 10.0) -> None:
-    """Stop in reverse start order; never raises (used in ``finally``)."""
+    """Stop in reverse start order; never raises (used in ``finally``). Every process gets its
+    SIGTERM first and is then waited for by PID, so they shut down together: stopping several
+    takes as long as the slowest one, not the sum (a SuperNode takes seconds to exit)."""
+    stopping: list[tuple[ManagedProcess, list[psutil.Process]]] = []
     for p in reversed(procs):
         try:
-            p.stop(timeout)
+            stopping.append((p, p._begin_stop()))
         except Exception as e:  # keep stopping the others
+            log.warning("stopping %s failed: %s", p.name, e)
+    for p, kids in stopping:
+        try:
+            p._finish_stop(kids, timeout)
+        except Exception as e:
             log.warning("stopping %s failed: %s", p.name, e)
 
 
