@@ -416,11 +416,14 @@ def test_quickstart_runs_as_written(tmp_path: Path) -> None:
                 p.check_alive()  # a site that dies (e.g. a port clash) fails the test at once
             time.sleep(0.2)
         assert server.returncode == 0, server.log_tail(60)
-        # The docs say: stop each site with Ctrl-C. Nothing it started may survive.
+        # The docs say: stop each site with Ctrl-C. Nothing it started may survive. (Both get
+        # their Ctrl-C first, then each is checked: they shut down side by side.)
+        families: dict[ManagedProcess, list] = {}
         for site_proc in procs[1:]:
-            family = site_proc.descendants()
-            assert family, site_proc.log_tail(30)  # its flower-supernode (+ flower-superexec)
+            families[site_proc] = site_proc.descendants()
+            assert families[site_proc], site_proc.log_tail(30)  # flower-supernode (+ superexec)
             site_proc.popen.send_signal(signal.SIGINT)  # type: ignore[union-attr]
+        for site_proc, family in families.items():
             assert site_proc.popen.wait(timeout=60) == 130  # type: ignore[union-attr]
             assert not [p.pid for p in family if not _gone(p.pid)], site_proc.log_tail(30)
     finally:
