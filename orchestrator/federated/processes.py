@@ -201,30 +201,54 @@ class ManagedProcess:
         """SIGTERM, wait ``timeout`` s, then SIGKILL; the same for leftover descendants."""
         if self.popen is None:
             return None
+        kids = self._begin_stop()
+        self._wait_or_kill(timeout)
+        _stop_leftovers(kids, timeout)
+        self._forget()
+        return self.popen.returncode
+
+    def _begin_stop(self) -> list[psutil.Process]:
+        """First step of a stop: note the descendants, SIGTERM the process (no waiting)."""
+        if self.popen is None:
+            return []
         kids = self.descendants()
         if self.popen.poll() is None:
             self.popen.terminate()
-            try:
-                self.popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("%s (pid %d) ignored SIGTERM; killing it", self.name, self.pid)
-                self.popen.kill()
-                self.popen.wait(timeout=timeout)
-        # Flower's children watch their parent and exit on their own; give them a moment, then
-        # make sure of it (an orphan that does not watch would otherwise hold up the stop).
-        _, alive = psutil.wait_procs(kids, timeout=min(timeout, 1.0))
-        for p in alive:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.terminate()
-        _, alive = psutil.wait_procs(alive, timeout=timeout)
-        for p in alive:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.kill()
-        psutil.wait_procs(alive, timeout=timeout)
-        # Only now: a stop cut short leaves it listed for the final sweep (stop_all).
+        return kids
+
+    def _wait_or_kill(self, timeout: float) -> None:
+        """Wait for the process (SIGKILL after ``timeout`` s). Waiting reaps it: only then do
+        its children, which poll whether their parent still exists, see it gone."""
+        if self.popen is None:
+            return
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("%s (pid %d) ignored SIGTERM; killing it", self.name, self.pid)
+            self.popen.kill()
+            self.popen.wait(timeout=timeout)
+
+    def _forget(self) -> None:
+        # Only after a complete stop: one cut short leaves it listed for the final sweep.
         with contextlib.suppress(ValueError):
             _RUNNING.remove(self)
-        return self.popen.returncode
+
+
+def _stop_leftovers(kids: Sequence[psutil.Process], timeout: float) -> None:
+    """Descendants of processes that were stopped and reaped. Flower's children watch their
+    parent and exit on their own; give them a moment, then make sure of it (an orphan that does
+    not watch would otherwise hold up the stop). The moment is generous because a SuperExec
+    that gets SIGTERM while it shuts down by itself ignores it ("Signal 15 ignored due to race
+    condition") and then lingers until its next connection retry, seconds later."""
+    _, alive = psutil.wait_procs(kids, timeout=min(timeout, 3.0))
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, alive = psutil.wait_procs(alive, timeout=timeout)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(alive, timeout=timeout)
 
 
 def _live(p: psutil.Process) -> bool:
@@ -297,12 +321,30 @@ def wait_until(
 
 
 def stop_all(procs: Sequence[ManagedProcess], timeout: float = 10.0) -> None:
-    """Stop in reverse start order; never raises (used in ``finally``)."""
+    """Stop in reverse start order; never raises (used in ``finally``). The processes shut down
+    together, so stopping several takes as long as the slowest one, not the sum (a SuperNode
+    takes seconds to exit): every one gets its SIGTERM, then every one is waited for (and
+    reaped, so all their children see their parents gone at once), then the leftovers."""
+    stopping: list[tuple[ManagedProcess, list[psutil.Process]]] = []
     for p in reversed(procs):
         try:
-            p.stop(timeout)
+            stopping.append((p, p._begin_stop()))
         except Exception as e:  # keep stopping the others
             log.warning("stopping %s failed: %s", p.name, e)
+    stopped: list[ManagedProcess] = []
+    for p, _ in stopping:
+        try:
+            p._wait_or_kill(timeout)
+            stopped.append(p)
+        except Exception as e:
+            log.warning("stopping %s failed: %s", p.name, e)
+    try:
+        _stop_leftovers([k for _, kids in stopping for k in kids], timeout)
+    except Exception as e:
+        log.warning("stopping leftover child processes failed: %s", e)
+        return
+    for p in stopped:
+        p._forget()
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

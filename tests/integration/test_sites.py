@@ -39,6 +39,8 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 SITES = ("s0", "s1", "s2")
+# eval_every: 2 - the sites evaluate before round 1 and after round 2, not after round 1: no
+# check here needs that evaluation, and each exchange costs every site a fresh ClientApp process.
 JOB = """\
 task: {kind: classification, max_length: 32, labels: [negative, neutral, positive]}
 model: {family: gpt2, n_layer: 1, n_head: 2, d_model: 64}
@@ -46,7 +48,7 @@ data: {tokenizer: {vocab_size: 1024}}
 train: {micro_batch_size: 32, lr: 3.0e-3, seed: 7}
 finetune: {mode: full, local_steps: 5}
 strategy: {name: fedadam}
-federation: {num_sites: 3, num_rounds: 2, min_sites: 2, round_timeout_s: 120}
+federation: {num_sites: 3, num_rounds: 2, min_sites: 2, round_timeout_s: 120, eval_every: 2}
 partition: {eval_fraction: 0.2}
 """
 
@@ -196,7 +198,9 @@ def test_site_killed_mid_round_round_completes_and_site_rejoins(fed: Fed) -> Non
             import threading
 
             box: dict[str, server_session.ServerRun] = {}
-            cfg = to_yaml(job(fed, "federation.round_timeout_s=60"))
+            # Round 2 follows round 1's training at once (no evaluation between them) and waits
+            # for s2 to rejoin: give that wait room (it ends as soon as all three are online).
+            cfg = to_yaml(job(fed, "federation.round_timeout_s=60", "federation.rejoin_wait_s=120"))
             server = threading.Thread(target=lambda: box.update(run=session.run(cfg, run_dir)))
             server.start()
             # Kill s2 (SuperNode and its ClientApp) as soon as its round-1 training starts.
@@ -412,11 +416,14 @@ def test_quickstart_runs_as_written(tmp_path: Path) -> None:
                 p.check_alive()  # a site that dies (e.g. a port clash) fails the test at once
             time.sleep(0.2)
         assert server.returncode == 0, server.log_tail(60)
-        # The docs say: stop each site with Ctrl-C. Nothing it started may survive.
+        # The docs say: stop each site with Ctrl-C. Nothing it started may survive. (Both get
+        # their Ctrl-C first, then each is checked: they shut down side by side.)
+        families: dict[ManagedProcess, list] = {}
         for site_proc in procs[1:]:
-            family = site_proc.descendants()
-            assert family, site_proc.log_tail(30)  # its flower-supernode (+ flower-superexec)
+            families[site_proc] = site_proc.descendants()
+            assert families[site_proc], site_proc.log_tail(30)  # flower-supernode (+ superexec)
             site_proc.popen.send_signal(signal.SIGINT)  # type: ignore[union-attr]
+        for site_proc, family in families.items():
             assert site_proc.popen.wait(timeout=60) == 130  # type: ignore[union-attr]
             assert not [p.pid for p in family if not _gone(p.pid)], site_proc.log_tail(30)
     finally:

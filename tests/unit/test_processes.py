@@ -24,6 +24,7 @@ from orchestrator.federated.processes import (
     interrupted_exit_code,
     port_free,
     running_processes,
+    stop_all,
     wait_until,
 )
 
@@ -166,6 +167,35 @@ def test_started_processes_are_listed_until_stopped(tmp_path: Path) -> None:
     finally:
         p.stop(timeout=2)
     assert p not in running_processes()
+
+
+# Exits 0.5 s after SIGTERM (as a SuperNode takes seconds to shut down).
+SLOW_TO_STOP = """
+import signal, sys, time
+signal.signal(signal.SIGTERM, lambda *a: (time.sleep(0.5), sys.exit(0)))
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_stop_all_stops_processes_together_not_one_after_another(tmp_path: Path) -> None:
+    procs = [
+        ManagedProcess(f"slow{i}", [sys.executable, "-c", SLOW_TO_STOP], tmp_path / f"{i}.log")
+        for i in range(4)
+    ]
+    try:
+        for p in procs:
+            p.start()
+        wait_until(lambda: all("ready" in p.log_tail() for p in procs), 10, "handlers", procs)
+        t0 = time.monotonic()
+        stop_all(procs)
+        took = time.monotonic() - t0
+    finally:
+        for p in procs:
+            p.stop(timeout=1)
+    assert [p.returncode for p in procs] == [0, 0, 0, 0]  # each ran its SIGTERM handler
+    assert not set(procs) & set(running_processes())
+    assert took < 1.5, took  # one after another: >= 4 x 0.5 s
 
 
 def test_port_checks() -> None:
