@@ -494,3 +494,29 @@ def test_fedadam_run_resumed_after_round_1_equals_the_uninterrupted_run(
         for r in straight.rounds[1:]
     ]
     assert all(len(s) == 3 for s in sites) and all(len(s) == 2 for s in train_sites)
+
+
+def test_stream_replies_backs_off_while_sites_are_busy_and_resets_on_a_reply(monkeypatch):
+    """Empty pulls are requests the SuperLink serves: the wait grows x1.5 to 0.5 s, and starts
+    again from 50 ms once a reply arrives."""
+    import strategies.replies as replies
+
+    class Reply:
+        def __init__(self, mid: str) -> None:
+            self.metadata = type("M", (), {"reply_to_message_id": mid})()
+
+    class Grid:
+        pulls = iter([[]] * 8 + [[Reply("a")]] + [[]] * 2 + [[Reply("b")]])
+
+        def push_messages(self, msgs):
+            return ["a", "b"]
+
+        def pull_messages(self, ids):
+            return next(self.pulls)
+
+    waits: list[float] = []
+    monkeypatch.setattr(replies.time, "sleep", waits.append)
+    got = [r.metadata.reply_to_message_id for r in replies.stream_replies(Grid(), [], 1e9)]
+    assert got == ["a", "b"]
+    assert waits[:7] == pytest.approx([0.075, 0.1125, 0.16875, 0.253125, 0.3796875, 0.5, 0.5])
+    assert waits[8:] == pytest.approx([0.075, 0.1125])  # after the reply: fast again
