@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import random
 import tempfile
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,6 @@ from flwr.serverapp.strategy import Strategy
 from orchestrator.config.compression import CompressionConfig
 from orchestrator.contract.arrays import from_numpy, to_numpy
 from orchestrator.contract.metrics import classification_metrics, perplexity
-from orchestrator.contract.site_pool import site_record
 from strategies.aggregators import NormClipStage, RuleConfig, StoredAggregator
 from strategies.downlink import Downlink, with_compression
 from strategies.math import Arrays, RunningSum, apply_sgd_from_sum
@@ -41,18 +39,18 @@ from strategies.pipeline import (
 )
 from strategies.privacy import AdmitRound, CentralDP
 from strategies.replies import RoundReport, SiteReport
+from strategies.sampling import SiteSampler
 from strategies.validation import (
     RejectedReply,
     decode_evaluate_reply,
     decode_train_reply,
     received_bytes,
-    site_name,
 )
 
 log = logging.getLogger(__name__)
 
 
-class DeltaStrategy(Strategy):
+class DeltaStrategy(SiteSampler, Strategy):
     """FedAvg over updates weighted by ``num-examples``, then ``w + eta * mean_update``."""
 
     name = "fedavg"
@@ -172,47 +170,6 @@ class DeltaStrategy(Strategy):
         if self.central_dp is not None:
             self.central_dp.load_state(meta["central_dp"])
 
-    # ---- sampling ----------------------------------------------------------------------------
-
-    def use_site_pool(self, num_sites: int) -> None:
-        """Sample SITE ids ``0..num_sites-1`` (with the same RNG draws as sampling as many
-        nodes) and send each sampled site's message to a distinct node of the grid, naming the
-        site in a ``sim-site`` record (orchestrator/contract/site_pool.py). Simulation only."""
-        self.population = num_sites
-
-    def sample(self, grid: Grid, k: int | None, rng: random.Random | None = None) -> list[int]:
-        """Wait for enough connected sites, then draw ``k`` of them (all when ``k`` is None)
-        with ``rng`` (default: the training sampler, whose state is checkpointed)."""
-        # The first sampling waits for the whole expected federation; later ones go on with
-        # whoever is connected as long as min_sites are (real sites drop out and come back).
-        need = self.min_sites if self._federation_seen else self.min_available_sites
-        start = time.monotonic()
-        deadline = start + self.wait_for_sites_s
-        # Later rounds first give a crashed-and-restarted site a short grace period to rejoin.
-        grace_until = start + self.rejoin_wait_s if self._federation_seen else start
-        while len(nodes := sorted(grid.get_node_ids())) < need or (
-            len(nodes) < self.min_available_sites and time.monotonic() < grace_until
-        ):
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"only {len(nodes)} site(s) connected after {self.wait_for_sites_s:.0f} s; "
-                    f"need {need}"
-                )
-            time.sleep(1.0)
-        self._federation_seen = True
-        # A pool draws site ids: the same positions as drawing from as many sorted node ids.
-        sites = nodes if self.population is None else list(range(self.population))
-        if k is None:
-            return sites
-        self.last_population = len(sites)
-        # Sorted first: the seeded RNG then picks the same positions in every run.
-        return (rng or self.rng).sample(sites, min(k, len(sites)))
-
-    def _train_sample_size(self, n_nodes: int) -> int:
-        if self.sites_per_round is not None:
-            return self.sites_per_round
-        return max(self.min_sites, int(n_nodes * self.fraction))
-
     def _messages(
         self,
         arrays: ArrayRecord,
@@ -228,31 +185,6 @@ class DeltaStrategy(Strategy):
         return self.downlink.messages(
             arrays, config, self.update_keys, nodes, kind, keys, extra, records
         )
-
-    def route(
-        self, targets: list[int], grid: Grid
-    ) -> tuple[list[int], dict[int, ConfigRecord] | None]:
-        """The nodes to send to, and with a site pool each node's ``sim-site`` record: the
-        i-th site goes to the i-th node (sorted), so no node gets two messages at once."""
-        if self.population is None:
-            return targets, None
-        pool = sorted(grid.get_node_ids())
-        if len(targets) > len(pool):
-            raise RuntimeError(
-                f"{len(targets)} sites at once on a pool of {len(pool)} simulation nodes "
-                "(send in waves of the pool, or raise federation.simulation_nodes)"
-            )
-        nodes = pool[: len(targets)]
-        self.assigned = {n: f"site-{t}" for n, t in zip(nodes, targets, strict=True)}
-        records = {n: site_record(t, self.population) for n, t in zip(nodes, targets, strict=True)}
-        return nodes, records
-
-    def site_of(self, msg: Message) -> str:
-        """A reply's site name: with a site pool the site its node was sent (the server's own
-        assignment, also for error replies), else the name the site reports."""
-        if self.population is not None and msg.metadata.src_node_id in self.assigned:
-            return self.assigned[msg.metadata.src_node_id]
-        return site_name(msg)
 
     # ---- Flower Strategy API -----------------------------------------------------------------
 
@@ -405,13 +337,6 @@ class DeltaStrategy(Strategy):
         """Evaluation messages to ``num_sites`` sampled sites (``None`` = every site)."""
         targets = self.sample_evaluate(server_round, grid, num_sites)
         return self.evaluate_messages(server_round, arrays, config, grid, targets)
-
-    def sample_evaluate(self, server_round: int, grid: Grid, num_sites: int | None) -> list[int]:
-        """The nodes (site pool: the sites) that evaluate after ``server_round``."""
-        # Its own RNG, a function of (seed, round): sampling evaluation never shifts the training
-        # sample, and a resumed run evaluates the same sites with no extra checkpointed state.
-        rng = random.Random(f"{self.seed}-evaluate-{server_round}")
-        return self.sample(grid, num_sites, rng)
 
     def evaluate_messages(
         self,

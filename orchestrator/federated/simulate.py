@@ -21,7 +21,7 @@ Flower's supported simulation path, run the way ``fedray server`` runs a deploym
 
 Each simulated site's ClientApp (clients/client_app.py) gets node config
 ``partition-id``/``num-partitions`` and cuts its own slice of the labelled file. Above
-:data:`~orchestrator.config.federated.POOL_AUTO_ABOVE` sites (or with
+:data:`~orchestrator.config.federation.POOL_AUTO_ABOVE` sites (or with
 ``federation.simulation_nodes``) the engine runs a smaller pool of SuperNodes and every message
 names the site it is for (``sim-site`` record; orchestrator/contract/site_pool.py): Flower's
 engine polls every SuperNode, so its cost would otherwise grow with the population.
