@@ -41,9 +41,22 @@ CONFIGS: dict[str, list[str]] = {
     "int8": ["compression.kind=int8"],
     "topk": ["compression.kind=topk", "compression.ratio=0.01"],
     "topk-2.5%": ["compression.kind=topk", "compression.ratio=0.025"],
+    "topk-2.4%": ["compression.kind=topk", "compression.ratio=0.024"],  # >= 20x with headers
     "topk-5%": ["compression.kind=topk", "compression.ratio=0.05"],
     "lora": ["finetune.mode=lora"],
     "lora-int8": ["finetune.mode=lora", "compression.kind=int8"],
+    "lora-all-int8": [  # adapters on every GPT-2 projection, not only attention's c_attn
+        "finetune.mode=lora",
+        "finetune.lora_target_modules=[c_attn,c_proj,c_fc]",
+        "compression.kind=int8",
+    ],
+    "lora-all-r4-int8": [
+        "finetune.mode=lora",
+        "finetune.lora_r=4",
+        "finetune.lora_alpha=8",
+        "finetune.lora_target_modules=[c_attn,c_proj,c_fc]",
+        "compression.kind=int8",
+    ],
     "int8-fp16down": ["compression.kind=int8", "compression.download=fp16"],
 }
 
