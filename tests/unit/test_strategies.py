@@ -386,12 +386,12 @@ class _RejoiningGrid:
 def test_later_rounds_wait_for_a_rejoining_site_then_go_on_without_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import strategies.base
+    import strategies.sampling
     from strategies import FedAvg
 
     # The 1 s polls are recorded instead of slept (the test would spend 2 s asleep otherwise).
     slept: list[float] = []
-    monkeypatch.setattr(strategies.base.time, "sleep", slept.append)
+    monkeypatch.setattr(strategies.sampling.time, "sleep", slept.append)
     s = FedAvg(min_sites=2, min_available_sites=3, rejoin_wait_s=5.0, wait_for_sites_s=30.0)
     s._federation_seen = True  # a round has already run
     assert s.sample(_RejoiningGrid(back_after=2), None) == [1, 2, 3]  # waited, got all 3
