@@ -134,7 +134,9 @@ def check_inputs(job: FederatedJob) -> None:
 def check_pretrained_fits(job: FederatedJob, tok: PreTrainedTokenizerBase) -> None:
     """A pretrained ``model.path`` must read this tokenizer's ids and ``task.max_length``
     positions; with another tokenizer than its own the ids would mean other words (silently)."""
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
+
+    from orchestrator.data.tokenizer import load_tokenizer
 
     path = str(Path(job.model.path or "").expanduser())
     cfg = AutoConfig.from_pretrained(path, local_files_only=True)
@@ -153,7 +155,7 @@ def check_pretrained_fits(job: FederatedJob, tok: PreTrainedTokenizerBase) -> No
             "task.max_length",
         )
     if (Path(path) / "tokenizer.json").is_file():
-        own = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        own = load_tokenizer(path)  # loaded as data.tokenizer.path would be (same specials)
         if own.get_vocab() != tok.get_vocab():
             raise ConfigError(
                 f"data.tokenizer.path={job.data.tokenizer.path!r} is not the tokenizer "

@@ -103,3 +103,30 @@ def test_a_pretrained_model_path_refuses_what_would_silently_not_fit(tmp_path):
     with pytest.raises(ConfigError, match="48 positions") as e:
         check_inputs(longer)
     assert e.value.key == "task.max_length"
+
+
+def test_a_model_whose_tokenizer_lacks_special_tokens_is_not_a_tokenizer_mismatch(tmp_path):
+    """fedray gives a tokenizer without EOS/PAD its own; the model-dir comparison must load the
+    model's tokenizer the same way, or every such model would be refused."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    from orchestrator.config.schema import ModelConfig
+    from orchestrator.federated.setup import check_inputs
+    from orchestrator.models import hf_config
+
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel()
+    raw.train_from_iterator(["a b c d"] * 20, trainers.BpeTrainer(vocab_size=300))
+    bare = PreTrainedTokenizerFast(tokenizer_object=raw)  # no special tokens at all
+    assert bare.eos_token is None and "<|endoftext|>" not in bare.get_vocab()
+    bare.save_pretrained(str(tmp_path))
+    cfg = hf_config(ModelConfig(n_layer=1, n_head=2, d_model=32), len(bare) + 2, 32, 0)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(str(tmp_path))
+    job = load_config(
+        FederatedJob,
+        None,
+        [f"model.path={tmp_path}", "data.tokenizer.path=null", "task.max_length=16"],
+        "simulate-demo",
+    )
+    check_inputs(job)  # no ConfigError
