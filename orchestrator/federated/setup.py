@@ -154,7 +154,8 @@ def check_pretrained_fits(job: FederatedJob, tok: PreTrainedTokenizerBase) -> No
             f"model.path={job.model.path!r} was built for; set task.max_length<={positions}",
             "task.max_length",
         )
-    if (Path(path) / "tokenizer.json").is_file():
+    # With data.tokenizer.path unset the tokenizer *is* the model's own: nothing to compare.
+    if job.data.tokenizer.path and (Path(path) / "tokenizer.json").is_file():
         own = load_tokenizer(path)  # loaded as data.tokenizer.path would be (same specials)
         if own.get_vocab() != tok.get_vocab():
             raise ConfigError(

@@ -126,7 +126,7 @@ def test_a_model_whose_tokenizer_lacks_special_tokens_is_not_a_tokenizer_mismatc
     job = load_config(
         FederatedJob,
         None,
-        [f"model.path={tmp_path}", "data.tokenizer.path=null", "task.max_length=16"],
+        [f"model.path={tmp_path}", f"data.tokenizer.path={tmp_path}", "task.max_length=16"],
         "simulate-demo",
     )
     check_inputs(job)  # no ConfigError
