@@ -6,6 +6,7 @@ server printing its summary, each simulated site loading its slice) gets the sam
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Sequence
 
@@ -98,20 +99,42 @@ def _natural_groups(values: np.ndarray, num_sites: int) -> list[list[str]]:
     return assigned
 
 
+# A simulation process serves many sites of one federation, and a large population can take
+# hundreds of resampling attempts (500 sites x 2 rows: ~400): draw once per process, not per site.
+_DRAW_CACHE: dict[tuple, list[tuple[np.ndarray, np.ndarray]]] = {}
+_DRAW_CACHE_MAX = 4
+
+
 def _dirichlet_draw(
     y: np.ndarray, num_sites: int, alpha: float, seed: int, min_size: int = 2
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per class: its shuffled rows and the cut points over sites (the accepted draw)."""
+    """Per class: its shuffled rows and the cut points over sites (the accepted draw).
+
+    The arrays are shared between callers (cached) and read-only."""
     _check_sites(len(y), num_sites)
+    if y.dtype == object:  # hash the values, not the object pointers
+        y = y.astype(str)
+    key = (hashlib.sha256(y.tobytes()).hexdigest(), y.dtype.str, num_sites, alpha, seed, min_size)
+    if key not in _DRAW_CACHE:
+        if len(_DRAW_CACHE) >= _DRAW_CACHE_MAX:
+            _DRAW_CACHE.pop(next(iter(_DRAW_CACHE)))
+        _DRAW_CACHE[key] = _draw_uncached(y, num_sites, alpha, seed, min_size)
+    return _DRAW_CACHE[key]
+
+
+def _draw_uncached(
+    y: np.ndarray, num_sites: int, alpha: float, seed: int, min_size: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
     rng = np.random.default_rng(seed)
-    classes = sorted(set(y.tolist()))
+    by_class = [np.flatnonzero(y == c) for c in sorted(set(y.tolist()))]
     for _ in range(1000):
         draw, sizes = [], np.zeros(num_sites, dtype=np.int64)
-        for c in classes:
-            idx = np.flatnonzero(y == c)
+        for rows in by_class:
+            idx = rows.copy()  # each attempt shuffles the class's rows from the same order
             rng.shuffle(idx)
             props = rng.dirichlet(np.full(num_sites, alpha))
             cuts = (np.cumsum(props)[:-1] * len(idx)).astype(int)
+            idx.flags.writeable = cuts.flags.writeable = False
             draw.append((idx, cuts))
             sizes += np.diff(np.concatenate(([0], cuts, [len(idx)])))
         if sizes.min() >= min_size:

@@ -91,3 +91,29 @@ def test_site_sizes_of_a_large_population_without_slicing():
 
     sizes = site_sizes("iid", ["a"] * 20_003, None, 10_000, 1.0, 0)
     assert sizes.sum() == 20_003 and sizes.min() == 2 and (sizes == 3).sum() == 3
+
+
+def test_dirichlet_draw_is_computed_once_per_process_and_keyed_on_the_labels(monkeypatch):
+    """A simulation process serves many sites: the (costly) resampled draw is cached, keyed on the
+    label values and parameters, and a cached slice equals a fresh computation."""
+    import orchestrator.contract.partition as part
+
+    labels = [f"c{i % 3}" for i in range(600)]
+    fresh = [part.site_indices("dirichlet", labels, None, 40, 0.5, 7, s) for s in range(40)]
+    calls = []
+    real = part._draw_uncached
+    monkeypatch.setattr(part, "_draw_uncached", lambda *a: calls.append(a) or real(*a))
+    part._DRAW_CACHE.clear()
+    again = [part.site_indices("dirichlet", labels, None, 40, 0.5, 7, s) for s in range(40)]
+    assert len(calls) == 1
+    assert all((a == b).all() for a, b in zip(fresh, again, strict=True))
+    # Other labels (same length), another seed or object-dtype values of the same strings.
+    other = [f"c{(i + 1) % 3}" for i in range(600)]
+    part.site_indices("dirichlet", other, None, 40, 0.5, 7, 0)
+    part.site_indices("dirichlet", labels, None, 40, 0.5, 8, 0)
+    assert len(calls) == 3
+    obj = np.asarray(labels, dtype=object)
+    assert (part.site_indices("dirichlet", obj, None, 40, 0.5, 7, 3) == fresh[3]).all()
+    assert len(calls) == 3
+    with pytest.raises(ValueError):  # shared arrays cannot be changed by one caller
+        part._dirichlet_draw(np.asarray(labels), 40, 0.5, 7)[0][0][0] = 1
