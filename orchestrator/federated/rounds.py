@@ -351,6 +351,8 @@ class FederatedRun:
             rec["skip_reason"] = f"secure aggregation: {train['secagg_skipped']}"
         if self.ledger is not None:
             rec.update(self.ledger.columns())
+            if self.strategy.central_dp is not None:
+                rec["privacy"].update(self.strategy.central_dp.round_columns())
         if self.job.attack.kind != "none":
             # For analysis only: computed from the config, never from replies or used to filter.
             rec["attack"] = {"kind": self.job.attack.kind, "sites": simulated_attackers(self.job)}

@@ -59,6 +59,13 @@ def test_central_ledger_resumes_exactly_and_the_budget_stops_the_run(cache_dir, 
     assert [r["round"] for r in recs] == [0, 1, 2]
     assert recs[2]["epsilon"] == central_epsilon(3.0, [(2, 3)] * 2, 1e-3) == pytest.approx(two)
     assert recs[2]["privacy"]["rounds_charged"] == 2
+    # What a user picks the clip from: every site's update norm (server-side, before the
+    # clip) and how many the round's bound clipped.
+    sites = recs[2]["sites"].values()
+    norms = [s["update-norm"] for s in sites if "update-norm" in s]
+    assert len(norms) == 2 and all(n > 0 for n in norms)
+    assert recs[2]["privacy"]["clip"] == 0.5
+    assert recs[2]["privacy"]["clipped"] == sum(n > 0.5 for n in norms)
     assert "round 3 would take epsilon" in result.stop_reason
     assert "target_epsilon" in result.stop_reason
     assert (result.export_dir / "config.json").is_file()  # it ended cleanly, with its export

@@ -162,6 +162,11 @@ def test_adaptive_central_dp_counts_unclipped_and_checkpoints_its_clip():
     assert dp.unclipped == 1
     dp.noise_stage(Aggregate(acc), 1)
     assert dp.clip == pytest.approx(1.0, rel=1e-6)
+    assert dp.round_columns() == {"clip": 1.0, "clipped": 1}
+    dp.clip = 2.0  # as an adaptive move would: the record keeps the bound the round used
+    assert dp.round_columns()["clip"] == 1.0
+    dp.begin_round(2)
+    assert dp.round_columns() == {"clip": 2.0, "clipped": 0}
     other = CentralDP(1.0, 1.0, 2, adaptive=True, count_stddev=1.0)
     other.load_state(dp.state_meta())
     assert other.clip == dp.clip

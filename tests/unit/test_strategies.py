@@ -86,6 +86,26 @@ def test_fedavg_strategy_by_hand():
     assert metrics["sites-accepted"] == 2 and metrics["sites-rejected"] == 0
 
 
+def test_the_server_records_each_update_norm_itself_not_the_sites_claim():
+    """``update-norm`` (what a user picks privacy.clip_norm from) is the L2 norm of the update as
+    received, before any server clip; a site reporting its own is overridden and not averaged."""
+    from strategies.privacy import CentralDP
+
+    dp = CentralDP(1.0, 0.0, 2, rng=np.random.default_rng(0))
+    s = FedAvg(central_dp=dp)
+    start(s, {"w": np.zeros(2, np.float32)})
+    dp.begin_round(2)
+    replies = [
+        reply({"w": np.array([3.0, 4.0], np.float32)}, 1, node=1, **{"update-norm": 0.01}),
+        reply({"w": np.array([0.3, 0.4], np.float32)}, 1, node=2),
+    ]
+    _, metrics = s.aggregate_train(1, replies)
+    norms = sorted(site.metrics["update-norm"] for site in s.last_train.sites)
+    assert norms == pytest.approx([0.5, 5.0])  # 5.0: before the DP clip to 1.0
+    assert metrics["update-norm-median"] == pytest.approx(2.75)
+    assert dp.round_columns() == {"clip": 1.0, "clipped": 1}
+
+
 def test_server_lr_scales_the_update():
     s = FedAvg(eta=0.5)
     start(s, {"w": np.array([1.0], np.float32)})
