@@ -38,7 +38,7 @@ from strategies.pipeline import (
     WeightedMean,
     describe,
 )
-from strategies.privacy import AdmitRound, CentralDP
+from strategies.privacy import AdmitRound, CentralDP, clip_shrink_hint
 from strategies.replies import RoundReport, SiteReport
 from strategies.sampling import SiteSampler
 from strategies.validation import (
@@ -58,6 +58,9 @@ class DeltaStrategy(SiteSampler, Strategy):
     reply_extra_arrays: tuple[str, ...] = ()
     """Array records a train reply must hold besides the update (validated like it; SCAFFOLD's
     ``scaffold-delta-c``)."""
+    step_scales_with_mean = True
+    """The server step is proportional to the mean update (plain averaging, momentum); False for
+    the adaptive optimizers, whose step is normalized by its own second moment."""
 
     def __init__(
         self,
@@ -108,6 +111,7 @@ class DeltaStrategy(SiteSampler, Strategy):
         self.aggregate_stages = list(aggregate_stages)
         # Central DP: clip each reply as it arrives, noise the sum (strategies/privacy.py).
         self.central_dp = central_dp
+        self._clip_hinted = False
         if central_dp is not None:
             self.reply_stages.append(central_dp.clip_stage)
             self.aggregate_stages.insert(0, central_dp.noise_stage)
@@ -294,6 +298,7 @@ class DeltaStrategy(SiteSampler, Strategy):
         norms = [s.metrics[UPDATE_NORM] for s in report.sites if s.accepted]
         if norms:
             out[f"{UPDATE_NORM}-median"] = float(np.median(norms))
+        self.hint_clip_shrink(server_round, norms)
         if agg.count < self.min_sites:
             log.warning(
                 "round %d: %d accepted update(s) < min_sites=%d; the global model is unchanged",
@@ -314,6 +319,17 @@ class DeltaStrategy(SiteSampler, Strategy):
         report.notes = {**notes, **aggregate.notes}
         new = self.server_update(self._global, aggregate.folded, server_round)
         return from_numpy(new), out
+
+    def hint_clip_shrink(self, server_round: int, norms: list[float]) -> None:
+        """Warn once per run when a fixed DP clip shortens most updates of a plain-averaging
+        strategy (:func:`strategies.privacy.clip_shrink_hint` says why it matters)."""
+        dp = self.central_dp
+        if dp is None or dp.adaptive or not self.step_scales_with_mean or self._clip_hinted:
+            return
+        hint = clip_shrink_hint(dp.round_clip, norms, self.eta)
+        if hint:
+            log.warning("round %d: %s", server_round, hint)
+            self._clip_hinted = True
 
     @property
     def global_arrays(self) -> Arrays:

@@ -20,6 +20,7 @@ class FedOpt(DeltaStrategy):
     """Shared code; subclasses only name the second-moment rule."""
 
     name = "fedopt"
+    step_scales_with_mean = False
 
     def __init__(
         self, *, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3, **kwargs: Any

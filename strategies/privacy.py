@@ -22,7 +22,7 @@ Local DP and distributed DP (secure aggregation: each site adds its share of the
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -76,6 +76,28 @@ def next_clip(
 
 
 # ---- the server stages of central DP ---------------------------------------------------------
+
+
+def clip_shrink_hint(clip: float, norms: Sequence[float], eta: float) -> str | None:
+    """A hint when the DP clip shortened most of a round's updates, else None.
+
+    Clipped updates average to a step about ``clip / median norm`` as long as the unclipped one:
+    plain averaging (fedavg, fedprox, fedavgm) then learns that much slower, which is a bias of
+    the clip, not DP noise (BENCHMARKS.md, "Privacy": it cost more than the noise at epsilon 8).
+    Scaling the server step back up keeps the noise-to-signal ratio and restores the step size.
+    """
+    if not norms:
+        return None
+    med = float(np.median(norms))
+    if med <= 1.25 * clip:
+        return None
+    clipped = sum(n > clip for n in norms)
+    return (
+        f"central DP clipped {clipped} of {len(norms)} updates (median norm {med:.3g} > "
+        f"privacy.clip_norm={clip:.3g}): the averaged step is ~{clip / med:.2f}x the unclipped "
+        f"one. Raise strategy.server_lr toward {eta * med / clip:.2g} (the noise-to-signal "
+        "ratio stays the same), or use fedadam (scale-free), or raise the clip (more noise)."
+    )
 
 
 class CentralDP:

@@ -106,6 +106,33 @@ def test_the_server_records_each_update_norm_itself_not_the_sites_claim():
     assert dp.round_columns() == {"clip": 1.0, "clipped": 1}
 
 
+def test_a_clip_that_shortens_most_updates_is_hinted_once_with_the_server_lr_to_use(caplog):
+    from strategies.privacy import CentralDP, clip_shrink_hint
+
+    assert clip_shrink_hint(0.2, [0.1, 0.22, 0.24], 1.0) is None  # median within 1.25x
+    hint = clip_shrink_hint(0.2, [0.3, 0.4, 0.5], 1.0)
+    assert "clipped 3 of 3" in hint and "~0.50x" in hint and "server_lr toward 2" in hint
+
+    def round_of(s, dp, r):
+        start(s, {"w": np.zeros(2, np.float32)})
+        dp.begin_round(3)
+        ups = [np.array([0.0, v], np.float32) for v in (0.3, 0.4, 0.5)]
+        s.aggregate_train(r, [reply({"w": u}, 1, node=i) for i, u in enumerate(ups)])
+
+    dp = CentralDP(0.2, 0.0, 3, rng=np.random.default_rng(0))
+    s = FedAvg(central_dp=dp)
+    with caplog.at_level("WARNING"):
+        round_of(s, dp, 1)
+        round_of(s, dp, 2)
+    hints = [r.getMessage() for r in caplog.records if "server_lr toward" in r.getMessage()]
+    assert len(hints) == 1 and hints[0].startswith("round 1:")
+    caplog.clear()
+    dp2 = CentralDP(0.2, 0.0, 3, rng=np.random.default_rng(0))
+    with caplog.at_level("WARNING"):  # FedAdam's step does not scale with the mean: no hint
+        round_of(FedAdam(central_dp=dp2), dp2, 1)
+    assert not [r for r in caplog.records if "server_lr toward" in r.getMessage()]
+
+
 def test_server_lr_scales_the_update():
     s = FedAvg(eta=0.5)
     start(s, {"w": np.array([1.0], np.float32)})
