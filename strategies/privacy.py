@@ -84,7 +84,8 @@ def clip_shrink_hint(clip: float, norms: Sequence[float], eta: float) -> str | N
     Clipped updates average to a step about ``clip / median norm`` as long as the unclipped one:
     plain averaging (fedavg, fedprox, fedavgm) then learns that much slower, which is a bias of
     the clip, not DP noise (BENCHMARKS.md, "Privacy": it cost more than the noise at epsilon 8).
-    Scaling the server step back up keeps the noise-to-signal ratio and restores the step size.
+    Scaling the server step (or the clip) back up restores the step size and scales the noise
+    with it: the noise-to-signal ratio of the step is unchanged.
     """
     if not norms:
         return None
@@ -95,8 +96,9 @@ def clip_shrink_hint(clip: float, norms: Sequence[float], eta: float) -> str | N
     return (
         f"central DP clipped {clipped} of {len(norms)} updates (median norm {med:.3g} > "
         f"privacy.clip_norm={clip:.3g}): the averaged step is ~{clip / med:.2f}x the unclipped "
-        f"one. Raise strategy.server_lr toward {eta * med / clip:.2g} (the noise-to-signal "
-        "ratio stays the same), or use fedadam (scale-free), or raise the clip (more noise)."
+        f"one. Raise strategy.server_lr toward {eta * med / clip:.2g}, or privacy.clip_norm "
+        f"toward {med:.2g}: either restores the step, and the noise grows with it, so the "
+        "noise-to-signal ratio stays the same (or use fedadam, whose step is scale-free)."
     )
 
 
