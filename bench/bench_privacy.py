@@ -263,9 +263,9 @@ def run_one(
         "accuracy": last["eval"]["accuracy"],
         "eval_examples": last["eval"].get("num-examples"),
         # Server-side diagnostics: the median site update norm (median over rounds) and the
-        # share of accepted updates the DP clip shortened.
+        # share of accepted updates the central DP clip shortened (local DP clips at the site).
         "update_norm_median": sorted(norms)[len(norms) // 2] if norms else None,
-        "clipped_fraction": clipped / accepted if z is not None and accepted else None,
+        "clipped_fraction": clipped / accepted if mode == "central" and accepted else None,
         "wall_s": round(wall, 1),
         "overrides": ov,
     }
