@@ -29,7 +29,7 @@ from strategies.robust import (
     trimmed_per_side,
     weighted_mean,
 )
-from strategies.weights import clip_update_norms, effective_weights
+from strategies.weights import clip_update_norms, effective_weights, update_norm
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class NormClipStage:
         self.name = f"clip update L2 norm to {bound:g}"
 
     def __call__(self, reply: Reply, server_round: int) -> Reply:
-        norm = reply.norm
+        norm = update_norm(reply.update)
         if norm <= self.bound:
             return reply
         s = self.bound / norm

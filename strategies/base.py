@@ -26,6 +26,7 @@ from flwr.serverapp.strategy import Strategy
 from orchestrator.config.compression import CompressionConfig
 from orchestrator.contract.arrays import from_numpy, to_numpy
 from orchestrator.contract.metrics import UPDATE_NORM, classification_metrics, perplexity
+from orchestrator.contract.privacy import update_norm
 from strategies.aggregators import NormClipStage, RuleConfig, StoredAggregator
 from strategies.downlink import Downlink, with_compression
 from strategies.math import Arrays, RunningSum, apply_sgd_from_sum
@@ -264,7 +265,7 @@ class DeltaStrategy(SiteSampler, Strategy):
                     self.reply_extra_arrays,
                     compression=self.compression,
                 )
-                norm = reply.norm  # as sent: before a stage clips it (computed once)
+                norm = update_norm(reply.update)  # as sent: before a stage clips it
                 for stage in self.reply_stages:
                     reply = stage(reply, server_round)
             except RejectedReply as e:

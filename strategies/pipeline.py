@@ -17,12 +17,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Protocol
 
 import numpy as np
 
-from orchestrator.contract.privacy import update_norm
 from strategies.math import Arrays, RunningSum
 
 
@@ -42,13 +40,6 @@ class Reply:
     extras: dict[str, Arrays] = field(default_factory=dict)
     """Further validated array records a strategy asks for (SCAFFOLD's ``scaffold-delta-c``),
     by record name; same tensors as ``update``."""
-
-    @cached_property
-    def norm(self) -> float:
-        """``||update||_2`` in float64, computed once per reply: the round record, the DP clip
-        and the norm clip all read it. A stage that changes the update returns a new reply
-        (``dataclasses.replace``), whose norm is computed afresh if asked for."""
-        return update_norm(self.update)
 
 
 @dataclass

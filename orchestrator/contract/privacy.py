@@ -33,11 +33,8 @@ def update_norm(update: Mapping[str, np.ndarray]) -> float:
     return math.sqrt(total)
 
 
-def clip_to_norm(
-    update: Mapping[str, np.ndarray], bound: float, norm: float | None = None
-) -> tuple[Arrays, float]:
-    """``(update scaled to L2 norm <= bound, its norm before clipping)``; ``norm``: the update's
-    :func:`update_norm` when the caller already has it (not recomputed).
+def clip_to_norm(update: Mapping[str, np.ndarray], bound: float) -> tuple[Arrays, float]:
+    """``(update scaled to L2 norm <= bound, its norm before clipping)``.
 
     The bound holds *exactly* for the returned arrays (their norm is recomputed in float64):
     rounding ``update * (bound / norm)`` to float32 can land a hair above ``bound``, and a DP
@@ -45,7 +42,7 @@ def clip_to_norm(
     """
     if not (bound > 0 and math.isfinite(bound)):
         raise ValueError(f"clip bound must be a finite float > 0, got {bound}")
-    norm = update_norm(update) if norm is None else norm
+    norm = update_norm(update)
     if not math.isfinite(norm):
         raise ValueError("update has a non-finite norm")
     if norm <= bound:
