@@ -30,15 +30,17 @@ from orchestrator.contract.privacy import update_norm
 from strategies.aggregators import NormClipStage, RuleConfig, StoredAggregator
 from strategies.downlink import Downlink, with_compression
 from strategies.math import Arrays, RunningSum, apply_sgd_from_sum
+from strategies.outcome import EvaluateOutcome, Plan, TrainOutcome, TrainPlan
 from strategies.pipeline import (
     Aggregate,
     AggregateStage,
     Aggregator,
+    Reply,
     ReplyStage,
     WeightedMean,
     describe,
 )
-from strategies.privacy import AdmitRound, CentralDP, clip_shrink_hint
+from strategies.privacy import CentralDP, clip_shrink_hint
 from strategies.replies import RoundReport, SiteReport
 from strategies.sampling import SiteSampler
 from strategies.validation import (
@@ -49,6 +51,19 @@ from strategies.validation import (
 )
 
 log = logging.getLogger(__name__)
+
+
+class PooledConfusion:
+    """The sum of the sites' confusion matrices; a reply whose matrix has another shape than
+    the first one's is rejected."""
+
+    def __init__(self) -> None:
+        self.total: np.ndarray | None = None
+
+    def add(self, c: np.ndarray) -> None:
+        if self.total is not None and self.total.shape != c.shape:
+            raise RejectedReply(f"confusion of {c.size} entries, others sent {self.total.size}")
+        self.total = c if self.total is None else self.total + c
 
 
 class DeltaStrategy(SiteSampler, Strategy):
@@ -115,10 +130,6 @@ class DeltaStrategy(SiteSampler, Strategy):
         if central_dp is not None:
             self.reply_stages.append(central_dp.clip_stage)
             self.aggregate_stages.insert(0, central_dp.noise_stage)
-        # The privacy ledger's budget check (set by the round loop); sees the actual sampling.
-        self.admit_round: AdmitRound | None = None
-        self.last_population = 0
-        """Sites the last train sample was drawn from (the accountant's population)."""
         self._federation_seen = False
         self.weighted_by_key = weighted_by_key
         self.arrayrecord_key = arrayrecord_key
@@ -134,8 +145,6 @@ class DeltaStrategy(SiteSampler, Strategy):
         nodes (a simulation pool); None = every node is one site."""
         self.assigned: dict[int, str] = {}
         """With a site pool: node id -> the site its message in flight is for."""
-        self.last_train = RoundReport()
-        self.last_evaluate = RoundReport()
 
     # ---- the server step (subclasses override) ---------------------------------------------
 
@@ -191,27 +200,43 @@ class DeltaStrategy(SiteSampler, Strategy):
             arrays, config, self.update_keys, nodes, kind, keys, extra, records
         )
 
-    # ---- Flower Strategy API -----------------------------------------------------------------
+    # ---- a train round: plan -> (the loop sends) -> fold ------------------------------------
 
-    def configure_train(
+    def plan_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
+    ) -> TrainPlan:
+        """Sample the round's sites and build their train messages; nothing is sent, so the
+        loop can still refuse the round (the privacy budget) from the returned values."""
         self._global = to_numpy(arrays)
         n_nodes = self.population or len(list(grid.get_node_ids()))
         self.num_nodes = n_nodes
-        nodes = self.sample(grid, self._train_sample_size(max(n_nodes, self.min_available_sites)))
-        if self.admit_round is not None:  # raises PrivacyBudgetExhausted: nothing is sent
-            self.admit_round(server_round, len(nodes), self.last_population)
+        size = self._train_sample_size(max(n_nodes, self.min_available_sites))
+        targets, population = self.draw(grid, size)
         if self.central_dp is not None:
-            self.central_dp.begin_round(len(nodes))
+            self.central_dp.begin_round(len(targets))
         cfg = ConfigRecord(dict(config))
         cfg["server-round"] = server_round
         for k, v in self.extra_train_config().items():
             cfg[k] = v
-        log.info("round %d: training on %d site(s)", server_round, len(nodes))
-        return self._messages(
-            arrays, cfg, nodes, MessageType.TRAIN, grid, self.extra_train_records()
+        log.info("round %d: training on %d site(s)", server_round, len(targets))
+        msgs = self._messages(
+            arrays, cfg, targets, MessageType.TRAIN, grid, self.extra_train_records()
         )
+        return TrainPlan(
+            msgs,
+            self._assignment(),
+            population=population,
+            update_keys=sorted(self.update_keys or self._global),
+        )
+
+    def _assignment(self) -> dict[int, str]:
+        return dict(self.assigned) if self.population is not None else {}
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Flower's view of :meth:`plan_train`."""
+        return self.plan_train(server_round, arrays, config, grid).messages
 
     # ---- the round's stages (see strategies/pipeline.py) --------------------------------------
 
@@ -244,39 +269,18 @@ class DeltaStrategy(SiteSampler, Strategy):
         )
         return with_compression(steps, self.compression)
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def fold_train(self, server_round: int, replies: Iterable[Message]) -> TrainOutcome:
+        """Decode, validate and fold each reply as it arrives, then take the server step."""
         if not self._global:
-            raise RuntimeError("aggregate_train before configure_train: no global arrays")
+            raise RuntimeError("fold_train before plan_train: no global arrays")
         agg = self.make_aggregator(server_round)
+        report = RoundReport()
         metric_sums: dict[str, float] = {}
         notes: dict[str, str] = {}
-        report = RoundReport()
         for msg in replies:
-            size = received_bytes(msg)  # before decoding: a rejected reply was received too
-            self.downlink.note(msg)
-            try:
-                reply = decode_train_reply(
-                    msg,
-                    self.update_keys,
-                    self._global,
-                    self.weighted_by_key,
-                    self.reply_extra_arrays,
-                    compression=self.compression,
-                )
-                norm = update_norm(reply.update)  # as sent: before a stage clips it
-                for stage in self.reply_stages:
-                    reply = stage(reply, server_round)
-            except RejectedReply as e:
-                site = self.site_of(msg)
-                log.warning("round %d: rejected reply from site %s: %s", server_round, site, e)
-                report.sites.append(
-                    SiteReport(msg.metadata.src_node_id, site, False, reason=str(e), bytes=size)
-                )
+            reply = self._accept_train(server_round, msg, report)
+            if reply is None:
                 continue
-            if self.population is not None:
-                reply.site = self.site_of(msg)
             agg.add(reply)
             if reply.note:
                 notes[reply.site] = reply.note
@@ -285,13 +289,53 @@ class DeltaStrategy(SiteSampler, Strategy):
             for k, v in reply.metrics.items():
                 if k not in (self.weighted_by_key, UPDATE_NORM):  # the server's, not a site's
                     metric_sums[k] = metric_sums.get(k, 0.0) + reply.weight * v
-            row = {**reply.metrics, UPDATE_NORM: norm}
-            report.sites.append(
-                SiteReport(reply.node_id, reply.site, True, row, bytes=reply.nbytes)
+        metrics = self._train_metrics(server_round, report, metric_sums)
+        new = self._server_step(server_round, agg, report, notes)
+        privacy = self.central_dp.round_columns() if self.central_dp is not None else {}
+        return TrainOutcome(new, metrics, report, privacy)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Flower's view of :meth:`fold_train`."""
+        return self.fold_train(server_round, replies).flower()
+
+    def _accept_train(self, server_round: int, msg: Message, report: RoundReport) -> Reply | None:
+        """One reply through decode, validation and the reply stages; its row goes to
+        ``report`` either way (None = rejected)."""
+        size = received_bytes(msg)  # before decoding: a rejected reply was received too
+        self.downlink.note(msg)
+        try:
+            reply = decode_train_reply(
+                msg,
+                self.update_keys,
+                self._global,
+                self.weighted_by_key,
+                self.reply_extra_arrays,
+                compression=self.compression,
             )
-        self.last_train = report
+            norm = update_norm(reply.update)  # as sent: before a stage clips it
+            for stage in self.reply_stages:
+                reply = stage(reply, server_round)
+        except RejectedReply as e:
+            site = self.site_of(msg)
+            log.warning("round %d: rejected reply from site %s: %s", server_round, site, e)
+            report.sites.append(
+                SiteReport(msg.metadata.src_node_id, site, False, reason=str(e), bytes=size)
+            )
+            return None
+        if self.population is not None:
+            reply.site = self.site_of(msg)
+        row = {**reply.metrics, UPDATE_NORM: norm}
+        report.sites.append(SiteReport(reply.node_id, reply.site, True, row, bytes=reply.nbytes))
+        return reply
+
+    def _train_metrics(
+        self, server_round: int, report: RoundReport, metric_sums: dict[str, float]
+    ) -> dict[str, Any]:
+        """The round's pooled train metrics (weighted like the fold) and its counters."""
         total_weight = sum(s.metrics.get(self.weighted_by_key, 0.0) for s in report.sites)
-        out = MetricRecord({k: v / total_weight for k, v in metric_sums.items()})
+        out: dict[str, Any] = {k: v / total_weight for k, v in metric_sums.items()}
         out["sites-accepted"] = report.accepted
         out["sites-rejected"] = report.rejected
         out["bytes-received"] = report.bytes
@@ -299,6 +343,12 @@ class DeltaStrategy(SiteSampler, Strategy):
         if norms:
             out[f"{UPDATE_NORM}-median"] = float(np.median(norms))
         self.hint_clip_shrink(server_round, norms)
+        return out
+
+    def _server_step(
+        self, server_round: int, agg: Aggregator, report: RoundReport, notes: dict[str, str]
+    ) -> ArrayRecord | None:
+        """The aggregate stages and the server step (None = the model stays as it is)."""
         if agg.count < self.min_sites:
             log.warning(
                 "round %d: %d accepted update(s) < min_sites=%d; the global model is unchanged",
@@ -306,19 +356,18 @@ class DeltaStrategy(SiteSampler, Strategy):
                 agg.count,
                 self.min_sites,
             )
-            return None, out
+            return None
         try:
             aggregate = agg.result()
         except ValueError as e:  # e.g. Krum with too few accepted replies this round
             log.warning(
                 "round %d: aggregation failed (%s); the global model is unchanged", server_round, e
             )
-            return None, out
+            return None
         for stage in self.aggregate_stages:
             aggregate = stage(aggregate, server_round)
         report.notes = {**notes, **aggregate.notes}
-        new = self.server_update(self._global, aggregate.folded, server_round)
-        return from_numpy(new), out
+        return from_numpy(self.server_update(self._global, aggregate.folded, server_round))
 
     def hint_clip_shrink(self, server_round: int, norms: list[float]) -> None:
         """Warn once per run when a fixed DP clip shortens most updates of a plain-averaging
@@ -331,22 +380,31 @@ class DeltaStrategy(SiteSampler, Strategy):
             log.warning("round %d: %s", server_round, hint)
             self._clip_hinted = True
 
-    @property
-    def global_arrays(self) -> Arrays:
-        """The global arrays the last ``configure_train`` sent."""
-        return self._global
-
     def apply_sum(self, server_round: int, total: Arrays, count: int) -> ArrayRecord:
         """The server step on a float64 sum of updates the server never saw one by one, divided
         by ``count`` (secure aggregation: uniform weights; aggregate stages run on the sum)."""
-        acc = RunningSum(np.float64)
-        acc.sums = {k: np.ascontiguousarray(v, np.float64) for k, v in total.items()}
-        acc.out_dtypes = {k: np.result_type(self._global[k].dtype, np.float32) for k in total}
-        acc.total_weight, acc.count = float(count), count
-        aggregate = Aggregate(acc)
+        out_dtypes = {k: np.result_type(self._global[k].dtype, np.float32) for k in total}
+        aggregate = Aggregate(RunningSum.of_sum(total, count, out_dtypes))
         for stage in self.aggregate_stages:
             aggregate = stage(aggregate, server_round)
         return from_numpy(self.server_update(self._global, aggregate.folded, server_round))
+
+    # ---- evaluation: plan -> (the loop sends) -> fold ----------------------------------------
+
+    def plan_evaluate(
+        self,
+        server_round: int,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        grid: Grid,
+        targets: list[int],
+    ) -> Plan:
+        """Evaluation messages to ``targets`` (from :meth:`sample_evaluate`; with a site pool,
+        at most a pool of sites at once)."""
+        cfg = ConfigRecord(dict(config))
+        cfg["server-round"] = server_round
+        msgs = self._messages(arrays, cfg, targets, MessageType.EVALUATE, grid)
+        return Plan(msgs, self._assignment())
 
     def configure_evaluate(
         self,
@@ -356,70 +414,61 @@ class DeltaStrategy(SiteSampler, Strategy):
         grid: Grid,
         num_sites: int | None = None,
     ) -> Iterable[Message]:
-        """Evaluation messages to ``num_sites`` sampled sites (``None`` = every site)."""
+        """Flower's view: evaluation messages to ``num_sites`` sampled sites (None = all)."""
         targets = self.sample_evaluate(server_round, grid, num_sites)
-        return self.evaluate_messages(server_round, arrays, config, grid, targets)
+        return self.plan_evaluate(server_round, arrays, config, grid, targets).messages
 
-    def evaluate_messages(
-        self,
-        server_round: int,
-        arrays: ArrayRecord,
-        config: ConfigRecord,
-        grid: Grid,
-        targets: list[int],
-    ) -> list[Message]:
-        """Evaluation messages to ``targets`` (nodes; site pool: at most a pool of sites)."""
-        cfg = ConfigRecord(dict(config))
-        cfg["server-round"] = server_round
-        return self._messages(arrays, cfg, targets, MessageType.EVALUATE, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
+    def fold_evaluate(self, server_round: int, replies: Iterable[Message]) -> EvaluateOutcome:
+        """Pool the sites' evaluation: example-weighted scalars, and classification metrics
+        from the summed confusion matrix (a mean of per-site F1s is not an F1)."""
         report = RoundReport()
         sums: dict[str, float] = {}
-        confusion: np.ndarray | None = None
+        pooled = PooledConfusion()
         total = 0.0
         for msg in replies:
-            size = received_bytes(msg)  # before decoding: a rejected reply was received too
-            self.downlink.note(msg)
-            site = self.site_of(msg)
-            try:
-                n, scalars, c = decode_evaluate_reply(msg, self.num_classes, self.weighted_by_key)
-            except RejectedReply as e:
-                log.warning("round %d: evaluation failed at site %s: %s", server_round, site, e)
-                report.sites.append(
-                    SiteReport(msg.metadata.src_node_id, site, False, reason=str(e), bytes=size)
-                )
+            row, n = self._accept_evaluate(server_round, msg, pooled)
+            report.sites.append(row)
+            if not row.accepted:
                 continue
-            if c is not None:
-                if confusion is not None and confusion.shape != c.shape:
-                    reason = f"confusion of {c.size} entries, others sent {confusion.size}"
-                    report.sites.append(
-                        SiteReport(msg.metadata.src_node_id, site, False, reason=reason, bytes=size)
-                    )
-                    continue
-                confusion = c if confusion is None else confusion + c
-                scalars.update(classification_metrics(c))
-            ok = SiteReport(msg.metadata.src_node_id, site, True, scalars, bytes=size)
-            report.sites.append(ok)
             total += n
-            for k, v in scalars.items():
+            for k, v in row.metrics.items():
                 if k != self.weighted_by_key:
                     sums[k] = sums.get(k, 0.0) + n * v
-        self.last_evaluate = report
         if total <= 0:
-            return None
-        out = MetricRecord({k: v / total for k, v in sums.items()})
-        if confusion is not None:
-            # Pooled over all sites' held-out examples (a mean of per-site F1s is not an F1).
-            out.update(classification_metrics(confusion))
+            return EvaluateOutcome(None, report)
+        out: dict[str, Any] = {k: v / total for k, v in sums.items()}
+        if pooled.total is not None:
+            out.update(classification_metrics(pooled.total))
         if "perplexity" in out and "eval-loss" in out:
             # exp of the pooled loss: a mean of per-site perplexities is not a perplexity
             # (by Jensen it overstates it), and it would disagree with the reported eval-loss.
             out["perplexity"] = perplexity(float(out["eval-loss"]))
         out[self.weighted_by_key] = int(total)
-        return out
+        return EvaluateOutcome(out, report)
+
+    def _accept_evaluate(
+        self, server_round: int, msg: Message, pooled: PooledConfusion
+    ) -> tuple[SiteReport, float]:
+        """One evaluation reply as a site row, and its example count (0 when rejected)."""
+        size = received_bytes(msg)  # before decoding: a rejected reply was received too
+        self.downlink.note(msg)
+        node, site = msg.metadata.src_node_id, self.site_of(msg)
+        try:
+            n, scalars, c = decode_evaluate_reply(msg, self.num_classes, self.weighted_by_key)
+            if c is not None:
+                pooled.add(c)
+                scalars.update(classification_metrics(c))
+        except RejectedReply as e:
+            log.warning("round %d: evaluation failed at site %s: %s", server_round, site, e)
+            return SiteReport(node, site, False, reason=str(e), bytes=size), 0.0
+        return SiteReport(node, site, True, scalars, bytes=size), n
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Flower's view of :meth:`fold_evaluate`."""
+        metrics = self.fold_evaluate(server_round, replies).metrics
+        return None if metrics is None else MetricRecord(metrics)
 
     def summary(self) -> None:
         log.info(

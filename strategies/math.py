@@ -91,6 +91,18 @@ class RunningSum:
         acc.total_weight, acc.count = 1.0, count
         return acc
 
+    @classmethod
+    def of_sum(
+        cls, total: Mapping[str, np.ndarray], count: int, out_dtypes: Mapping[str, np.dtype]
+    ) -> RunningSum:
+        """A float64 sum of ``count`` equally weighted updates folded elsewhere (secure
+        aggregation unmasks only the sum): ``mean()`` divides by ``count``."""
+        acc = cls(np.float64)
+        acc.sums = {k: np.ascontiguousarray(v, np.float64) for k, v in total.items()}
+        acc.out_dtypes = dict(out_dtypes)
+        acc.total_weight, acc.count = float(count), count
+        return acc
+
     def fold(self, update: Mapping[str, np.ndarray], weight: float) -> None:
         if weight <= 0:
             raise ValueError(f"weight must be > 0, got {weight}")

@@ -22,7 +22,7 @@ Local DP and distributed DP (secure aggregation: each site adds its share of the
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -224,8 +224,3 @@ class _NoiseStage:
         folded.total_weight = float(acc)
         self.dp.finish_round()
         return agg
-
-
-AdmitRound = Callable[[int, int, int], None]
-"""``admit(server_round, sampled, population)``: raise :class:`PrivacyBudgetExhausted` to keep
-a round from starting (the privacy ledger's budget check)."""

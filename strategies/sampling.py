@@ -5,8 +5,7 @@ A mixin of :class:`strategies.base.DeltaStrategy`, kept apart because it is abou
 not about aggregation. It reads the strategy's ``min_sites``, ``min_available_sites``,
 ``wait_for_sites_s``, ``rejoin_wait_s``, ``sites_per_round``, ``fraction``, ``seed`` and ``rng``
 (the training sampler, checkpointed), and keeps ``population`` (site pool size, None = one node
-per site), ``assigned`` (pool node -> site name this round), ``last_population`` and
-``_federation_seen``.
+per site), ``assigned`` (pool node -> site name this round) and ``_federation_seen``.
 """
 
 from __future__ import annotations
@@ -34,7 +33,6 @@ class SiteSampler:
     rng: random.Random
     population: int | None
     assigned: dict[int, str]
-    last_population: int
     _federation_seen: bool
 
     def use_site_pool(self, num_sites: int) -> None:
@@ -46,6 +44,12 @@ class SiteSampler:
     def sample(self, grid: Grid, k: int | None, rng: random.Random | None = None) -> list[int]:
         """Wait for enough connected sites, then draw ``k`` of them (all when ``k`` is None)
         with ``rng`` (default: the training sampler, whose state is checkpointed)."""
+        return self.draw(grid, k, rng)[0]
+
+    def draw(
+        self, grid: Grid, k: int | None, rng: random.Random | None = None
+    ) -> tuple[list[int], int]:
+        """:meth:`sample`, and the number of sites it drew from (the accountant's population)."""
         # The first sampling waits for the whole expected federation; later ones go on with
         # whoever is connected as long as min_sites are (real sites drop out and come back).
         need = self.min_sites if self._federation_seen else self.min_available_sites
@@ -66,10 +70,9 @@ class SiteSampler:
         # A pool draws site ids: the same positions as drawing from as many sorted node ids.
         sites = nodes if self.population is None else list(range(self.population))
         if k is None:
-            return sites
-        self.last_population = len(sites)
+            return sites, len(sites)
         # Sorted first: the seeded RNG then picks the same positions in every run.
-        return (rng or self.rng).sample(sites, min(k, len(sites)))
+        return (rng or self.rng).sample(sites, min(k, len(sites))), len(sites)
 
     def _train_sample_size(self, n_nodes: int) -> int:
         if self.sites_per_round is not None:

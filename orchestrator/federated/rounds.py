@@ -28,13 +28,21 @@ from orchestrator.contract.messages import sent_bytes
 from orchestrator.contract.model import export, load_state, model_state
 from orchestrator.federated import checkpoint
 from orchestrator.federated.ledger import PrivacyLedger
+from orchestrator.federated.record import (
+    RoundRecord,
+    TrainStep,
+    evaluation_record,
+    merge_counts,
+    train_record,
+)
 from orchestrator.federated.report import RoundTable
 from orchestrator.federated.resume import check_resumable
 from orchestrator.federated.secagg_round import SecureTrain
 from orchestrator.federated.setup import ServerSetup, prepare
 from orchestrator.runs import append_metrics, read_metrics
 from orchestrator.tracking import log_round
-from strategies import DeltaStrategy, build_strategy, stream_replies
+from strategies import build_strategy, stream_replies
+from strategies.outcome import EvaluateOutcome, Plan
 from strategies.privacy import PrivacyBudgetExhausted
 from strategies.replies import RoundReport, SiteReport
 
@@ -52,25 +60,6 @@ class FederatedResult:
     def metric(self, name: str) -> list[float | None]:
         """``eval[name]`` per round, round 0 (the starting model) first."""
         return [r.get("eval", {}).get(name) for r in self.rounds]
-
-
-def site_rows(strategy: DeltaStrategy) -> dict[str, dict[str, Any]]:
-    """Per-site columns of a round record: train metrics, evaluation, rejections, notes."""
-    sites: dict[str, dict[str, Any]] = {}
-    for s in strategy.last_train.sites:
-        row = sites.setdefault(s.site, {})
-        row.update(s.metrics)
-        if not s.accepted:
-            row["rejected"] = s.reason
-    for name, note in strategy.last_train.notes.items():
-        sites.setdefault(name, {})["aggregation"] = note
-    for s in strategy.last_evaluate.sites:
-        row = sites.setdefault(s.site, {})
-        for k, v in s.metrics.items():
-            row["eval-examples" if k == "num-examples" else k] = v
-        if not s.accepted:
-            row["eval-error"] = s.reason
-    return sites
 
 
 def attribute_lost_replies(
@@ -145,12 +134,11 @@ class FederatedRun:
         # The privacy ledger (docs/privacy.md): charged per started round, checkpointed; its
         # budget check runs once the round's sample is drawn, before anything is sent.
         self.ledger = PrivacyLedger.for_job(job.privacy) if job.privacy.enabled else None
-        if self.ledger is not None:
-            self.strategy.admit_round = self.ledger.admit
 
     # ---- run directory ------------------------------------------------------------------------
 
-    def emit(self, rec: dict[str, Any]) -> None:
+    def emit(self, record: RoundRecord) -> None:
+        rec = record.to_json()
         append_metrics(self.metrics_path, rec)
         log_round(self.run_dir, self.job.logging, rec)  # TensorBoard event files (+ MLflow)
         self.result.rounds.append(rec)
@@ -213,155 +201,107 @@ class FederatedRun:
 
     # ---- rounds -------------------------------------------------------------------------------
 
-    def remember_names(self) -> None:
+    def remember_names(self, *reports: RoundReport) -> None:
         if self.site_pool:  # a pool node acts for a different site in every message
             return
-        for s in [*self.strategy.last_train.sites, *self.strategy.last_evaluate.sites]:
+        for s in (s for r in reports for s in r.sites):
             if s.accepted:
                 self.site_names[s.node_id] = s.site
 
-    def by_site(self, down: dict[int, int], names: dict[int, str]) -> dict[str, int]:
-        """Bytes sent per node -> per site name (a pool node acts for many sites in a round)."""
-        out: dict[str, int] = {}
-        for node, n in down.items():
-            name = names.get(node, f"node-{node}")
-            out[name] = out.get(name, 0) + n
-        return out
-
-    def sent_names(self, reports: list[SiteReport]) -> dict[int, str]:
-        """node id -> site name for the batch just sent and answered (site pool: the
-        strategy's assignment; else the names sites reported, this round's first)."""
+    def names(self, plan: Plan, reports: list[SiteReport]) -> dict[int, str]:
+        """node id -> site name for a batch just sent and answered (site pool: the plan's
+        assignment; else the names sites reported, this round's first)."""
         if self.site_pool:
-            return dict(self.strategy.assigned)
+            return dict(plan.assigned)
         return {**self.site_names, **{r.node_id: r.site for r in reports}}
 
     def evaluate(
         self, server_round: int, arrays: ArrayRecord
-    ) -> tuple[dict[str, Any], dict[str, int]]:
+    ) -> tuple[EvaluateOutcome, dict[str, int]]:
         """The round's sampled sites (``federation.eval_sites_per_round``; all of them after the
-        last round) evaluate ``arrays``; returns the pooled metrics and the wire bytes sent to
-        each site. Rounds that ``federation.eval_every`` skips evaluate nowhere: ``({}, {})``.
+        last round) evaluate ``arrays``; returns the outcome and the wire bytes sent to each
+        site. Rounds that ``federation.eval_every`` skips evaluate nowhere.
 
         With a site pool the sites go in waves of the pool's size (each wave's replies are in,
         or timed out, before the next is sent): no node ever holds two messages."""
-        s, fed = self.strategy, self.job.federation
+        fed = self.job.federation
         if not fed.evaluates(server_round):
-            s.last_evaluate = RoundReport()  # no stale per-site evaluation in this round's row
-            return {}, {}
-        targets = s.sample_evaluate(server_round, self.grid, fed.eval_sites(server_round))
+            return EvaluateOutcome(), {}
+        targets = self.strategy.sample_evaluate(
+            server_round, self.grid, fed.eval_sites(server_round)
+        )
         size = len(list(self.grid.get_node_ids())) if self.site_pool else len(targets)
         down: dict[str, int] = {}
         by_node: dict[int, int] = {}
+        plans: list[Plan] = []
 
         def replies() -> Iterator[Message]:
             for i in range(0, len(targets), max(1, size)):
-                msgs = s.evaluate_messages(
+                plan = self.strategy.plan_evaluate(
                     server_round, arrays, self.task_record, self.grid, targets[i : i + size]
                 )
-                wave_down = sent_bytes(msgs)
-                yield from stream_replies(self.grid, msgs, self.timeout)
-                if self.site_pool:  # named while the pool's assignment is still this wave's
-                    for name, n in self.by_site(wave_down, self.sent_names([])).items():
-                        down[name] = down.get(name, 0) + n
+                plans.append(plan)
+                wave_down = sent_bytes(plan.messages)
+                yield from stream_replies(self.grid, plan.messages, self.timeout)
+                if self.site_pool:  # a pool node acts for another site in the next wave
+                    down.update(merge_counts(down, by_site(wave_down, plan.assigned)))
                 else:
                     by_node.update(wave_down)
 
-        ev = s.aggregate_evaluate(server_round, replies())
+        ev = self.strategy.fold_evaluate(server_round, replies())
         if not self.site_pool:  # one wave: name the nodes by their replies
-            attribute_lost_replies(s.last_evaluate.sites, list(by_node), self.site_names)
-            down = self.by_site(by_node, self.sent_names(s.last_evaluate.sites))
-        self.remember_names()
-        out = {k: v for k, v in (ev or {}).items() if not isinstance(v, list)}
-        return out, down
+            attribute_lost_replies(ev.report.sites, list(by_node), self.site_names)
+            down = by_site(by_node, self.names(plans[0], ev.report.sites) if plans else {})
+        self.remember_names(ev.report)
+        return ev, down
 
-    def train(self, server_round: int, arrays: ArrayRecord) -> tuple[ArrayRecord | None, dict]:
-        """Sample, send, fold; returns the new model (None = skipped) and the train columns."""
-        s = self.strategy
-        secagg_skip = ""
+    def train(self, server_round: int, arrays: ArrayRecord) -> TrainStep:
+        """Sample (the ledger admits the round first), send, fold."""
+        plan = self.strategy.plan_train(server_round, arrays, self.task_record, self.grid)
+        if self.ledger is not None:  # raises PrivacyBudgetExhausted: nothing is sent
+            self.ledger.admit(server_round, len(plan.messages), plan.population)
+        sampled = plan.nodes
         if self.secure is not None:  # the server sees only the sum (secagg_round.py)
-            new, metrics, sampled, secagg_skip = self.secure.train(
-                server_round, arrays, self.task_record
-            )
+            outcome = self.secure.train(server_round, plan, arrays)
             # Counted as the model payload per site: SecAgg+'s key-exchange messages are not.
             bytes_down = {n: nbytes(arrays) for n in sampled}
         else:
-            msgs = list(s.configure_train(server_round, arrays, self.task_record, self.grid))
-            bytes_down = sent_bytes(msgs)
-            sampled = [m.metadata.dst_node_id for m in msgs]
-            new, metrics = s.aggregate_train(
-                server_round, stream_replies(self.grid, msgs, self.timeout)
-            )
-            del msgs
-        replied = {r.node_id for r in s.last_train.sites}
-        names = self.sent_names(s.last_train.sites)
+            bytes_down = sent_bytes(plan.messages)
+            replies = stream_replies(self.grid, plan.messages, self.timeout)
+            plan.messages = []  # the grid holds what it sends; do not keep K copies here
+            outcome = self.strategy.fold_train(server_round, replies)
+        sites = outcome.report.sites
+        replied = {r.node_id for r in sites}
+        names = self.names(plan, sites)
         dropped = [names.get(n, f"node-{n}") for n in sampled if n not in replied]
         # The SuperLink answers for a site it lost ("Node Unavailable") under its own node id.
-        lost = [r for r in s.last_train.sites if r.node_id not in sampled]
-        self.remember_names()
+        lost = [r for r in sites if r.node_id not in sampled]
+        self.remember_names(outcome.report)
         if self.ledger is not None:
             # Every site whose update left it is charged, whether or not it arrived.
-            sites = [r.site for r in s.last_train.sites if r.node_id in sampled] + dropped
-            self.ledger.record(server_round, len(sampled), s.last_population, sites)
-        train = dict(metrics or {})
-        train["sites-sampled"] = len(sampled)
-        train["sites-dropped"] = len(dropped)
-        info = {"dropped": dropped, "lost": lost, "bytes_down": self.by_site(bytes_down, names)}
-        if secagg_skip:
-            info["secagg_skipped"] = secagg_skip
-        return new, {"train": train, **info}
+            charged = [r.site for r in sites if r.node_id in sampled] + dropped
+            self.ledger.record(server_round, len(sampled), plan.population, charged)
+        return TrainStep(outcome, len(sampled), dropped, lost, by_site(bytes_down, names))
 
-    def site_bytes(self, sites: dict[str, dict[str, Any]], down: dict[str, int]) -> None:
-        """Add each site's ``bytes-up`` (its train + evaluate replies) and ``bytes-down`` (the
-        messages sent to it, by site name) this round, as measured on the wire, to its row."""
-        s = self.strategy
-        for r in [*s.last_train.sites, *s.last_evaluate.sites]:
-            row = sites.setdefault(r.site, {})
-            row["bytes-up"] = row.get("bytes-up", 0) + r.bytes
-        for name, n in down.items():
-            row = sites.setdefault(name, {})
-            row["bytes-down"] = row.get("bytes-down", 0) + n
-
-    def round_record(
-        self,
-        server_round: int,
-        t0: float,
-        train: dict[str, Any],
-        ev: dict[str, Any],
-        down: dict[str, int],
-    ) -> dict[str, Any]:
-        sites = site_rows(self.strategy)
-        down_all = dict(train["bytes_down"])
-        for name, n in down.items():
-            down_all[name] = down_all.get(name, 0) + n
-        self.site_bytes(sites, down_all)
-        s = self.strategy
-        rec = {
-            "round": server_round,
-            "train": train["train"],
-            "eval": ev,
-            "sites": sites,
-            "dropped": train["dropped"],
-            "bytes_up": s.last_train.bytes + s.last_evaluate.bytes,
-            "bytes_down": sum(down_all.values()),
-            "skipped": train["skipped"],
-            "round_time_s": round(time.monotonic() - t0, 3),
-            "elapsed_s": round(time.monotonic() - self.t_run, 3),
-        }
-        if "secagg_skipped" in train:
-            rec["skip_reason"] = f"secure aggregation: {train['secagg_skipped']}"
+    def train_round(
+        self, server_round: int, arrays: ArrayRecord
+    ) -> tuple[ArrayRecord, RoundRecord]:
+        """One round: train, evaluate the new model; the next model and the round's record."""
+        t0 = time.monotonic()
+        step = self.train(server_round, arrays)
+        if step.outcome.arrays is not None:
+            arrays = step.outcome.arrays
+        ev, down = self.evaluate(server_round, arrays)
+        timing = (round(time.monotonic() - t0, 3), round(time.monotonic() - self.t_run, 3))
+        rec = train_record(server_round, step, ev, down, timing)
         if self.ledger is not None:
-            rec.update(self.ledger.columns())
-            if self.strategy.central_dp is not None:
-                rec["privacy"].update(self.strategy.central_dp.round_columns())
+            columns = self.ledger.columns()
+            rec.epsilon = columns["epsilon"]
+            rec.privacy = {**columns["privacy"], **step.outcome.privacy}
         if self.job.attack.kind != "none":
             # For analysis only: computed from the config, never from replies or used to filter.
-            rec["attack"] = {"kind": self.job.attack.kind, "sites": simulated_attackers(self.job)}
-        for s in train["lost"]:
-            rec["sites"].pop(s.site, None)
-        for name in train["dropped"]:
-            reason = train["lost"][0].reason if train["lost"] else "no reply before the timeout"
-            rec["sites"].setdefault(name, {})["dropped"] = reason
-        return rec
+            rec.attack = {"kind": self.job.attack.kind, "sites": simulated_attackers(self.job)}
+        return arrays, rec
 
     def run(self) -> FederatedResult:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -371,38 +311,31 @@ class FederatedRun:
         if start_round == 1:
             t0 = time.monotonic()
             ev, down = self.evaluate(0, arrays)
-            sites = site_rows(self.strategy)
-            self.site_bytes(sites, down)
-            rec = {
-                "round": 0,
-                "eval": ev,
-                "sites": sites,
-                "bytes_down": sum(down.values()),
-                "bytes_up": self.strategy.last_evaluate.bytes,
-                "round_time_s": round(time.monotonic() - t0, 3),
-                "elapsed_s": round(time.monotonic() - self.t_run, 3),
-            }
-            self.emit(rec)
+            now = time.monotonic()
+            self.emit(evaluation_record(ev, down, round(now - t0, 3), round(now - self.t_run, 3)))
         for server_round in range(start_round, self.job.federation.num_rounds + 1):
-            t0 = time.monotonic()
             try:
-                new, train = self.train(server_round, arrays)
+                arrays, rec = self.train_round(server_round, arrays)
             except PrivacyBudgetExhausted as e:
                 self.stop(str(e))
                 break
-            train["skipped"] = new is None
-            if new is not None:
-                arrays = new
-            ev, down = self.evaluate(server_round, arrays)
-            rec = self.round_record(server_round, t0, train, ev, down)
             # Checkpoint first (it holds the record too): a crash before the metrics write
             # is repaired by restore(); the other order could lose the round's model.
-            self.save(server_round, arrays, rec)
+            self.save(server_round, arrays, rec.to_json())
             self.emit(rec)
         load_state(self.setup.model, to_numpy(arrays))
         export(self.setup.model, self.setup.tokenizer, self.result.export_dir)
         log.info("exported %s", self.result.export_dir)
         return self.result
+
+
+def by_site(down: dict[int, int], names: dict[int, str]) -> dict[str, int]:
+    """Bytes sent per node -> per site name (a pool node acts for many sites in a round)."""
+    out: dict[str, int] = {}
+    for node, n in down.items():
+        name = names.get(node, f"node-{node}")
+        out[name] = out.get(name, 0) + n
+    return out
 
 
 def run_federated(

@@ -13,16 +13,18 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from orchestrator.config.privacy import PrivacyConfig
 from orchestrator.contract import secagg as wire
+from orchestrator.contract.arrays import to_numpy
 from orchestrator.contract.metrics import NUM_EXAMPLES
 from orchestrator.secagg import SecAggError, ServerRound, new_params, site_ids
 from orchestrator.secagg.dp import effective_multiplier
 from orchestrator.secagg.protocol import RoundParams
 from strategies import DeltaStrategy, stream_replies
+from strategies.outcome import TrainOutcome, TrainPlan
 from strategies.replies import RoundReport, SiteReport
 from strategies.validation import RejectedReply, scalar_metrics, site_name
 
@@ -58,19 +60,15 @@ class SecureTrain:
     ) -> None:
         self.grid, self.strategy, self.privacy, self.timeout = grid, strategy, privacy, timeout
 
-    def train(
-        self, server_round: int, arrays: ArrayRecord, task_record: ConfigRecord
-    ) -> tuple[ArrayRecord | None, dict[str, Any], list[int], str]:
-        """``(new model or None, train metrics, sampled node ids, skip reason or "")``."""
-        s = self.strategy
-        msgs = list(s.configure_train(server_round, arrays, task_record, self.grid))
-        nodes = [m.metadata.dst_node_id for m in msgs]
+    def train(self, server_round: int, plan: TrainPlan, arrays: ArrayRecord) -> TrainOutcome:
+        """Run the planned round; the outcome's model is None when the protocol skipped it."""
+        msgs, nodes = plan.messages, plan.nodes
         self.sids = site_ids(nodes)
         self.node_of = {sid: node for node, sid in self.sids.items()}
         self.report: dict[int, SiteReport] = {}
         self.bytes_up = 0
-        keys = sorted(s.update_keys or s.global_arrays)
-        like = {k: s.global_arrays[k] for k in keys}
+        global_ = to_numpy(arrays)
+        like = {k: global_[k] for k in plan.update_keys}
         p = self.privacy
         try:
             params = new_params(
@@ -86,7 +84,7 @@ class SecureTrain:
         except SecAggError as e:  # RoundAborted, or parameters this round's sites cannot meet
             log.warning("round %d: secure aggregation skipped the round: %s", server_round, e)
             new, reason = None, str(e)
-        s.last_train = RoundReport(sites=list(self.report.values()))
+        report = RoundReport(sites=list(self.report.values()))
         accepted = [r for r in self.report.values() if r.accepted]
         metrics: dict[str, Any] = {}
         for r in accepted:
@@ -105,7 +103,7 @@ class SecureTrain:
             metrics["noise-multiplier-effective"] = effective_multiplier(
                 p.noise_multiplier, self.threshold, len(accepted)
             )
-        return new, metrics, nodes, reason
+        return TrainOutcome(new, metrics, report, skip_reason=reason)
 
     # ---- the four exchanges ---------------------------------------------------------------
 

@@ -51,7 +51,7 @@ class CrashAfterCheckpoint(FederatedRun):
     """Dies between round 1's checkpoint and its metrics row (a power cut)."""
 
     def emit(self, rec):
-        if rec["round"] == 1:
+        if rec.round == 1:
             raise SystemExit("killed")
         super().emit(rec)
 

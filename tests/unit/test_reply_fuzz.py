@@ -176,11 +176,12 @@ def test_every_hostile_train_reply_is_rejected_and_the_round_goes_on(name):
     replies.append(
         reply(RecordDict(), 99).__class__(Error(code=1, reason="boom"), reply_to=instruction(99))
     )
-    new, metrics = s.aggregate_train(1, [*replies, *honest_replies(s)])
+    outcome = s.fold_train(1, [*replies, *honest_replies(s)])
+    new, metrics = outcome.arrays, outcome.metrics
     assert new is not None
     assert metrics["sites-accepted"] == 5
     assert metrics["sites-rejected"] == len(HOSTILE_REPLIES) + 1
-    reasons = [r.reason for r in s.last_train.sites if not r.accepted]
+    reasons = [r.reason for r in outcome.report.sites if not r.accepted]
     assert all(reasons), reasons
     # Every rule but centered clipping (which moves at most tau per iteration) returns the
     # identical honest update, applied with eta = 1.
@@ -227,9 +228,10 @@ def test_hostile_evaluate_replies_are_rejected_and_pooling_uses_the_honest_one(n
     s = strategy(name)
     good = {"num-examples": 3, "eval-loss": 0.5, "confusion": [1, 0, 0, 0, 1, 0, 0, 0, 1]}
     replies = [evaluate_reply(m, i + 2) for i, m in enumerate(HOSTILE_EVALUATIONS.values())]
-    out = s.aggregate_evaluate(1, [*replies, evaluate_reply(good, 1)])
+    outcome = s.fold_evaluate(1, [*replies, evaluate_reply(good, 1)])
+    out = outcome.metrics
     assert out is not None and out["num-examples"] == 3 and out["accuracy"] == 1.0
-    assert s.last_evaluate.rejected == len(HOSTILE_EVALUATIONS)
+    assert outcome.report.rejected == len(HOSTILE_EVALUATIONS)
 
 
 @settings(max_examples=60, deadline=None)

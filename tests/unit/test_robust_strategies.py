@@ -59,9 +59,14 @@ def reply(value: list[float], n: int, site: str) -> Message:
 
 
 def run(s, replies) -> np.ndarray:
-    new, _ = s.aggregate_train(1, replies)
-    assert new is not None
-    return to_numpy(new)["w"]
+    return run_notes(s, replies)[0]
+
+
+def run_notes(s, replies) -> tuple[np.ndarray, dict[str, str]]:
+    """The new ``w`` and the fold's per-site notes (from the round's outcome)."""
+    outcome = s.fold_train(1, replies)
+    assert outcome.arrays is not None
+    return to_numpy(outcome.arrays)["w"], outcome.report.notes
 
 
 def test_median_ignores_one_huge_update(tmp_path):
@@ -83,9 +88,8 @@ def test_median_ignores_one_huge_update(tmp_path):
 def test_trimmed_mean_names_the_trimmed_sites(tmp_path):
     s = strategy(tmp_path, "strategy.name=trimmed_mean", "strategy.trim_fraction=0.25")
     replies = [reply([v, v], 10, f"site-{i}") for i, v in enumerate([1.0, 2.0, 3.0, 100.0], 1)]
-    out = run(s, replies)
+    out, notes = run_notes(s, replies)
     np.testing.assert_allclose(out, [2.5, 2.5])  # drop 1 and 100 per coordinate: (2+3)/2
-    notes = s.last_train.notes
     assert set(notes) == {"site-1", "site-4"} and "trimmed at 2/2" in notes["site-4"]
 
 
@@ -95,9 +99,9 @@ def test_krum_and_multikrum_select_the_honest_cluster(tmp_path):
     values = honest + attackers
     for name, extra in (("krum", []), ("multikrum", ["strategy.num_selected=5"])):
         s = strategy(tmp_path, f"strategy.name={name}", "strategy.num_byzantine=2", *extra)
-        out = run(s, [reply(v, 10, f"site-{i}") for i, v in enumerate(values, 1)])
+        out, notes = run_notes(s, [reply(v, 10, f"site-{i}") for i, v in enumerate(values, 1)])
         assert np.abs(out - 1.0).max() < 0.15, (name, out)
-        assert {"site-6", "site-7"} <= set(s.last_train.notes)
+        assert {"site-6", "site-7"} <= set(notes)
         if name == "multikrum":  # the 5 honest replies, equally weighted: their mean
             np.testing.assert_allclose(out, np.mean(honest, axis=0), rtol=1e-6)
 
@@ -114,9 +118,9 @@ def test_centered_clip_by_hand_and_its_center_survives_a_checkpoint(tmp_path):
     s = strategy(
         tmp_path, "strategy.name=centered_clip", "strategy.clip_radius=1", "strategy.clip_iters=1"
     )
-    out = run(s, [reply([3, 4], 10, "site-1"), reply([0.3, 0.4], 10, "site-2")])
+    out, notes = run_notes(s, [reply([3, 4], 10, "site-1"), reply([0.3, 0.4], 10, "site-2")])
     np.testing.assert_allclose(out, [0.45, 0.6], rtol=1e-6)
-    assert "site-1" in s.last_train.notes and "site-2" not in s.last_train.notes
+    assert "site-1" in notes and "site-2" not in notes
     # The next round starts from this aggregate; a resumed strategy must too.
     resumed = strategy(
         tmp_path, "strategy.name=centered_clip", "strategy.clip_radius=1", "strategy.clip_iters=1"
@@ -141,29 +145,29 @@ def test_weighting_bounds_an_inflated_example_count(tmp_path, weighting, expecte
     s = strategy(tmp_path, f"strategy.weighting={weighting}", "strategy.weight_cap=3")
     replies = [reply([1, 1], 10, f"site-{i}") for i in (1, 2, 3)]
     replies.append(reply([100, 100], 10**9, "site-4"))
-    out = run(s, replies)
+    out, notes = run_notes(s, replies)
     np.testing.assert_allclose(out, [expected, expected], rtol=1e-6)
     if weighting == "capped":
-        assert "weight capped" in s.last_train.notes["site-4"]
+        assert "weight capped" in notes["site-4"]
 
 
 def test_fixed_update_norm_clip_streams_and_names_the_clipped_site(tmp_path):
     s = strategy(tmp_path, "strategy.clip_update_norm=1.0")
     # (30, 40) has norm 50 -> scaled to (0.6, 0.8); (0.3, 0.4) stays. Mean = (0.45, 0.6).
-    out = run(s, [reply([30, 40], 10, "site-1"), reply([0.3, 0.4], 10, "site-2")])
+    out, notes = run_notes(s, [reply([30, 40], 10, "site-1"), reply([0.3, 0.4], 10, "site-2")])
     np.testing.assert_allclose(out, [0.45, 0.6], rtol=1e-6)
-    assert "clipped" in s.last_train.notes["site-1"]
+    assert "clipped" in notes["site-1"]
     assert not (tmp_path / "replies").exists()  # streamed: nothing stored
 
 
 def test_update_norm_clip_relative_to_the_median(tmp_path):
     s = strategy(tmp_path, "strategy.clip_update_norm=2.0", "strategy.clip_relative=true")
     # norms 5, 5, 50: median 5, bound 10 -> (30, 40) scaled to (6, 8). Mean of (3,4),(3,4),(6,8).
-    out = run(
+    out, notes = run_notes(
         s, [reply([3, 4], 10, "site-1"), reply([3, 4], 10, "site-2"), reply([30, 40], 10, "site-3")]
     )
     np.testing.assert_allclose(out, [4.0, 16 / 3], rtol=1e-6)
-    assert list(s.last_train.notes) == ["site-3"]
+    assert list(notes) == ["site-3"]
 
 
 def test_krum_config_needs_enough_sites():

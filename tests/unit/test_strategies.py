@@ -99,8 +99,9 @@ def test_the_server_records_each_update_norm_itself_not_the_sites_claim():
         reply({"w": np.array([3.0, 4.0], np.float32)}, 1, node=1, **{"update-norm": 0.01}),
         reply({"w": np.array([0.3, 0.4], np.float32)}, 1, node=2),
     ]
-    _, metrics = s.aggregate_train(1, replies)
-    norms = sorted(site.metrics["update-norm"] for site in s.last_train.sites)
+    outcome = s.fold_train(1, replies)
+    metrics = outcome.metrics
+    norms = sorted(site.metrics["update-norm"] for site in outcome.report.sites)
     assert norms == pytest.approx([0.5, 5.0])  # 5.0: before the DP clip to 1.0
     assert metrics["update-norm-median"] == pytest.approx(2.75)
     assert dp.round_columns() == {"clip": 1.0, "clipped": 1}
@@ -310,12 +311,13 @@ def test_malformed_replies_are_rejected_and_the_round_completes(caplog):
 
     replies.append(Message(error=Error(code=0, reason="site crashed"), reply_to=err))
     with caplog.at_level("WARNING"):
-        arrays, metrics = s.aggregate_train(1, replies)
+        outcome = s.fold_train(1, replies)
+    arrays, metrics = outcome.arrays, outcome.metrics
     assert arrays is not None  # the round went on with the one good reply
     np.testing.assert_array_equal(to_numpy(arrays)["w"], 1.0)
     assert metrics["sites-accepted"] == 1
     assert metrics["sites-rejected"] == len(bad) + 2
-    reasons = " | ".join(r.reason for r in s.last_train.sites if not r.accepted)
+    reasons = " | ".join(r.reason for r in outcome.report.sites if not r.accepted)
     for needle in ("missing=", "extra=", "shape", "dtype", "NaN or Inf", "num-examples", "crashed"):
         assert needle in reasons, reasons
 
