@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.cli_args import print_dry_run, split_config_args
+from orchestrator.commands.common import split_config_args
+from orchestrator.commands.plan import print_dry_run
 from orchestrator.config.loader import ConfigError, load_dictconfig, to_job, to_yaml
 from orchestrator.config.schema import PretrainJob
 

@@ -31,7 +31,7 @@ from orchestrator.doctor.ray_cluster import check_ray
 
 def parser() -> argparse.ArgumentParser:
     from orchestrator.config.schema import DataConfig, RunConfig
-    from orchestrator.federated.launch import DEFAULT_PORT
+    from orchestrator.processes.launch import DEFAULT_PORT
 
     p = argparse.ArgumentParser(
         prog="fedray doctor",
