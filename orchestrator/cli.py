@@ -69,16 +69,19 @@ OTHER_COMMANDS.update(
         ),
         "submit": (
             "submit a pretraining job to a Ray cluster (from a laptop)",
-            _handler("orchestrator.submit"),
+            _handler("orchestrator.commands.submit"),
         ),
-        "jobs": ("list | logs ID | stop ID: jobs on a Ray cluster", _handler("orchestrator.jobs")),
+        "jobs": (
+            "list | logs ID | stop ID: jobs on a Ray cluster",
+            _handler("orchestrator.commands.jobs"),
+        ),
         "report": (
             "plots and an HTML report of one or more run directories",
-            _handler("orchestrator.report"),
+            _handler("orchestrator.commands.report"),
         ),
         "doctor": (
             "check versions, GPUs, disk, Ray, certificates and ports",
-            _handler("orchestrator.doctor"),
+            _handler("orchestrator.commands.doctor"),
         ),
     }
 )

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from orchestrator.commands.doctor import main
 from orchestrator.doctor import (
     check_certs,
     check_disk,
@@ -24,7 +25,6 @@ from orchestrator.doctor import (
     check_port,
     check_ray,
     check_versions,
-    main,
 )
 from orchestrator.doctor.ray_cluster import (
     format_resources,
