@@ -52,10 +52,13 @@ def interrupted(e: KeyboardInterrupt, hint: str = "") -> int:
     return interrupted_exit_code(e)
 
 
-def parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+def parse(
+    parser: argparse.ArgumentParser, argv: Sequence[str], intermixed: bool = True
+) -> argparse.Namespace:
     """Parse ``argv`` with positionals and flags in any order (``k=v --flag k=v``), as users
-    type them. A parser with subcommands parses as argparse does by default."""
-    if parser._subparsers is not None:
+    type them. ``intermixed=False`` for a parser with subcommands (argparse cannot intermix
+    those): it parses as argparse does by default."""
+    if not intermixed:
         return parser.parse_args(list(argv))
     return parser.parse_intermixed_args(list(argv))
 

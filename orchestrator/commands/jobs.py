@@ -38,7 +38,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str]) -> int:
     from orchestrator.jobs import connect, dashboard_address, format_jobs
 
-    ns = parse(parser(), argv)
+    ns = parse(parser(), argv, intermixed=False)  # subcommands
     client = connect(dashboard_address(ns.address))
     if ns.action == "list":
         print(format_jobs(client.list_jobs()))
