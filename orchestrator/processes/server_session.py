@@ -1,4 +1,4 @@
-"""The server side of real federated sites: ``fedray server``.
+"""The server side of real federated sites: the SuperLink session behind ``fedray server``.
 
     # coordinating machine (TLS + site authentication by default); the SuperLink stays on
     # loopback, sites reach its Fleet API through cluster-configs/federated/nginx-fleet.conf
@@ -120,7 +120,7 @@ class SuperLinkProcess:
 
     def start(self) -> SuperLinkProcess:
         """Start it and wait until it accepts connections; a taken port is a
-        :class:`~orchestrator.processes.managed.PortInUse` (a ValueError) before anything
+        :class:`~orchestrator.processes.network.PortInUse` (a ValueError) before anything
         starts."""
         host, port = parse_address(self.address)
         check_port_free(

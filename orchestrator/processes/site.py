@@ -1,4 +1,4 @@
-"""The site side of real federated sites: ``fedray site``.
+"""The site side of real federated sites: the SuperNode behind ``fedray site``.
 
     fedray site --server fl.example.org:9092 --data /data/site.csv --key site.key --root-cert ca.pem
 
