@@ -94,9 +94,9 @@ def bench_sim(rounds: int, work: Path) -> dict:
 
 
 def bench_deploy(rounds: int, work: Path) -> dict:
-    from orchestrator.federated import credentials, server_session, site
-    from orchestrator.federated.processes import stop_all
-    from tests.conftest import free_port
+    from orchestrator.processes import credentials, server_session, site
+    from orchestrator.processes.managed import stop_all
+    from orchestrator.processes.network import free_port
 
     run_dir = work / "deploy"
     job = job_for(rounds, run_dir)

@@ -81,7 +81,7 @@ def run_one(
     split: str, seed: int, name: str, rounds: int | None, tmp: Path, more: list[str]
 ) -> dict[str, Any]:
     from clients.client_app import app as client_app
-    from orchestrator.federated.centralized import CentralizedRun
+    from orchestrator.baseline.centralized import CentralizedRun
     from orchestrator.federated.local_grid import LocalGrid
     from orchestrator.federated.report import RoundTable
     from orchestrator.federated.rounds import run_federated

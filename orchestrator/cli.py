@@ -1,68 +1,36 @@
-"""The ``fedray`` command. Each subcommand: parse -> validate -> build -> run -> close.
+"""The ``fedray`` command: picks a command handler (:mod:`orchestrator.commands`) and returns its
+exit code. Each job command: parse -> validate -> build -> run -> close.
 
     fedray pretrain [CONFIG] [key=value ...] [--print-config] [--dry-run] [--verbose]
     fedray simulate [CONFIG] [key=value ...] [--print-config] [--dry-run] [--verbose]
                     [--centralized]
+    fedray server [CONFIG] [key=value ...] [--resume RUN_DIR] [--certs DIR] [--site-keys PUB ...]
+    fedray site --server HOST:PORT --data PATH [--key KEY] [--root-cert CA]
     fedray submit [CONFIG] [key=value ...] --address http://HEAD:8265 [--dry-run] [--no-wait]
     fedray jobs list | logs ID [--follow] | stop ID [--address http://HEAD:8265]
 
-CONFIG is a YAML file or a preset name (``fedray presets`` lists them). Exit codes: 0 success,
-2 bad configuration or input (nothing was launched), 1 a failure while running.
+CONFIG is a YAML file or a preset name (``fedray presets`` lists them); key=value overrides may
+come before or after the flags. Exit codes (:mod:`orchestrator.commands.common`): 0 success,
+2 bad configuration or input (nothing was launched), 1 a failure while running, 128 + N after
+signal N once everything started is stopped.
+
+Nothing heavy is imported here: ``--help``, ``presets`` and config errors answer at once.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 
-from rich.console import Console
-from rich.markup import escape
+from orchestrator.commands import pretrain, simulate
+from orchestrator.commands.common import config_error, out
 
-from orchestrator.cli_args import print_dry_run, split_config_args
-from orchestrator.config.loader import ConfigError, load_dictconfig, preset_names, to_job, to_yaml
-
-EXIT_CONFIG = 2
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
-
-# Subcommands added by other modules register here: name -> (schema, default preset, run, plan).
-Command = tuple[type, str, Callable[..., object], Callable[..., dict]]
-
-
-def _pretrain_command() -> Command:
-    from orchestrator.config.schema import PretrainJob
-    from orchestrator.pretrain import launch_plan, pretrain
-
-    def plan(job: PretrainJob) -> dict:
-        from orchestrator.data import prepare_text_data
-
-        return launch_plan(job, prepare_text_data(job.data))
-
-    return PretrainJob, "pretrain-tiny", pretrain, plan
-
-
-def _simulate_command() -> Command:
-    from orchestrator.cli_args import privacy_plan, round_pipeline
-    from orchestrator.config.federated import FederatedJob
-    from orchestrator.federated.simulate import simulate, simulation_plan
-
-    def plan(job: FederatedJob) -> dict:
-        return {
-            **simulation_plan(job),
-            "round_pipeline": round_pipeline(job),
-            "privacy": privacy_plan(job),
-        }
-
-    return FederatedJob, "simulate-demo", simulate, plan
-
-
-# Job commands share one shape: [CONFIG] key=value ... [--print-config] [--dry-run].
-COMMANDS: dict[str, tuple[str, Callable[[], Command]]] = {
-    "pretrain": ("pretrain a causal LM with Ray Train (DDP or DeepSpeed)", _pretrain_command),
-    "simulate": ("federated fine-tuning, sites simulated on Ray (Flower)", _simulate_command),
+# Job commands: name -> (help, factory[, add_arguments]); see orchestrator.commands.job.
+COMMANDS: dict[str, tuple] = {
+    "pretrain": (pretrain.HELP, pretrain.pretrain_command),
+    "simulate": (simulate.HELP, simulate.simulate_command, simulate.add_arguments),
 }
 
 # Commands with their own flags (e.g. `fedray site --server HOST:PORT --data PATH`):
@@ -70,22 +38,13 @@ COMMANDS: dict[str, tuple[str, Callable[[], Command]]] = {
 OTHER_COMMANDS: dict[str, tuple[str, Callable[[], Callable[[list[str]], int]]]] = {}
 
 
-def _tool(name: str) -> Callable[[], Callable[[list[str]], int]]:
-    """``orchestrator/<name>.py``'s ``main(argv) -> exit code``, imported on use."""
+def _handler(module: str, name: str = "main") -> Callable[[], Callable[[list[str]], int]]:
+    """``module.name``, a ``main(argv) -> exit code``, imported on use."""
 
     def load() -> Callable[[list[str]], int]:
         import importlib
 
-        return importlib.import_module(f"orchestrator.{name}").main
-
-    return load
-
-
-def _federated_command(name: str) -> Callable[[], Callable[[list[str]], int]]:
-    def load() -> Callable[[list[str]], int]:
-        from orchestrator.federated import commands
-
-        return getattr(commands, f"{name}_main")
+        return getattr(importlib.import_module(module), name)
 
     return load
 
@@ -94,79 +53,65 @@ OTHER_COMMANDS.update(
     {
         "server": (
             "federated job across real sites (Flower SuperLink)",
-            _federated_command("server"),
+            _handler("orchestrator.commands.server", "server_main"),
         ),
-        "site": ("join a federation as a site (Flower SuperNode)", _federated_command("site")),
-        "certs": ("create a test CA + server certificate", _federated_command("certs")),
-        "site-key": ("create a site's key pair", _federated_command("site_key")),
-        "submit": ("submit a pretraining job to a Ray cluster (from a laptop)", _tool("submit")),
-        "jobs": ("list | logs ID | stop ID: jobs on a Ray cluster", _tool("jobs")),
-        "report": ("plots and an HTML report of one or more run directories", _tool("report")),
-        "doctor": ("check versions, GPUs, disk, Ray, certificates and ports", _tool("doctor")),
+        "site": (
+            "join a federation as a site (Flower SuperNode)",
+            _handler("orchestrator.commands.site", "site_main"),
+        ),
+        "certs": (
+            "create a test CA + server certificate",
+            _handler("orchestrator.commands.certs", "certs_main"),
+        ),
+        "site-key": (
+            "create a site's key pair",
+            _handler("orchestrator.commands.certs", "site_key_main"),
+        ),
+        "submit": (
+            "submit a pretraining job to a Ray cluster (from a laptop)",
+            _handler("orchestrator.commands.submit"),
+        ),
+        "jobs": (
+            "list | logs ID | stop ID: jobs on a Ray cluster",
+            _handler("orchestrator.commands.jobs"),
+        ),
+        "report": (
+            "plots and an HTML report of one or more run directories",
+            _handler("orchestrator.commands.report"),
+        ),
+        "doctor": (
+            "check versions, GPUs, disk, Ray, certificates and ports",
+            _handler("orchestrator.commands.doctor"),
+        ),
     }
 )
 
 
-def report_config_error(e: ConfigError) -> None:
-    err.print(f"[bold red]config error:[/] {escape(str(e))}", soft_wrap=True)
-
-
-def run_job_command(name: str, argv: Sequence[str]) -> int:
-    help_text, factory = COMMANDS[name]
-    p = argparse.ArgumentParser(prog=f"fedray {name}", description=help_text)
-    p.add_argument(
-        "args", nargs="*", metavar="[CONFIG] key=value", help="YAML file or preset, then overrides"
+def _usage() -> int:
+    out.print(
+        "usage: fedray COMMAND [CONFIG] [key=value ...] [--print-config] [--dry-run] [--verbose]\n",
+        markup=False,
     )
-    p.add_argument("--print-config", action="store_true", help="print the merged config and exit")
-    p.add_argument(
-        "--dry-run", action="store_true", help="validate, print what would be launched, exit"
-    )
-    p.add_argument(
-        "--verbose",
-        action="store_true",
-        help="also show Ray/Flower/DeepSpeed/transformers lines on the console "
-        "(same as logging.verbose=true; RUN_DIR/run.log always has them)",
-    )
-    if name == "simulate":
-        p.add_argument(
-            "--centralized",
-            action="store_true",
-            help="the job's centralized baseline: every site's training rows at one site, the "
-            "same examples per round, evaluated on each site's held-out rows (its own run)",
-        )
-    ns = p.parse_args(argv)
-    schema, default_preset, run, plan = factory()
-    if getattr(ns, "centralized", False):
-        from orchestrator.federated.centralized import centralized, centralized_plan
-
-        run, plan = centralized, centralized_plan
-    source, overrides = split_config_args(ns.args)
-    if ns.verbose:
-        overrides.append("logging.verbose=true")
-    try:
-        merged = load_dictconfig(schema, source, overrides, default_preset=default_preset)
-        job = to_job(schema, merged)
-        if ns.print_config:
-            out.print(to_yaml(job), end="", markup=False)
-            return 0
-        if ns.dry_run:
-            print_dry_run(job, plan(job))
-            return 0
-        from orchestrator.federated.processes import stop_children_on_signals
-
-        # SIGTERM/SIGHUP (systemd, docker, a closed terminal) unwind like Ctrl-C: the finally
-        # blocks stop the embedded Ray or the simulation SuperLink, then any process left by PID.
-        with stop_children_on_signals():
-            run(job)
-    except ConfigError as e:
-        report_config_error(e)
-        return EXIT_CONFIG
-    except KeyboardInterrupt as e:
-        from orchestrator.federated.processes import interrupted_exit_code
-
-        err.print("interrupted; re-run with the same run.name to resume from the last checkpoint")
-        return interrupted_exit_code(e)
+    for name, (help_text, *_) in {**COMMANDS, **OTHER_COMMANDS}.items():
+        out.print(f"  {name:<10} {help_text}", markup=False)
+    out.print(f"  {'presets':<10} list the bundled config presets", markup=False)
     return 0
+
+
+def _presets() -> int:
+    from orchestrator.config.loader import preset_names
+
+    out.print("\n".join(preset_names()), markup=False)
+    return 0
+
+
+def _other(cmd: str, argv: list[str]) -> int:
+    from orchestrator.config.loader import ConfigError
+
+    try:
+        return OTHER_COMMANDS[cmd][1]()(argv)
+    except ConfigError as e:
+        return config_error(e)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -174,30 +119,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("FEDRAY_LOG_LEVEL", "WARNING"))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not argv or argv[0] in ("-h", "--help"):
-        out.print(
-            "usage: fedray COMMAND [CONFIG] [key=value ...] [--print-config] [--dry-run] "
-            "[--verbose]\n",
-            markup=False,
-        )
-        for name, (help_text, _) in {**COMMANDS, **OTHER_COMMANDS}.items():
-            out.print(f"  {name:<10} {help_text}")
-        out.print(f"  {'presets':<10} list the bundled config presets")
-        return 0
+        return _usage()
     cmd, rest = argv[0], argv[1:]
     if cmd == "presets":
-        out.print("\n".join(preset_names()))
-        return 0
+        return _presets()
     if cmd in OTHER_COMMANDS:
-        try:
-            return OTHER_COMMANDS[cmd][1]()(rest)
-        except ConfigError as e:
-            report_config_error(e)
-            return EXIT_CONFIG
+        return _other(cmd, rest)
     if cmd not in COMMANDS:
         names = ", ".join([*COMMANDS, *OTHER_COMMANDS, "presets"])
-        err.print(f"unknown command {cmd!r}; commands: {names}", markup=False)
-        return EXIT_CONFIG
-    return run_job_command(cmd, rest)
+        return config_error(f"unknown command {cmd!r}; commands: {names}")
+    from orchestrator.commands.job import run_job_command
+
+    return run_job_command(cmd, COMMANDS[cmd], rest)
 
 
 if __name__ == "__main__":

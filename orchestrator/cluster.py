@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from orchestrator.config.loader import ConfigError
 from orchestrator.config.schema import ClusterConfig, ScalingConfig
+from orchestrator.processes.network import free_port
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +53,6 @@ def ray_cluster(cfg: ClusterConfig, runtime_env: dict | None = None) -> Iterator
         yield
 
 
-def free_local_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def local_ray(
     num_cpus: int | None, runtime_env: dict | None = None, **init_kwargs: Any
@@ -77,7 +71,7 @@ def local_ray(
     """
     import ray
 
-    port = free_local_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}"
     env = dict(runtime_env or {})
     env["env_vars"] = {**env.get("env_vars", {}), "RAY_API_SERVER_ADDRESS": api}
@@ -267,7 +261,6 @@ __all__ = [
     "capacity_problem",
     "check_capacity",
     "check_reachable",
-    "free_local_port",
     "grpc_answers",
     "local_ray",
     "ray_cluster",

@@ -12,7 +12,6 @@ of its own, so the dashboard is probed first (bounded) and a dead address is exi
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -122,51 +121,11 @@ def format_jobs(jobs: Sequence[Any]) -> str:
     return "\n".join(rows)
 
 
-def main(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="fedray jobs", description="jobs on a Ray cluster")
-    p.add_argument("--address", help=f"dashboard URL (default {DEFAULT_DASHBOARD})")
-    sub = p.add_subparsers(dest="action", required=True)
-    listing = sub.add_parser("list", help="all jobs, newest first")
-    logs = sub.add_parser("logs", help="a job's logs")
-    logs.add_argument("job_id")
-    logs.add_argument("--follow", "-f", action="store_true", help="stream until the job ends")
-    stop = sub.add_parser("stop", help="stop a job (SIGTERM: fedray checkpoints stay resumable)")
-    stop.add_argument("job_id")
-    stop.add_argument("--wait", action="store_true", help="wait until it has stopped")
-    for sp in (listing, logs, stop):  # --address also after the action
-        sp.add_argument("--address", help=argparse.SUPPRESS, default=argparse.SUPPRESS)
-    ns = p.parse_args(argv)
-    client = connect(dashboard_address(ns.address))
-    if ns.action == "list":
-        print(format_jobs(client.list_jobs()))
-        return 0
-    if ns.action == "logs":
-        if ns.follow:
-            try:
-                return status_exit_code(follow_logs(client, ns.job_id))
-            except KeyboardInterrupt:
-                return 130  # detached; the job keeps running
-        sys.stdout.write(client.get_job_logs(ns.job_id))
-        return 0
-    stopped = client.stop_job(ns.job_id)
-    print(f"{ns.job_id}: {'stop requested' if stopped else 'already finished'}")
-    if ns.wait:
-        deadline = time.monotonic() + 120
-        while str(client.get_job_status(ns.job_id)) not in TERMINAL:
-            if time.monotonic() > deadline:
-                print(f"{ns.job_id}: still not stopped after 120 s", file=sys.stderr)
-                return 1
-            time.sleep(1)
-        print(f"{ns.job_id}: {client.get_job_status(ns.job_id)}")
-    return 0
-
-
 __all__ = [
     "connect",
     "dashboard_address",
     "follow_logs",
     "format_jobs",
-    "main",
     "probe_dashboard",
     "status_exit_code",
 ]

@@ -23,19 +23,15 @@ then submitted through Ray's Job Submission API (:class:`ray.job_submission.JobS
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import os
-import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.cli_args import print_dry_run, split_config_args
-from orchestrator.config.loader import ConfigError, load_dictconfig, to_job, to_yaml
+from orchestrator.config.loader import ConfigError, to_yaml
 from orchestrator.config.schema import PretrainJob
 
 # Never uploaded: caches, VCS and build debris, local run outputs.
@@ -218,76 +214,12 @@ def build_submission(
     )
 
 
-def main(argv: Sequence[str]) -> int:
-    from orchestrator.jobs import connect, dashboard_address, follow_logs, status_exit_code
-
-    p = argparse.ArgumentParser(
-        prog="fedray submit",
-        description="submit a pretraining job to a Ray cluster (Job Submission API)",
-    )
-    p.add_argument("args", nargs="*", metavar="[CONFIG] key=value")
-    p.add_argument("--address", help="the head's dashboard URL, e.g. http://HEAD:8265")
-    p.add_argument("--dry-run", action="store_true", help="validate, print the submission, exit")
-    p.add_argument("--print-config", action="store_true", help="print the merged config and exit")
-    p.add_argument("--no-wait", action="store_true", help="print the job id and return")
-    p.add_argument(
-        "--pip", action="append", default=[], metavar="SPEC", help="pip package for the job's env"
-    )
-    p.add_argument(
-        "--no-ship-code",
-        dest="ship_code",
-        action="store_false",
-        help="run the fedray installed on the cluster instead of uploading this checkout's code",
-    )
-    p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB)
-    ns = p.parse_args(argv)
-    source, overrides = split_config_args(ns.args)
-    merged = load_dictconfig(PretrainJob, source, overrides, default_preset="pretrain-tiny")
-    job = to_job(PretrainJob, merged)  # the same validation as `fedray pretrain` (exit 2)
-    if ns.print_config:
-        print(to_yaml(job), end="")
-        return 0
-    job = prepare_job(job)
-    address = dashboard_address(ns.address)
-    with tempfile.TemporaryDirectory(prefix="fedray-submit-") as tmp:
-        sub = build_submission(
-            job, Path(tmp), ship_code=ns.ship_code, pip=ns.pip, max_upload_mb=ns.max_upload_mb
-        )
-        if ns.dry_run:
-            print_dry_run(job, {"submission": sub.plan(address)})
-            return 0
-        client = connect(address)
-        job_id = client.submit_job(
-            entrypoint=sub.entrypoint, runtime_env=sub.runtime_env, metadata=sub.metadata
-        )
-    print(f"[fedray] submitted {job_id} to {address}", flush=True)
-    print(f"[fedray] run dir on the cluster: {sub.metadata['fedray_run_dir']}", flush=True)
-    print(
-        f"[fedray] fedray jobs logs {job_id} --follow | fedray jobs stop {job_id}"
-        f" (--address {address})",
-        flush=True,
-    )
-    if ns.no_wait:
-        return 0
-    try:
-        status = follow_logs(client, job_id)
-    except KeyboardInterrupt:
-        print(
-            f"\n[fedray] detached; {job_id} keeps running (fedray jobs stop {job_id})",
-            file=sys.stderr,
-        )
-        return 130
-    print(f"[fedray] {job_id}: {status}", flush=True)
-    return status_exit_code(status)
-
-
 __all__ = [
     "Submission",
     "Upload",
     "build_submission",
     "check_cluster_paths",
     "check_upload_size",
-    "main",
     "prepare_job",
     "scan_upload",
 ]

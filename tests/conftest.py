@@ -9,16 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cluster import free_local_port, local_ray
+from orchestrator.cluster import local_ray
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (bound then released)."""
-    return free_local_port()
 
 
 def has_cuda() -> bool:

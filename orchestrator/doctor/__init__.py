@@ -17,48 +17,13 @@ lines.
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
 
 from orchestrator.doctor.certs import check_certs
 from orchestrator.doctor.check import Check
 from orchestrator.doctor.machine import check_disk, check_gpus, check_port
 from orchestrator.doctor.packages import check_versions
 from orchestrator.doctor.ray_cluster import check_ray
-
-
-def parser() -> argparse.ArgumentParser:
-    from orchestrator.config.schema import DataConfig, RunConfig
-    from orchestrator.federated.launch import DEFAULT_PORT
-
-    p = argparse.ArgumentParser(
-        prog="fedray doctor",
-        description="Check versions, GPUs, disk, a Ray cluster, certificates and ports. "
-        "Exit 1 when a check FAILs.",
-    )
-    p.add_argument("--address", help="Ray cluster to check: HOST:PORT, ray://HOST:PORT or auto")
-    p.add_argument("--dashboard", help="its dashboard URL (default http://HOST:8265)")
-    p.add_argument("--certs", type=Path, help="TLS directory of fedray server (ca.pem, server.pem)")
-    p.add_argument(
-        "--host",
-        action="append",
-        default=[],
-        help="a name sites dial the server by; must be in server.pem (repeatable)",
-    )
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="fedray server's port")
-    p.add_argument(
-        "--run-root", type=Path, default=Path(RunConfig.root), help="where runs go (run.root)"
-    )
-    p.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=Path(DataConfig.cache_dir),
-        help="data/tokenizer cache (data.cache_dir)",
-    )
-    p.add_argument("--min-free-gb", type=float, default=10.0, help="WARN below this free space")
-    return p
 
 
 def run_checks(
@@ -84,25 +49,6 @@ def run_checks(
     return out
 
 
-def main(argv: list[str]) -> int:
-    ns = parser().parse_args(argv)
-    t0 = time.monotonic()
-
-    def emit(c: Check) -> None:
-        print(c.line(), flush=True)
-
-    checks = run_checks(ns, emit)
-    fails = sum(c.status == "FAIL" for c in checks)
-    warns = sum(c.status == "WARN" for c in checks)
-    verdict = "not ready" if fails else "ready"
-    print(
-        f"doctor: {verdict}: {len(checks)} checks, {warns} WARN, {fails} FAIL "
-        f"({time.monotonic() - t0:.1f} s)",
-        file=sys.stderr if fails else sys.stdout,
-    )
-    return 1 if fails else 0
-
-
 __all__ = [
     "Check",
     "check_certs",
@@ -111,6 +57,5 @@ __all__ = [
     "check_port",
     "check_ray",
     "check_versions",
-    "main",
     "run_checks",
 ]

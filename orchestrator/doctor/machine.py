@@ -5,12 +5,12 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from orchestrator.doctor.check import Check, GiB
+from orchestrator.processes.network import bind_error
 
 # ---- GPUs -----------------------------------------------------------------------------------
 
@@ -152,25 +152,22 @@ def check_port(port: int, host: str = "0.0.0.0") -> Check:
     name = f"port {port}"
     if not 1 <= port <= 65535:
         return Check("FAIL", name, "not in 1..65535", "fedray server --port N with N in 1..65535")
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC servers do
-        try:
-            s.bind((host, port))
-        except OSError as e:
-            if e.errno == errno.EADDRINUSE:
-                return Check(
-                    "FAIL",
-                    name,
-                    f"in use{_listener(port)}: fedray server cannot listen on it",
-                    "stop that process, or pick another port: fedray server --port N "
-                    "(sites then dial HOST:N)",
-                )
-            if e.errno == errno.EACCES:
-                return Check(
-                    "FAIL",
-                    name,
-                    "permission denied (ports < 1024 need root)",
-                    "use a port >= 1024, e.g. the default 9092",
-                )
-            return Check("FAIL", name, f"cannot bind ({e.strerror})", "pick another port")
-    return Check("OK", name, f"free for fedray server (checked on {host})")
+    e = bind_error(host, port)  # as gRPC servers bind: SO_REUSEADDR
+    if e is None:
+        return Check("OK", name, f"free for fedray server (checked on {host})")
+    if e.errno == errno.EADDRINUSE:
+        return Check(
+            "FAIL",
+            name,
+            f"in use{_listener(port)}: fedray server cannot listen on it",
+            "stop that process, or pick another port: fedray server --port N "
+            "(sites then dial HOST:N)",
+        )
+    if e.errno == errno.EACCES:
+        return Check(
+            "FAIL",
+            name,
+            "permission denied (ports < 1024 need root)",
+            "use a port >= 1024, e.g. the default 9092",
+        )
+    return Check("FAIL", name, f"cannot bind ({e.strerror})", "pick another port")

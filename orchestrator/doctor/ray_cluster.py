@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.doctor.check import Check, GiB, installed_version
+from orchestrator.processes.network import tcp_probe
 
 PROBE_TIMEOUT_S = 3.0
 RAY_GCS_PORT = 6379
@@ -26,7 +26,7 @@ RAY_DASHBOARD_PORT = 8265
 def resolve_ray_address(address: str) -> tuple[str, str, int, str]:
     """``auto``, ``HOST[:PORT]`` (GCS), ``ray://HOST[:PORT]`` (Ray Client) or ``http://HOST:PORT``
     (dashboard) -> (kind, host, port to probe, dashboard URL guess). ValueError if malformed."""
-    from orchestrator.federated.launch import parse_address
+    from orchestrator.processes.launch import parse_address
 
     a = address.strip()
     if a == "auto":
@@ -47,21 +47,6 @@ def resolve_ray_address(address: str) -> tuple[str, str, int, str]:
     host, port = parse_address(a.removeprefix("ray://"), default)
     h = f"[{host}]" if ":" in host else host
     return kind, host, port, f"http://{h}:{RAY_DASHBOARD_PORT}"
-
-
-def tcp_probe(host: str, port: int, timeout: float = PROBE_TIMEOUT_S) -> str | None:
-    """None if something accepts a TCP connection at host:port, else why not."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return None
-    except socket.gaierror as e:
-        return f"cannot resolve {host!r} ({e.strerror})"
-    except TimeoutError:
-        return f"no answer within {timeout:g} s"
-    except ConnectionRefusedError:
-        return "connection refused (nothing listening)"
-    except OSError as e:
-        return e.strerror or str(e)
 
 
 def proto_string(buf: bytes, field: int) -> str | None:

@@ -11,7 +11,7 @@ Flower's supported simulation path, run the way ``fedray server`` runs a deploym
    joins another cluster);
 2. submit the job with ``flwr run APP fedray --run-config FILE --federation-config
    "num-supernodes=N client-resources-num-cpus=... init-args-num-cpus=..." --stream``
-   (:func:`orchestrator.federated.flwr_cli.submit_job`: the app's components are
+   (:func:`orchestrator.processes.flwr_cli.submit_job`: the app's components are
    ``orchestrator.federated.server_app:app`` and ``clients.client_app:app``, the run config
    carries the whole resolved job as ``config-yaml`` and ``run-dir``). The SuperLink starts
    ``flwr-simulation``, which runs the ServerApp and N simulated SuperNodes on an embedded Ray;
@@ -36,20 +36,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from orchestrator.cluster import free_local_port
 from orchestrator.config.federated import FederatedJob
 from orchestrator.config.loader import ConfigError, to_yaml
-from orchestrator.federated.flwr_cli import ServerRun, submit_job
-from orchestrator.federated.launch import (
+from orchestrator.federated.report import print_partition
+from orchestrator.federated.server_app import FederatedResult
+from orchestrator.federated.setup import check_inputs
+from orchestrator.processes.flwr_cli import ServerRun, submit_job
+from orchestrator.processes.launch import (
     CLIENTAPP,
     format_node_config,
     submit_argv,
     superlink_argv,
 )
-from orchestrator.federated.report import print_partition
-from orchestrator.federated.server_app import FederatedResult
-from orchestrator.federated.server_session import ServerOptions, SuperLinkProcess
-from orchestrator.federated.setup import check_inputs
+from orchestrator.processes.network import free_port
+from orchestrator.processes.server_session import ServerOptions, SuperLinkProcess
 from orchestrator.progress import round_progress
 from orchestrator.report import report_hint
 from orchestrator.run_log import console_to_run_log
@@ -174,7 +174,7 @@ def run_on_simulation_engine(
     it, stop the SuperLink; returns the run's status and metrics."""
     run_dir = run_dir.absolute()
     state_dir = run_dir / "simulation"
-    opts = ServerOptions(host="127.0.0.1", port=free_local_port(), insecure=True, site_auth=False)
+    opts = ServerOptions(host="127.0.0.1", port=free_port(), insecure=True, site_auth=False)
     env = {**SIMULATION_ENV, **(extra_env or {})}
     superlink = SuperLinkProcess(opts, state_dir, None, simulation=True, extra_env=env)
     log.info("simulation SuperLink on %s (log: %s)", superlink.address, superlink.proc.log_path)

@@ -18,15 +18,11 @@ Exit codes: 0 written; 2 a path is not a run directory or its metrics.jsonl is e
 
 from __future__ import annotations
 
-import argparse
 import shlex
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-EXIT_BAD_INPUT = 2
 
 
 def report_hint(run_dir: str | Path) -> str:
@@ -98,31 +94,4 @@ def build_report(paths: Sequence[str | Path], out: str | Path | None = None) -> 
     return report
 
 
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="fedray report",
-        description="Plots (PNG) and a self-contained report.html of one or more run directories.",
-        epilog="Default output: RUN_DIR/report for one run, ./report-<timestamp> for several.",
-    )
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories to report on")
-    p.add_argument("--out", metavar="DIR", help="output directory (created if missing)")
-    ns = p.parse_args(argv)
-
-    from orchestrator.report.load import ReportError
-
-    try:
-        report = build_report(ns.runs, ns.out)
-    except ReportError as e:
-        print(f"fedray report: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except OSError as e:  # the output directory: a file in the way, no permission, disk full
-        where = e.filename or ns.out or "the output directory"
-        print(f"fedray report: cannot write {where}: {e.strerror or e}", file=sys.stderr)
-        return 1
-    for w in report.warnings:
-        print(f"warning: {w}", file=sys.stderr)
-    print(f"report: {report.html} ({len(report.pngs)} plots, also as PNG files next to it)")
-    return 0
-
-
-__all__ = ["Report", "build_report", "default_out", "main", "report_hint"]
+__all__ = ["Report", "build_report", "default_out", "report_hint"]

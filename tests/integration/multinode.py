@@ -107,10 +107,10 @@ def main(out: Path, runs: Path, cache: Path) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
-    from orchestrator.cluster import free_local_port
     from orchestrator.pretrain import pretrain
+    from orchestrator.processes.network import free_port
 
-    port = free_local_port()
+    port = free_port()
     # Ray Train's placement-group cleaner asks the state API with no address (see
     # orchestrator.cluster.local_ray): point every process of this cluster at its own dashboard.
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"

@@ -93,7 +93,7 @@ def obs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def assert_report(run_dirs: list[Path], out: Path) -> str:
     """``fedray report`` on real runs: exit 0; the HTML embeds every PNG, and each decodes."""
-    from orchestrator.report import main as report_main
+    from orchestrator.commands.report import main as report_main
     from tests.unit.test_report import assert_self_contained
 
     assert report_main([*map(str, run_dirs), "--out", str(out)]) == 0

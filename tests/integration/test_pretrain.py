@@ -21,7 +21,7 @@ import torch
 from orchestrator.config import PretrainJob
 from orchestrator.pretrain import PretrainResult, pretrain
 from orchestrator.pretrain.checkpoint import latest_complete, list_checkpoints
-from tests.conftest import free_port
+from orchestrator.processes.network import free_port
 from tests.integration import pretrain_jobs
 from tests.integration.pretrain_jobs import step_values
 

@@ -13,12 +13,12 @@ from safetensors.numpy import load_file
 
 from clients.client_app import app as client_app
 from orchestrator.config.loader import to_yaml
-from orchestrator.federated import server_session
 from orchestrator.federated.local_grid import LocalGrid, ensure_task_identity
-from orchestrator.federated.processes import ManagedProcess, stop_all
 from orchestrator.federated.rounds import run_federated
+from orchestrator.processes import server_session
+from orchestrator.processes.managed import ManagedProcess, stop_all
+from orchestrator.processes.network import free_port
 from orchestrator.secagg.quantize import step
-from tests.conftest import free_port
 from tests.integration.test_sites import SITES, Fed, job, start_site
 from tests.integration.test_sites import fed as fed  # the module-scoped fixture
 

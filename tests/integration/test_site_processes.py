@@ -21,9 +21,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from orchestrator.federated import server_session
-from orchestrator.federated.processes import flower_env
-from tests.conftest import free_port
+from orchestrator.processes import server_session
+from orchestrator.processes.launch import flower_env
+from orchestrator.processes.network import free_port
 
 pytestmark = pytest.mark.integration
 

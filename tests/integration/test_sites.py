@@ -29,9 +29,10 @@ from safetensors.numpy import load_file
 
 from orchestrator.config.federated import FederatedJob
 from orchestrator.config.loader import load_config, to_yaml
-from orchestrator.federated import credentials, server_session, site
-from orchestrator.federated.processes import ManagedProcess, flower_env, stop_all, wait_until
-from tests.conftest import free_port
+from orchestrator.processes import credentials, server_session, site
+from orchestrator.processes.launch import flower_env
+from orchestrator.processes.managed import ManagedProcess, stop_all, wait_until
+from orchestrator.processes.network import free_port
 from tests.integration.malformed_site_app import MALFORMED_SITE
 
 pytestmark = pytest.mark.integration

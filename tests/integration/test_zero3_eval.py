@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from orchestrator.processes.network import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.deepspeed]
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from clients.client_app import app as client_app
+from orchestrator.baseline.centralized import centralized, examples_per_round
 from orchestrator.config import load_config
 from orchestrator.config.federated import FederatedJob
 from orchestrator.config.loader import ConfigError
-from orchestrator.federated.centralized import centralized, examples_per_round
 from orchestrator.federated.local_grid import LocalGrid, ensure_task_identity
 from orchestrator.federated.rounds import run_federated
 

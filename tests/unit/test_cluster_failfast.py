@@ -19,7 +19,7 @@ from orchestrator.cluster import (
 )
 from orchestrator.config.loader import ConfigError
 from orchestrator.config.schema import ClusterConfig, ScalingConfig
-from tests.conftest import free_port
+from orchestrator.processes.network import free_port
 
 
 @pytest.mark.parametrize(

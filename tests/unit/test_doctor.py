@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from orchestrator.cluster import free_local_port
+from orchestrator.commands.doctor import main
 from orchestrator.doctor import (
     check_certs,
     check_disk,
@@ -25,7 +25,6 @@ from orchestrator.doctor import (
     check_port,
     check_ray,
     check_versions,
-    main,
 )
 from orchestrator.doctor.ray_cluster import (
     format_resources,
@@ -33,8 +32,9 @@ from orchestrator.doctor.ray_cluster import (
     proto_string,
     resolve_ray_address,
 )
-from orchestrator.federated import launch
-from orchestrator.federated.credentials import make_test_pki
+from orchestrator.processes import launch
+from orchestrator.processes.credentials import make_test_pki
+from orchestrator.processes.network import free_port
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 
@@ -54,7 +54,7 @@ def test_doctor_passes_here_with_no_flags(capsys, monkeypatch):
     if check_port(launch.DEFAULT_PORT).status == "FAIL":
         # Another process on this shared machine (e.g. an integration test's SuperLink) holds
         # the default port right now; that is the port check's business, tested below.
-        monkeypatch.setattr(launch, "DEFAULT_PORT", free_local_port())
+        monkeypatch.setattr(launch, "DEFAULT_PORT", free_port())
     t0 = time.monotonic()
     rc = main([])
     out = capsys.readouterr().out
@@ -69,7 +69,7 @@ def test_doctor_passes_here_with_no_flags(capsys, monkeypatch):
 
 
 def test_unreachable_address_fails_fast_naming_it(capsys):
-    port = free_local_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     t0 = time.monotonic()
     rc = main(["--address", f"127.0.0.1:{port}"])
     elapsed = time.monotonic() - t0
@@ -180,7 +180,7 @@ def test_expired_certificate_fails_naming_the_file(tmp_path, capsys):
     make_test_pki(tmp_path / "certs")
     _expired_server_cert(tmp_path / "certs")
     t0 = time.monotonic()
-    rc = main(["--certs", str(tmp_path / "certs"), "--port", str(free_local_port())])
+    rc = main(["--certs", str(tmp_path / "certs"), "--port", str(free_port())])
     out = capsys.readouterr().out
     assert rc == 1 and time.monotonic() - t0 < 30
     (fail,) = [ln for ln in lines(out) if ln.startswith("FAIL")]
@@ -281,7 +281,7 @@ def test_port_in_use_fails_and_a_free_one_is_ok():
         port = s.getsockname()[1]
         busy = check_port(port)
     assert busy.status == "FAIL" and "in use" in busy.detail and "--port" in busy.fix
-    assert check_port(free_local_port()).status == "OK"
+    assert check_port(free_port()).status == "OK"
     assert check_port(70000).status == "FAIL"
 
 

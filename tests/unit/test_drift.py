@@ -195,7 +195,7 @@ def test_lora_scaffold_reply_holds_delta_c_for_the_adapters_only(cache_dir):
 
 
 def test_config_validates_the_drift_settings_and_dry_run_shows_them():
-    from orchestrator.cli_args import round_pipeline
+    from orchestrator.commands.plan import round_pipeline
     from orchestrator.config import load_config
     from orchestrator.config.federated import FederatedJob
     from orchestrator.config.loader import ConfigError

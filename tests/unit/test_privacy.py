@@ -318,7 +318,7 @@ def test_central_dp_strategy_pipeline_and_local_dp_site_pipeline():
 
 
 def test_dry_run_prints_the_epsilon_the_configured_run_reaches():
-    from orchestrator.cli_args import privacy_plan
+    from orchestrator.commands.plan import privacy_plan
 
     job = fed_job(
         *DP,

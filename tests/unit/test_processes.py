@@ -14,19 +14,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from orchestrator.federated.launch import is_loopback
-from orchestrator.federated.processes import (
-    Interrupted,
-    ManagedProcess,
-    PortInUse,
-    check_port_free,
-    free_port,
-    interrupted_exit_code,
-    port_free,
-    running_processes,
-    stop_all,
-    wait_until,
-)
+from orchestrator.processes.launch import is_loopback
+from orchestrator.processes.managed import ManagedProcess, running_processes, stop_all, wait_until
+from orchestrator.processes.network import PortInUse, check_port_free, free_port, port_free
+from orchestrator.processes.signals import Interrupted, interrupted_exit_code
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 COMMAND = """
 import json, sys, time
 from pathlib import Path
-from orchestrator.federated.processes import (
-    ManagedProcess, interrupted_exit_code, stop_children_on_signals)
+from orchestrator.processes.managed import ManagedProcess
+from orchestrator.processes.signals import interrupted_exit_code, stop_children_on_signals
 
 CHILD = '''
 import subprocess, sys, time

@@ -407,7 +407,7 @@ print("warnings:", [str(w.message) for w in caught])
 
 
 def test_fedray_site_console_is_quiet_and_its_state_dir_has_run_log(tmp_path, capsys, monkeypatch):
-    from orchestrator.federated import commands, site_command
+    from orchestrator.commands import site as site_cmd
 
     data = tmp_path / "a.csv"
     data.write_text("text,label\nhi,1\n")
@@ -417,24 +417,25 @@ def test_fedray_site_console_is_quiet_and_its_state_dir_has_run_log(tmp_path, ca
         sys.stdout.write(SITE_KEPT[0] + "\n" + SITE_KEPT[1] + "\n")
         return 0, ""
 
-    monkeypatch.setattr(site_command, "_run_site_once", fake_run_once)  # site_main's module
+    monkeypatch.setattr(site_cmd, "_run_site_once", fake_run_once)  # site_main's module
     argv = ["--server", "127.0.0.1:9092", "--data", str(data), "--insecure"]
     state = tmp_path / "state"
-    assert commands.site_main([*argv, "--state-dir", str(state)]) == 0
+    assert site_cmd.site_main([*argv, "--state-dir", str(state)]) == 0
     out = capsys.readouterr().out
     assert f"site log: {state / RUN_LOG}" in out and SITE_KEPT[0] in out and SITE_KEPT[1] in out
     assert not [n for n in SERVER_SITE_NOISE[1:] if plain(n).strip() in out]
     log = (state / RUN_LOG).read_text()
     assert "Receiving: train message" in log and "SuperNode ID" in log
 
-    assert commands.site_main([*argv, "--state-dir", str(state), "--verbose"]) == 0
+    assert site_cmd.site_main([*argv, "--state-dir", str(state), "--verbose"]) == 0
     assert "Receiving: train message" in capsys.readouterr().out
 
 
 def test_fedray_server_console_is_quiet_and_run_dir_has_run_log(tmp_path, capsys, monkeypatch):
+    from orchestrator.commands import server as server_cmd
     from orchestrator.config.federated import FederatedJob
     from orchestrator.config.loader import load_config, to_yaml
-    from orchestrator.federated import commands, server_session
+    from orchestrator.processes import server_session
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -448,13 +449,13 @@ def test_fedray_server_console_is_quiet_and_run_dir_has_run_log(tmp_path, capsys
         return server_session.ServerRun(run_dir, 17, "finished:completed", [])
 
     monkeypatch.setattr(server_session, "serve", fake_serve)
-    monkeypatch.setattr(commands, "_check_before_start", lambda job, opts: None)  # data checks
+    monkeypatch.setattr(server_cmd, "_check_before_start", lambda job, opts: None)  # data checks
     argv = ["--resume", str(run_dir), "--insecure", "--port", "0"]
-    assert commands.server_main(argv) == 0
+    assert server_cmd.server_main(argv) == 0
     out = capsys.readouterr().out
     assert TABLE_ROW in out and "run 17: finished:completed" in out and "fedray report" in out
     assert "Using SuperLink" not in out and "flwr-serverapp" not in out
     log = (run_dir / RUN_LOG).read_text()
     assert "Using SuperLink" in log and "flwr-serverapp" in log and TABLE_ROW in log
-    assert commands.server_main([*argv, "--verbose"]) == 0
+    assert server_cmd.server_main([*argv, "--verbose"]) == 0
     assert "Using SuperLink" in capsys.readouterr().out

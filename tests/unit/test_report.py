@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from orchestrator.report import build_report, default_out, main, report_hint
+from orchestrator.commands.report import main
+from orchestrator.report import build_report, default_out, report_hint
 from orchestrator.report.html import summary_row
 from orchestrator.report.load import ReportError, labels_for, load_run
 from orchestrator.report.plots import federated_plots

@@ -55,14 +55,14 @@ def check_command(argv: list[str]) -> argparse.Namespace | None:
         return _parse_args_run_supernode().parse_args(args)
     if exe == "fedray":
         from orchestrator.cli import COMMANDS, OTHER_COMMANDS
-        from orchestrator.federated import commands
+        from orchestrator.commands import certs, server, site
 
         assert args[0] in {*COMMANDS, *OTHER_COMMANDS}
         parser = {
-            "server": commands.server_parser,
-            "site": commands.site_parser,
-            "certs": commands.certs_parser,
-            "site-key": commands.site_key_parser,
+            "server": server.server_parser,
+            "site": site.site_parser,
+            "certs": certs.certs_parser,
+            "site-key": certs.site_key_parser,
         }[args[0]]()
         return parser.parse_args(args[1:])
     return None
@@ -300,8 +300,8 @@ class _Recorder(BaseHTTPRequestHandler):
 def test_nginx_accepts_the_proxy_and_forwards_only_fleet(
     tmp_path: Path, superlink_routes: list[str]
 ) -> None:
-    from orchestrator.federated.credentials import make_test_pki
-    from tests.conftest import free_port
+    from orchestrator.processes.credentials import make_test_pki
+    from orchestrator.processes.network import free_port
 
     _Recorder.seen.clear()
     pki = make_test_pki(tmp_path / "certs")

@@ -98,7 +98,7 @@ def test_save_refuses_non_finite_state_and_bad_names(tmp_path):
 
 
 def test_fedray_site_passes_its_state_dir_to_the_client_app(tmp_path):
-    from orchestrator.federated.site import SiteOptions
+    from orchestrator.processes.site import SiteOptions
 
     opts = SiteOptions(server="127.0.0.1:9092", data=tmp_path / "a.csv")
     assert "state-dir" not in opts.node_config()

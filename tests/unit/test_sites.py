@@ -16,15 +16,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
-from orchestrator.federated import commands, credentials, launch, site
-from orchestrator.federated.processes import (
+from orchestrator.commands import certs as certs_cmd
+from orchestrator.commands import server as server_cmd
+from orchestrator.commands import site as site_cmd
+from orchestrator.processes import credentials, launch, site
+from orchestrator.processes.managed import (
     ManagedProcess,
     ProcessFailed,
-    free_port,
-    port_free,
     running_processes,
     wait_until,
 )
+from orchestrator.processes.network import free_port, port_free
 
 # ---- certificates and keys ---------------------------------------------------------------
 
@@ -217,12 +219,12 @@ def test_cli_registers_site_commands() -> None:
     from orchestrator.cli import OTHER_COMMANDS
 
     assert {"server", "site", "certs", "site-key"} <= set(OTHER_COMMANDS)
-    assert OTHER_COMMANDS["server"][1]() is commands.server_main
+    assert OTHER_COMMANDS["server"][1]() is server_cmd.server_main
 
 
 def test_server_dry_run_prints_tls_and_auth(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     key = credentials.make_site_key(tmp_path / "keys" / "a")
-    rc = commands.server_main(
+    rc = server_cmd.server_main(
         [
             "federation.num_rounds=2",
             f"run.dir={tmp_path / 'run'}",
@@ -242,12 +244,12 @@ def test_server_dry_run_prints_tls_and_auth(tmp_path: Path, capsys: pytest.Captu
 
 def test_server_rejects_insecure_with_site_keys(tmp_path: Path) -> None:
     credentials.make_site_key(tmp_path / "a")
-    rc = commands.server_main(["--insecure", "--site-keys", str(tmp_path / "a.pub")])
+    rc = server_cmd.server_main(["--insecure", "--site-keys", str(tmp_path / "a.pub")])
     assert rc == 2
 
 
 def test_server_resume_needs_a_run_dir(tmp_path: Path) -> None:
-    assert commands.server_main(["--resume", str(tmp_path)]) == 2
+    assert server_cmd.server_main(["--resume", str(tmp_path)]) == 2
 
 
 def test_server_bad_config_exits_2() -> None:
@@ -257,12 +259,12 @@ def test_server_bad_config_exits_2() -> None:
 
 
 def test_site_rejects_missing_data_and_insecure_key(tmp_path: Path) -> None:
-    assert commands.site_main(["--server", "h:1", "--data", str(tmp_path / "no.csv")]) == 2
+    assert site_cmd.site_main(["--server", "h:1", "--data", str(tmp_path / "no.csv")]) == 2
     data = tmp_path / "a.csv"
     data.write_text("text,label\n")
     key = credentials.make_site_key(tmp_path / "k")
     argv = ["--server", "h:1", "--data", str(data), "--insecure", "--key", str(key.private)]
-    assert commands.site_main(argv) == 2
+    assert site_cmd.site_main(argv) == 2
 
 
 def _listening() -> socket.socket:
@@ -280,7 +282,7 @@ def test_site_port_in_use_is_a_one_line_usage_error(
     with _listening() as s:
         port = s.getsockname()[1]
         argv = ["--server", "127.0.0.1:1", "--data", str(data), "--insecure", "--port", str(port)]
-        assert commands.site_main(argv) == 2
+        assert site_cmd.site_main(argv) == 2
     err = capsys.readouterr().err
     assert err.strip().count("\n") == 0, err  # one line, no traceback
     assert f"--port {port}" in err and "already in use" in err and "Leave --port out" in err
@@ -292,8 +294,8 @@ def test_site_without_port_gets_its_own_free_port(tmp_path: Path) -> None:
 
     data = tmp_path / "a.csv"
     data.write_text("text,label\nhi,positive\n")
-    opts = commands.site_options(
-        commands.site_parser().parse_args(["--server", "h:1", "--data", str(data), "--insecure"])
+    opts = site_cmd.site_options(
+        site_cmd.site_parser().parse_args(["--server", "h:1", "--data", str(data), "--insecure"])
     )
     assert opts.port is None
     ports = []
@@ -311,7 +313,7 @@ def test_server_port_in_use_exits_2_before_starting(
 ) -> None:
     with _listening() as s:
         port = s.getsockname()[1]
-        rc = commands.server_main(
+        rc = server_cmd.server_main(
             [f"run.dir={tmp_path / 'run'}", "--insecure", "--port", str(port)]
         )
     assert rc == 2
@@ -331,7 +333,7 @@ def test_server_checks_model_path_before_starting(
         "--port",
         str(free_port()),
     ]
-    assert commands.server_main(argv) == 2
+    assert server_cmd.server_main(argv) == 2
     err = capsys.readouterr().err
     assert "config error: model.path" in err and "no config.json" in err
     assert not (tmp_path / "run").exists() and not running_processes()
@@ -366,7 +368,7 @@ def _run_dir_with_config(tmp_path: Path, *overrides: str) -> Path:
 def test_server_resume_merges_overrides_that_may_change(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from orchestrator.federated import server_session
+    from orchestrator.processes import server_session
 
     run_dir = _run_dir_with_config(tmp_path)
     seen = {}
@@ -385,7 +387,7 @@ def test_server_resume_merges_overrides_that_may_change(
         "--port",
         str(free_port()),
     ]
-    assert commands.server_main(argv) == 0
+    assert server_cmd.server_main(argv) == 0
     assert seen["resume"] and seen["run_dir"] == run_dir
     assert seen["job"].federation.num_rounds == 10
     assert seen["job"].federation.round_timeout_s == 30
@@ -395,18 +397,18 @@ def test_server_resume_merges_overrides_that_may_change(
 def test_server_resume_refuses_changed_keys_naming_them(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from orchestrator.federated import server_session
+    from orchestrator.processes import server_session
 
     run_dir = _run_dir_with_config(tmp_path)
     monkeypatch.setattr(server_session, "serve", lambda *a, **k: pytest.fail("started"))
     argv = ["--resume", str(run_dir), "federation.num_rounds=10", "strategy.name=fedadam"]
-    assert commands.server_main([*argv, "train.lr=0.5", "--insecure"]) == 2
+    assert server_cmd.server_main([*argv, "train.lr=0.5", "--insecure"]) == 2
     err = capsys.readouterr().err
     assert "strategy.name: 'fedavg' -> 'fedadam'" in err and "train.lr" in err
     assert "federation.num_rounds" not in err
     # --dry-run and --print-config check the same way; a CONFIG file is refused.
-    assert commands.server_main([*argv, "--dry-run"]) == 2
-    assert commands.server_main(["--resume", str(run_dir), "job.yaml"]) == 2
+    assert server_cmd.server_main([*argv, "--dry-run"]) == 2
+    assert server_cmd.server_main(["--resume", str(run_dir), "job.yaml"]) == 2
     assert "drop 'job.yaml'" in capsys.readouterr().err
 
 
@@ -415,7 +417,7 @@ def test_server_resume_print_config_shows_the_merged_job(
 ) -> None:
     run_dir = _run_dir_with_config(tmp_path)
     argv = ["--resume", str(run_dir), "federation.num_rounds=7", "--print-config"]
-    assert commands.server_main(argv) == 0
+    assert server_cmd.server_main(argv) == 0
     assert "num_rounds: 7" in capsys.readouterr().out
 
 
@@ -423,7 +425,7 @@ def test_server_resume_print_config_shows_the_merged_job(
 def test_non_loopback_host_warns_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, host, warned
 ) -> None:
-    from orchestrator.federated import server_session
+    from orchestrator.processes import server_session
 
     class FakeSuperLink:  # what ServerSession.open uses of SuperLinkProcess; starts nothing
         def __init__(self, opts, state_dir, tls, **kw):  # type: ignore[no-untyped-def]
@@ -451,16 +453,16 @@ def test_non_loopback_host_warns_once(
 def test_server_dry_run_site_example_gets_a_free_port(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    assert commands.server_main([f"run.dir={tmp_path / 'r'}", "--dry-run", "--insecure"]) == 0
+    assert server_cmd.server_main([f"run.dir={tmp_path / 'r'}", "--dry-run", "--insecure"]) == 0
     assert '"<free port>"' in capsys.readouterr().out
 
 
 def test_certs_and_site_key_commands(tmp_path: Path) -> None:
-    assert commands.certs_main([str(tmp_path / "c"), "--host", "fl.example.org"]) == 0
+    assert certs_cmd.certs_main([str(tmp_path / "c"), "--host", "fl.example.org"]) == 0
     assert (tmp_path / "c" / "server.pem").is_file()
-    assert commands.certs_main([str(tmp_path / "c")]) == 2  # would overwrite
-    assert commands.site_key_main([str(tmp_path / "k" / "a")]) == 0
-    assert commands.site_key_main([str(tmp_path / "k" / "a")]) == 2
+    assert certs_cmd.certs_main([str(tmp_path / "c")]) == 2  # would overwrite
+    assert certs_cmd.site_key_main([str(tmp_path / "k" / "a")]) == 0
+    assert certs_cmd.site_key_main([str(tmp_path / "k" / "a")]) == 2
 
 
 # ---- process management ------------------------------------------------------------------------

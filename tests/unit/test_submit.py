@@ -13,6 +13,7 @@ from orchestrator.cli import main
 from orchestrator.config import PretrainJob, load_config
 from orchestrator.config.loader import ConfigError
 from orchestrator.jobs import dashboard_address
+from orchestrator.processes.network import free_port
 from orchestrator.submit import (
     EXCLUDES,
     build_submission,
@@ -20,7 +21,6 @@ from orchestrator.submit import (
     prepare_job,
     scan_upload,
 )
-from tests.conftest import free_port
 
 
 def job(*overrides: str) -> PretrainJob:

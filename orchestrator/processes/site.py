@@ -1,11 +1,11 @@
-"""The site side of real federated sites: ``fedray site``.
+"""The site side of real federated sites: the SuperNode behind ``fedray site``.
 
     fedray site --server fl.example.org:9092 --data /data/site.csv --key site.key --root-cert ca.pem
 
 A site starts a Flower SuperNode (``flower-supernode``) with node config ``data-path=...``; for
 each message the SuperNode starts the ClientApp (``clients/client_app.py``), which reads only
 that file. Only weight updates leave the machine. The process is stopped by PID
-(:mod:`orchestrator.federated.processes`).
+(:mod:`orchestrator.processes.managed`).
 
 The SuperNode also serves a local API to its ClientApp processes (``--port``, on 127.0.0.1
 only). Without ``--port`` fedray picks a free port, so several sites can run on one machine; a
@@ -20,13 +20,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from orchestrator.federated.launch import SUPERNODE_REFUSED, parse_address, supernode_argv
-from orchestrator.federated.processes import (
-    ManagedProcess,
-    check_port_free,
+from orchestrator.processes.launch import (
+    SUPERNODE_REFUSED,
     flower_env,
-    free_port,
+    parse_address,
+    supernode_argv,
 )
+from orchestrator.processes.managed import ManagedProcess
+from orchestrator.processes.network import check_port_free, free_port
 
 log = logging.getLogger(__name__)
 

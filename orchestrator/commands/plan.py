@@ -1,23 +1,15 @@
-"""What every ``fedray`` job command shares: the ``[CONFIG] key=value ...`` positional arguments
-and the ``--dry-run`` rendering. Used by :mod:`orchestrator.cli` and
-:mod:`orchestrator.federated.commands`; imports neither."""
+"""``--dry-run``: what a job command would launch, rendered without launching it (the merged
+config, then the launch plan as JSON; for a federated job the round pipeline of both sides and
+the privacy settings with the epsilon they reach)."""
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import IO, Any
 
 from orchestrator.config.loader import to_yaml
-
-
-def split_config_args(args: Sequence[str]) -> tuple[str | None, list[str]]:
-    """The optional leading CONFIG (a YAML file or preset: no '=') and the key=value overrides."""
-    args = list(args)
-    if args and "=" not in args[0]:
-        return args[0], args[1:]
-    return None, args
 
 
 def print_dry_run(job: Any, plan: Mapping[str, Any], file: IO[str] | None = None) -> None:
@@ -89,4 +81,4 @@ def privacy_plan(job: Any) -> dict[str, Any]:
     return out
 
 
-__all__ = ["print_dry_run", "privacy_plan", "round_pipeline", "split_config_args"]
+__all__ = ["print_dry_run", "privacy_plan", "round_pipeline"]

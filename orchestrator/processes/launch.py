@@ -1,5 +1,6 @@
-"""What fedray hands to Flower, built as plain data: addresses, process argv, node config, and
-the files the ``flwr`` CLI reads (``$FLWR_HOME/config.toml``, the app directory, the run config).
+"""What fedray hands to Flower, built as plain data: addresses, process argv and environment,
+node config, and the files the ``flwr`` CLI reads (``$FLWR_HOME/config.toml``, the app directory,
+the run config).
 
 Nothing here starts a process; tests parse these commands with Flower's own parsers, and the
 deployment files under ``cluster-configs/`` show the same flags.
@@ -7,6 +8,7 @@ deployment files under ``cluster-configs/`` show the same flags.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -118,6 +120,38 @@ def format_node_config(config: Mapping[str, Any]) -> str:
 
 # --------------------------------------------------------------------------------------------
 # Process commands
+
+
+def fedray_root() -> Path:
+    """The directory holding the ``orchestrator``, ``clients`` and ``strategies`` packages that
+    this process imported (a source checkout, or site-packages)."""
+    import orchestrator
+
+    return Path(orchestrator.__file__).resolve().parent.parent
+
+
+def flower_env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for every Flower process: no runtime ``uv sync``, no update check, a private
+    ``FLWR_HOME``, and this interpreter's ``bin/`` first on PATH (Flower starts ``flwr-serverapp``
+    / ``flwr-clientapp`` by name, which must be the ones installed next to fedray). When fedray
+    runs from a source directory, that directory goes first on PYTHONPATH, so the ServerApp and
+    ClientApps Flower starts import the same fedray as this process."""
+    import sys
+
+    env = dict(os.environ)
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    root = fedray_root()
+    if root.name != "site-packages":
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
+    env["FLWR_HOME"] = str(flwr_home)
+    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+    env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    if extra:
+        env.update(extra)
+    return env
 
 
 def superlink_argv(
@@ -267,6 +301,8 @@ __all__ = [
     "SUPERNODE_REFUSED",
     "ServerTLS",
     "app_pyproject",
+    "fedray_root",
+    "flower_env",
     "format_address",
     "format_node_config",
     "is_loopback",

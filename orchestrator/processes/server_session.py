@@ -1,4 +1,4 @@
-"""The server side of real federated sites: ``fedray server``.
+"""The server side of real federated sites: the SuperLink session behind ``fedray server``.
 
     # coordinating machine (TLS + site authentication by default); the SuperLink stays on
     # loopback, sites reach its Fleet API through cluster-configs/federated/nginx-fleet.conf
@@ -8,13 +8,13 @@
 The server starts a Flower SuperLink (``flower-superlink``; Fleet, Control and Runtime APIs on
 one HTTPS port), registers the sites' public keys through the Control API
 (``flwr supernode register``), and submits the job with ``flwr run --stream``
-(:func:`orchestrator.federated.flwr_cli.submit_job`). The SuperLink starts the ServerApp, which
+(:func:`orchestrator.processes.flwr_cli.submit_job`). The SuperLink starts the ServerApp, which
 runs exactly the rounds of ``fedray simulate`` (same config file, same run directory:
 metrics.jsonl, checkpoints, HF export). The job's config travels inside the run config
 (``config-yaml``), so the SuperLink may be on another machine (``--superlink``).
 
 Every process started here is stopped by PID on success, failure or a signal
-(:mod:`orchestrator.federated.processes`). Binding the SuperLink to anything but a loopback
+(:mod:`orchestrator.processes.managed`). Binding the SuperLink to anything but a loopback
 address logs a warning: its Control API (register site keys, start runs) has no authentication
 in open-source Flower, and it shares the one port with the Fleet API sites use.
 """
@@ -29,17 +29,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.federated.flwr_cli import (
+from orchestrator.processes.flwr_cli import (
     ServerRun,
     register_site_keys,
     site_public_keys,
     submit_job,
 )
-from orchestrator.federated.launch import (
+from orchestrator.processes.launch import (
     CLIENTAPP,
     DEFAULT_PORT,
     SERVERAPP,
     ServerTLS,
+    flower_env,
     format_address,
     is_loopback,
     parse_address,
@@ -48,14 +49,8 @@ from orchestrator.federated.launch import (
     supernode_argv,
     write_flwr_config,
 )
-from orchestrator.federated.processes import (
-    ManagedProcess,
-    check_port_free,
-    flower_env,
-    port_open,
-    stop_all,
-    wait_until,
-)
+from orchestrator.processes.managed import ManagedProcess, stop_all, wait_until
+from orchestrator.processes.network import check_port_free, port_open
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +120,7 @@ class SuperLinkProcess:
 
     def start(self) -> SuperLinkProcess:
         """Start it and wait until it accepts connections; a taken port is a
-        :class:`~orchestrator.federated.processes.PortInUse` (a ValueError) before anything
+        :class:`~orchestrator.processes.network.PortInUse` (a ValueError) before anything
         starts."""
         host, port = parse_address(self.address)
         check_port_free(
@@ -155,7 +150,7 @@ class SuperLinkProcess:
 
 
 def _resolve_tls(opts: ServerOptions, tls_dir: Path) -> ServerTLS | None:
-    from orchestrator.federated.credentials import make_test_pki
+    from orchestrator.processes.credentials import make_test_pki
 
     if opts.insecure:
         log.warning(

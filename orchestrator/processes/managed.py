@@ -1,16 +1,12 @@
-"""Start, watch and stop the long-running Flower processes of a real federation.
+"""Start, watch and stop the long-running processes of a real federation (SuperLink, SuperNode,
+and what they spawn).
 
 Every process is started by us (``ManagedProcess.start``), logs to a file, and is stopped by its
 PID: SIGTERM, then SIGKILL after a grace period; its descendants (Flower's SuperExec and the
 ServerApp/ClientApp processes it spawns) are collected by PID first and stopped the same way, so
-nothing outlives a run or a failed test. Nothing here looks processes up by name.
-
-Signals: inside :func:`stop_children_on_signals` (what ``fedray server`` / ``fedray site`` run
-under), SIGINT, SIGTERM and SIGHUP raise :class:`Interrupted` in the main thread, so every
-``finally`` that stops a process runs; leaving the block stops whatever is still running by PID.
-Each child runs in its own session, so a terminal's Ctrl-C reaches fedray alone, which then stops
-the children in order. Exit code after a signal: ``128 + signal number`` (130 SIGINT, 143
-SIGTERM, 129 SIGHUP), as a shell reports a process killed by that signal.
+nothing outlives a run or a failed test. Nothing here looks processes up by name. Each child runs
+in its own session, so a terminal's Ctrl-C reaches fedray alone, which then stops the children in
+order (:mod:`orchestrator.processes.signals`).
 """
 
 from __future__ import annotations
@@ -19,11 +15,9 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import psutil
@@ -35,61 +29,8 @@ class ProcessFailed(RuntimeError):
     """A managed process exited (or never became ready); the message holds its log tail."""
 
 
-class PortInUse(ValueError):
-    """A port fedray was told to bind is taken (a usage error: exit code 2, nothing started)."""
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGINT, SIGTERM or SIGHUP arrived (see :func:`stop_children_on_signals`)."""
-
-    def __init__(self, signum: int) -> None:
-        self.signum = signum
-        super().__init__(f"stopped by {signal.Signals(signum).name}")
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
-
-
-def interrupted_exit_code(e: KeyboardInterrupt) -> int:
-    """128 + the signal number (a plain KeyboardInterrupt counts as SIGINT: 130)."""
-    return e.exit_code if isinstance(e, Interrupted) else 128 + signal.SIGINT
-
-
 _RUNNING: list[ManagedProcess] = []
 """Processes started by this process and not yet stopped (for the final sweep on a signal)."""
-
-
-def fedray_root() -> Path:
-    """The directory holding the ``orchestrator``, ``clients`` and ``strategies`` packages that
-    this process imported (a source checkout, or site-packages)."""
-    import orchestrator
-
-    return Path(orchestrator.__file__).resolve().parent.parent
-
-
-def flower_env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment for every Flower process: no runtime ``uv sync``, no update check, a private
-    ``FLWR_HOME``, and this interpreter's ``bin/`` first on PATH (Flower starts ``flwr-serverapp``
-    / ``flwr-clientapp`` by name, which must be the ones installed next to fedray). When fedray
-    runs from a source directory, that directory goes first on PYTHONPATH, so the ServerApp and
-    ClientApps Flower starts import the same fedray as this process."""
-    import sys
-
-    env = dict(os.environ)
-    bin_dir = str(Path(sys.executable).parent)
-    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
-    root = fedray_root()
-    if root.name != "site-packages":
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
-    env["FLWR_HOME"] = str(flwr_home)
-    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
-    env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    if extra:
-        env.update(extra)
-    return env
 
 
 class ManagedProcess:
@@ -265,41 +206,6 @@ def running_processes() -> list[ManagedProcess]:
     return list(_RUNNING)
 
 
-def port_free(host: str, port: int) -> bool:
-    """Whether ``host:port`` can be bound now (as a server would: SO_REUSEADDR, so a port left
-    in TIME_WAIT counts as free, one with a listener as taken)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def check_port_free(host: str, port: int, flag: str, hint: str) -> None:
-    """Raise :class:`PortInUse` (one line, naming ``flag`` and a fix) if ``host:port`` is taken."""
-    if not port_free(host, port):
-        raise PortInUse(f"{flag} {port}: port {port} on {host} is already in use; {hint}")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that can be bound on ``host`` right now (the OS picks it)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def wait_until(
     ready: Callable[[], bool],
     timeout: float,
@@ -347,62 +253,10 @@ def stop_all(procs: Sequence[ManagedProcess], timeout: float = 10.0) -> None:
         p._forget()
 
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-@contextlib.contextmanager
-def stop_children_on_signals(signals: Sequence[int] = STOP_SIGNALS) -> Iterator[None]:
-    """Run a block so that a signal stops it and everything it started, by PID.
-
-    The first of ``signals`` raises :class:`Interrupted` in the main thread (unwinding through
-    the ``finally`` blocks that stop processes); later ones are logged and ignored, so they
-    cannot cut the clean-up short. On leaving the block, every :class:`ManagedProcess` still
-    running is stopped (:func:`stop_all`), then the previous handlers come back. Outside the main
-    thread (where Python cannot install handlers) only the final sweep applies.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        try:
-            yield
-        finally:
-            stop_all(running_processes())
-        return
-
-    def stopping(signum: int, frame: object) -> None:
-        log.warning("%s: already stopping", signal.Signals(signum).name)
-
-    def interrupt(signum: int, frame: object) -> None:
-        for s in signals:
-            signal.signal(s, stopping)
-        raise Interrupted(signum)
-
-    previous = {s: signal.signal(s, interrupt) for s in signals}
-    try:
-        yield
-    finally:
-        for s in signals:
-            signal.signal(s, stopping)
-        try:
-            stop_all(running_processes())
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-
-
 __all__ = [
-    "STOP_SIGNALS",
-    "Interrupted",
     "ManagedProcess",
-    "PortInUse",
     "ProcessFailed",
-    "check_port_free",
-    "fedray_root",
-    "flower_env",
-    "free_port",
-    "interrupted_exit_code",
-    "port_free",
-    "port_open",
     "running_processes",
     "stop_all",
-    "stop_children_on_signals",
     "wait_until",
 ]

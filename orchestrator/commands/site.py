@@ -1,6 +1,12 @@
 """``fedray site``: argument parsing and the SuperNode supervision loop (retry while the
 server is not up yet or the site's key is not registered, pick another port when one is taken).
-The SuperNode itself is started by :mod:`orchestrator.federated.site`."""
+The SuperNode itself is started by :mod:`orchestrator.processes.site`.
+
+    fedray site --server fl.example.org:9092 --data /data/a.csv --key keys/hospital-a \\
+        --root-cert certs/ca.pem
+
+Exit codes and error lines as every command (:mod:`orchestrator.commands.common`).
+"""
 
 from __future__ import annotations
 
@@ -13,11 +19,19 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from orchestrator.federated.cli_common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, err, stoppable
-from orchestrator.federated.processes import interrupted_exit_code
-from orchestrator.federated.site import PORT_TAKEN, SiteOptions, refused_message, site_process
-from orchestrator.run_log import console_to_run_log
+from orchestrator.commands.common import (
+    EXIT_OK,
+    config_error,
+    failed,
+    interrupted,
+    parse,
+    stoppable,
+)
+
+if TYPE_CHECKING:
+    from orchestrator.processes.site import SiteOptions
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +81,8 @@ def site_parser() -> argparse.ArgumentParser:
 
 
 def site_options(ns: argparse.Namespace) -> SiteOptions:
+    from orchestrator.processes.site import SiteOptions
+
     def absolute(p: Path | None) -> Path | None:
         return None if p is None else p.expanduser().absolute()
 
@@ -99,6 +115,8 @@ def _follow(path: Path, pos: int) -> int:
 def _run_site_once(opts: SiteOptions, log_path: Path, state_dir: Path) -> tuple[int | None, str]:
     """Start the SuperNode, echo its log until it exits, stop it by PID (also when a signal
     interrupts this). Returns (exit code, the last lines of its log)."""
+    from orchestrator.processes.site import site_process
+
     proc = site_process(opts, log_path, state_dir)
     pos = 0
     try:
@@ -114,7 +132,7 @@ def _run_site_once(opts: SiteOptions, log_path: Path, state_dir: Path) -> tuple[
 
 
 def site_main(argv: Sequence[str]) -> int:
-    ns = site_parser().parse_args(list(argv))
+    ns = parse(site_parser(), argv)
     return stoppable(lambda: _site(ns))
 
 
@@ -123,8 +141,7 @@ def _site(ns: argparse.Namespace) -> int:
     try:
         opts.validate()
     except (FileNotFoundError, ValueError) as e:
-        err(str(e))
-        return EXIT_USAGE
+        return config_error(e)
     if not opts.insecure and opts.key is None:
         log.warning(
             "no --key: this site does not authenticate; a server with site authentication "
@@ -132,6 +149,8 @@ def _site(ns: argparse.Namespace) -> int:
         )
     state_dir = (ns.state_dir or Path(tempfile.mkdtemp(prefix="fedray-site-"))).absolute()
     opts = replace(opts, state_dir=state_dir / "site-state")
+    from orchestrator.run_log import console_to_run_log
+
     # The SuperNode's per-message INFO lines go to STATE_DIR/run.log only (its own log under
     # STATE_DIR/logs keeps them too); warnings and errors still reach the console.
     with console_to_run_log(state_dir, ns.verbose) as run_log:
@@ -140,6 +159,8 @@ def _site(ns: argparse.Namespace) -> int:
 
 
 def _site_loop(ns: argparse.Namespace, opts: SiteOptions, state_dir: Path) -> int:
+    from orchestrator.processes.site import PORT_TAKEN, refused_message
+
     deadline = time.monotonic() + ns.retry_refused_s
     attempt, port_retries = 0, 3
     while True:
@@ -148,19 +169,16 @@ def _site_loop(ns: argparse.Namespace, opts: SiteOptions, state_dir: Path) -> in
         try:
             code, tail = _run_site_once(opts, log_path, state_dir)
         except KeyboardInterrupt as e:
-            err(f"{e or 'interrupted'}: the SuperNode was stopped")
-            return interrupted_exit_code(e)
+            return interrupted(e, "the SuperNode was stopped")
         if code == 0:
             return EXIT_OK
         if opts.port is None and port_retries and PORT_TAKEN.search(tail):
             port_retries -= 1  # the free port we picked was taken before the SuperNode bound it
             continue
         if not REFUSED.search(tail):
-            err(f"flower-supernode exited with code {code}; log: {log_path}")
-            return EXIT_FAILED
+            return failed(f"flower-supernode exited with code {code}; log: {log_path}")
         if time.monotonic() >= deadline:
-            err(refused_message(opts))
-            return EXIT_FAILED
+            return failed(refused_message(opts))
         print(
             "the server refused this site (key not registered yet, or this site's previous "
             "session is still marked online); retrying in 10 s",

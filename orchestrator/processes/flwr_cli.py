@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from orchestrator.federated.launch import (
+from orchestrator.processes.launch import (
     CLIENTAPP,
     SERVERAPP,
     submit_argv,
@@ -80,7 +80,7 @@ def register_site_keys(
     Returns ``{key file name: node id}``; a key registered earlier (a SuperLink with a
     persistent ``--database``) maps to None.
     """
-    from orchestrator.federated.credentials import load_site_public_key
+    from orchestrator.processes.credentials import load_site_public_key
 
     out: dict[str, int | None] = {}
     for pub in public_keys:

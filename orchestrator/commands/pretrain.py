@@ -1,0 +1,38 @@
+"""``fedray pretrain [CONFIG] [key=value ...]``: pretrain a causal LM with Ray Train (DDP or
+DeepSpeed ZeRO); the work is :func:`orchestrator.pretrain.pretrain`.
+
+    fedray pretrain                                  # the default preset, pretrain-tiny
+    fedray pretrain pretrain-small train.max_steps=200 --dry-run
+
+The schema is imported here; torch, Ray and DeepSpeed only once the config is valid and the job
+really runs (or ``--dry-run`` renders its plan), so a mistake is answered at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+HELP = "pretrain a causal LM with Ray Train (DDP or DeepSpeed)"
+
+
+def run(job: Any) -> object:
+    from orchestrator.pretrain import pretrain
+
+    return pretrain(job)
+
+
+def plan(job: Any) -> dict:
+    from orchestrator.data import prepare_text_data
+    from orchestrator.pretrain import launch_plan
+
+    return launch_plan(job, prepare_text_data(job.data))
+
+
+def pretrain_command() -> tuple[type, str, Any, Any]:
+    """(schema, default preset, run, plan): what :mod:`orchestrator.commands.job` needs."""
+    from orchestrator.config.schema import PretrainJob
+
+    return PretrainJob, "pretrain-tiny", run, plan
+
+
+__all__ = ["HELP", "plan", "pretrain_command", "run"]
