@@ -79,7 +79,3 @@ def build_model(
             str(check_model_dir(path)), local_files_only=True, dtype=torch.float32
         )
     return AutoModelForCausalLM.from_config(config)
-
-
-def count_params(model: torch.nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

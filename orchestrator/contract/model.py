@@ -27,6 +27,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from orchestrator.export import save_hf_dir
+
 log = logging.getLogger(__name__)
 
 # LoRA targets by architecture when finetune.lora_target_modules is empty.
@@ -209,6 +211,4 @@ def export(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase | None, ou
     ``AutoModelForSequenceClassification`` / ``AutoModelForCausalLM.from_pretrained(out)`` load it
     with plain transformers.
     """
-    from orchestrator.pretrain.export import save_hf_dir
-
     return save_hf_dir(merged_for_export(model), tokenizer, out)
