@@ -99,8 +99,8 @@ def _natural_groups(values: np.ndarray, num_sites: int) -> list[list[str]]:
     return assigned
 
 
-# A simulation process serves many sites of one federation, and a large population can take
-# hundreds of resampling attempts (500 sites x 2 rows: ~400): draw once per process, not per site.
+# A simulation process serves many sites of one federation, and a large population with few rows
+# per site can take hundreds of resampling attempts: draw once per process, not per site.
 _DRAW_CACHE: dict[tuple, list[tuple[np.ndarray, np.ndarray]]] = {}
 _DRAW_CACHE_MAX = 4
 
