@@ -28,6 +28,7 @@ from transformers import (
 )
 
 from orchestrator.export import save_hf_dir
+from orchestrator.models import name_default_loss
 
 log = logging.getLogger(__name__)
 
@@ -70,16 +71,6 @@ def classification_config(
     # GPT-2/Llama classifiers pool the last non-pad token: they need to know the pad id.
     config.pad_token_id = pad_token_id
     return config
-
-
-def name_default_loss(model: torch.nn.Module) -> torch.nn.Module:
-    """Give a causal LM whose class name transformers cannot map to a loss (GPT-2's
-    ``GPT2LMHeadModel``: ``loss_type`` is None) the loss transformers falls back to anyway,
-    ``ForCausalLM``, so its first forward with labels does not warn "`loss_type=None` was set in
-    the config but it is unrecognized" in every process. Models with a loss type are untouched."""
-    if hasattr(model, "loss_type") and model.loss_type is None:
-        model.loss_type = "ForCausalLM"
-    return model
 
 
 def build(spec: ModelSpec, weights_dir: str | None = None) -> torch.nn.Module:

@@ -327,7 +327,7 @@ def test_gpt2_gets_the_causal_lm_loss_without_a_warning():
     import torch
     from transformers import AutoModelForCausalLM
 
-    from orchestrator.contract.model import name_default_loss
+    from orchestrator.models import name_default_loss
 
     hf_log = logging.getLogger("transformers.modeling_utils")
     records = _Records()
