@@ -11,8 +11,8 @@ Layout under ``data.cache_dir``::
 
 The token stream is the documents' tokens in corpus order, EOS after each document; block ``g``
 is tokens ``[g * block, (g + 1) * block)`` (the tail that fills no block is dropped). The split
-holds out a fixed, seeded ``val_fraction`` of blocks. Both are exactly what packing all tokens
-into one array gave before (``pack_tokens`` + ``split_blocks``, kept as the reference).
+holds out a fixed, seeded ``val_fraction`` of blocks. Both equal packing every token into one
+array in memory (``pack_tokens`` + ``split_blocks``: the reference the cache is tested against).
 
 The cache is written by :mod:`orchestrator.data.token_writer` (tokenization in processes or Ray
 tasks, one shard per batch of text, so the driver never holds the token array) and read by
