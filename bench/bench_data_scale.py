@@ -93,7 +93,7 @@ def data_cfg(corpus: Path, tok: Path, cache: Path, num_proc: int) -> Any:
 def child_build(corpus: Path, tok: Path, cache: Path, mode: str) -> dict[str, Any]:
     """Build the token cache; ``mode``: ``N`` (``data.num_proc=N``), ``pool1`` (one tokenizer
     process instead of the inline path) or ``rayN`` (Ray tasks on a local Ray with N CPUs)."""
-    from orchestrator.data import packing, prepare_text_data
+    from orchestrator.data import prepare_text_data, token_writer
 
     ray_start_s = None
     with contextlib.ExitStack() as stack:
@@ -103,11 +103,11 @@ def child_build(corpus: Path, tok: Path, cache: Path, mode: str) -> dict[str, An
 
             def pool(tok: Any) -> ProcessPoolExecutor:
                 return ProcessPoolExecutor(
-                    1, mp_context=mp.get_context("spawn"), initializer=packing._init_worker,
+                    1, mp_context=mp.get_context("spawn"), initializer=token_writer._init_worker,
                     initargs=(tok,),
                 )  # fmt: skip
 
-            packing._Inline = pool  # type: ignore[assignment,misc]
+            token_writer._Inline = pool  # type: ignore[assignment,misc]
             num_proc, on_cluster = 1, False
         elif mode.startswith("ray"):
             from orchestrator.cluster import local_ray

@@ -157,7 +157,6 @@ def worker(cfg: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
-    from orchestrator.models import count_params
     from orchestrator.pretrain.loop import autocast_context, make_backend, worker_model
 
     job = cfg["job"]
@@ -171,7 +170,7 @@ def worker(cfg: dict[str, Any]) -> None:
     base, base_rss = probe.alloc(), probe.rss()
     torch.manual_seed(0)
     model = worker_model(job, cfg["hf_config"])  # the workers' model (activation checkpointing)
-    n_params = count_params(model)
+    n_params = sum(p.numel() for p in model.parameters())
     backend = make_backend(job, model, rank, world)
     after_init = probe.alloc() - base
     accum, micro, block = job.grad_accum_steps, job.train.micro_batch_size, job.data.block_size

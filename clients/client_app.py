@@ -50,11 +50,10 @@ app = ClientApp()
 
 
 def _setup(
-    msg: Message, node_config: Mapping[str, Any], context: Context | None = None
-) -> tuple[SiteTask, SiteData, torch.nn.Module]:
-    """Parse the task, load this site's data and the received global weights (LoRA: plus the
-    base this site keeps, when only the trainable tensors came; clients/base_cache.py)."""
-    task = SiteTask.from_record(msg.content[CONFIG])
+    msg: Message, task: SiteTask, node_config: Mapping[str, Any], context: Context | None = None
+) -> tuple[SiteData, torch.nn.Module]:
+    """Load this site's data and the received global weights (LoRA: plus the base this site
+    keeps, when only the trainable tensors came; clients/base_cache.py)."""
     data = load_site_data(node_config, task)
     torch.manual_seed(task.train.seed)
     model = build(task.spec)
@@ -65,7 +64,7 @@ def _setup(
             arrays, task.base_hash, keys, trainable_names(model), context, node_config
         )
     load_state(model, arrays)
-    return task, data, model.to(site_device(node_config.get("device")))
+    return data, model.to(site_device(node_config.get("device")))
 
 
 def _encode(task: SiteTask, texts: list[str], labels: list[str] | None) -> Encoded:
@@ -74,17 +73,19 @@ def _encode(task: SiteTask, texts: list[str], labels: list[str] | None) -> Encod
 
 def honest_update(
     msg: Message,
+    task: SiteTask,
     node_config: Mapping[str, Any],
     flip: bool = False,
     control: scaffold.SiteControl | None = None,
     context: Context | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, float], int, str]:
     """Local training from the received weights: ``(update, metrics, num-examples, site)``.
+    ``task`` is the message's decoded ``config`` record (decoded once per message, by the caller).
 
     ``flip``: a simulated label-flipping attacker trains on labels ``i -> C-1-i``.
     ``control``: SCAFFOLD's control variates; local steps are corrected by ``c - c_i``.
     """
-    task, data, model = _setup(msg, node_config, context)
+    data, model = _setup(msg, task, node_config, context)
     examples = _encode(task, data.train_texts, data.train_labels)
     if flip and examples.labels is not None:
         examples.labels = torch.from_numpy(flip_labels(examples.labels.numpy(), len(task.labels)))
@@ -115,7 +116,7 @@ def train(msg: Message, context: Context) -> Message:
     flip = attacker and task.attack.kind == "label_flip"
     store = site_store(context, task.state_key, task.server_round, node_config, task.sim_state_dir)
     control = scaffold.SiteControl(msg.content, store) if task.scaffold else None
-    update, metrics, n, site = honest_update(msg, node_config, flip, control, context)
+    update, metrics, n, site = honest_update(msg, task, node_config, flip, control, context)
     extra: dict[str, dict[str, np.ndarray]] = {}
     if control is not None:
         steps = int(metrics["train-steps"])
@@ -123,7 +124,7 @@ def train(msg: Message, context: Context) -> Message:
 
     def colluder(pid: int) -> dict[str, np.ndarray]:  # simulation only (AttackStage)
         other = {**node_config, "partition-id": pid}
-        return honest_update(msg, other, flip, context=context)[0]
+        return honest_update(msg, task, other, flip, context=context)[0]
 
     ctx = SiteContext(
         task, site, node_config, honest_update_of=colluder if attacker else None, state=store
@@ -156,7 +157,9 @@ def secagg_unmask(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_(msg: Message, context: Context) -> Message:
-    task, data, model = _setup(msg, _threads(msg, context), context)
+    node_config = _threads(msg, context)
+    task = SiteTask.from_record(msg.content[CONFIG])
+    data, model = _setup(msg, task, node_config, context)
     examples = _encode(task, data.eval_texts, data.eval_labels)
     metrics = evaluate(
         model, examples, task.spec.task, task.train.micro_batch_size, len(task.labels)

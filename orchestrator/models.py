@@ -81,5 +81,11 @@ def build_model(
     return AutoModelForCausalLM.from_config(config)
 
 
-def count_params(model: torch.nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+def name_default_loss(model: torch.nn.Module) -> torch.nn.Module:
+    """Give a causal LM whose class name transformers cannot map to a loss (GPT-2's
+    ``GPT2LMHeadModel``: ``loss_type`` is None) the loss transformers falls back to anyway,
+    ``ForCausalLM``, so its first forward with labels does not warn "`loss_type=None` was set in
+    the config but it is unrecognized" in every process. Models with a loss type are untouched."""
+    if hasattr(model, "loss_type") and model.loss_type is None:
+        model.loss_type = "ForCausalLM"
+    return model

@@ -27,6 +27,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from orchestrator.export import save_hf_dir
+from orchestrator.models import name_default_loss
+
 log = logging.getLogger(__name__)
 
 # LoRA targets by architecture when finetune.lora_target_modules is empty.
@@ -68,16 +71,6 @@ def classification_config(
     # GPT-2/Llama classifiers pool the last non-pad token: they need to know the pad id.
     config.pad_token_id = pad_token_id
     return config
-
-
-def name_default_loss(model: torch.nn.Module) -> torch.nn.Module:
-    """Give a causal LM whose class name transformers cannot map to a loss (GPT-2's
-    ``GPT2LMHeadModel``: ``loss_type`` is None) the loss transformers falls back to anyway,
-    ``ForCausalLM``, so its first forward with labels does not warn "`loss_type=None` was set in
-    the config but it is unrecognized" in every process. Models with a loss type are untouched."""
-    if hasattr(model, "loss_type") and model.loss_type is None:
-        model.loss_type = "ForCausalLM"
-    return model
 
 
 def build(spec: ModelSpec, weights_dir: str | None = None) -> torch.nn.Module:
@@ -209,6 +202,4 @@ def export(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase | None, ou
     ``AutoModelForSequenceClassification`` / ``AutoModelForCausalLM.from_pretrained(out)`` load it
     with plain transformers.
     """
-    from orchestrator.pretrain.export import save_hf_dir
-
     return save_hf_dir(merged_for_export(model), tokenizer, out)

@@ -63,10 +63,8 @@ def partition(
     if kind == "dirichlet":
         return dirichlet_partition(labels, num_sites, alpha, seed)
     if kind == "natural":
-        if column is None:
-            raise ValueError("natural partition needs the partition column's values")
-        return natural_partition(column, num_sites)
-    raise ValueError(f"unknown partition kind {kind!r}: expected natural, dirichlet or iid")
+        return natural_partition(_natural_column(column), num_sites)
+    raise _unknown_kind(kind)
 
 
 # ---- lazy: one site's rows (or every site's size) without building every site's index list ----
@@ -99,8 +97,8 @@ def _natural_groups(values: np.ndarray, num_sites: int) -> list[list[str]]:
     return assigned
 
 
-# A simulation process serves many sites of one federation, and a large population can take
-# hundreds of resampling attempts (500 sites x 2 rows: ~400): draw once per process, not per site.
+# A simulation process serves many sites of one federation, and a large population with few rows
+# per site can take hundreds of resampling attempts: draw once per process, not per site.
 _DRAW_CACHE: dict[tuple, list[tuple[np.ndarray, np.ndarray]]] = {}
 _DRAW_CACHE_MAX = 4
 
@@ -169,11 +167,9 @@ def site_indices(
             chunks.append(idx[edges[site] : edges[site + 1]])
         return np.sort(np.concatenate(chunks).astype(np.int64))
     if kind == "natural":
-        if column is None:
-            raise ValueError("natural partition needs the partition column's values")
-        v = np.asarray(column)
+        v = np.asarray(_natural_column(column))
         return np.flatnonzero(np.isin(v, _natural_groups(v, num_sites)[site]))
-    raise ValueError(f"unknown partition kind {kind!r}: expected natural, dirichlet or iid")
+    raise _unknown_kind(kind)
 
 
 def site_sizes(
@@ -195,12 +191,11 @@ def site_sizes(
             sizes += np.diff(np.concatenate(([0], cuts, [len(idx)])))
         return sizes
     if kind == "natural":
-        if column is None:
-            raise ValueError("natural partition needs the partition column's values")
-        counts = Counter(np.asarray(column).tolist())
-        groups = _natural_groups(np.asarray(column), num_sites)
+        v = np.asarray(_natural_column(column))
+        counts = Counter(v.tolist())
+        groups = _natural_groups(v, num_sites)
         return np.array([sum(counts[name] for name in g) for g in groups])
-    raise ValueError(f"unknown partition kind {kind!r}: expected natural, dirichlet or iid")
+    raise _unknown_kind(kind)
 
 
 def train_eval_split(
@@ -228,3 +223,13 @@ def summary(parts: Partition, labels: Sequence[str]) -> list[dict[str, object]]:
 def _check_sites(n: int, num_sites: int) -> None:
     if num_sites < 1 or n < num_sites:
         raise ValueError(f"cannot split {n} rows into {num_sites} sites")
+
+
+def _natural_column(column: Sequence[str] | None) -> Sequence[str]:
+    if column is None:
+        raise ValueError("natural partition needs the partition column's values")
+    return column
+
+
+def _unknown_kind(kind: str) -> ValueError:
+    return ValueError(f"unknown partition kind {kind!r}: expected natural, dirichlet or iid")

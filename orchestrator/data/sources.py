@@ -209,22 +209,6 @@ def iter_pieces(
                 yield piece, i == len(pieces) - 1
 
 
-def load_labelled(
-    path: Path, text_field: str, label_field: str
-) -> tuple[list[str], list[str], dict[str, list[str]]]:
-    """Read a labelled table: texts, labels and every other column (for natural partitioning)."""
-    ds = load_table(path)
-    for key, col in (("data.text_field", text_field), ("data.label_field", label_field)):
-        if col not in ds.column_names:
-            raise ConfigError(
-                f"data file {str(path)!r} has no column {col!r} "
-                f"(columns: {', '.join(ds.column_names)}). Set {key} to one of them.",
-                key,
-            )
-    cols = {c: [str(v) for v in ds[c]] for c in ds.column_names}
-    return cols[text_field], cols[label_field], cols
-
-
 Columns = tuple[tuple[str, ...], tuple[str, ...] | None, tuple[str, ...] | None]
 
 

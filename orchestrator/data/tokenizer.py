@@ -105,8 +105,9 @@ def tokenizer_fingerprint(tok: PreTrainedTokenizerBase) -> str:
 
 def encode_texts(tok: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
     """Token ids of ``texts``, no special tokens. A fast tokenizer with no truncation or padding
-    set is called through its Rust ``encode_batch_fast`` (no offsets): the same ids, ~1.5x the
-    throughput of ``__call__``; anything else goes through ``__call__``, which resets them."""
+    set is called through its Rust ``encode_batch_fast``: the same ids, without the offsets
+    ``__call__`` computes and this discards; anything else goes through ``__call__``, which
+    resets truncation and padding."""
     backend = getattr(tok, "backend_tokenizer", None) if getattr(tok, "is_fast", False) else None
     if backend is not None and backend.truncation is None and backend.padding is None:
         return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]

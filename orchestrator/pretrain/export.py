@@ -1,17 +1,10 @@
-"""Export a checkpoint as a Hugging Face model directory (safetensors + config + tokenizer) that
-``AutoModelForCausalLM.from_pretrained(dir)`` loads without fedray installed."""
+"""The model weights of a pretraining checkpoint, for the final export (written by
+:func:`orchestrator.export.export_hf`)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from pathlib import Path
-
 import torch
-from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
-from orchestrator.models import build_model
 from orchestrator.pretrain.checkpoint import CheckpointInfo, check_safe
 
 
@@ -25,56 +18,3 @@ def checkpoint_model_state(info: CheckpointInfo) -> dict[str, torch.Tensor]:
     from orchestrator.pretrain.backends.ddp import load_model_state
 
     return load_model_state(info.path)
-
-
-def export_hf(
-    state: dict[str, torch.Tensor],
-    hf_config: PretrainedConfig,
-    tokenizer: PreTrainedTokenizerBase | None,
-    out: Path,
-) -> Path:
-    """Write the model (+ tokenizer) to ``out`` atomically (temp dir, then rename)."""
-    model = build_model(hf_config)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    # Tied output embeddings may be absent from the state dict; anything else is a real mismatch.
-    missing = [k for k in missing if k not in ("lm_head.weight",)]
-    if missing or unexpected:
-        raise RuntimeError(
-            f"checkpoint does not match the model: missing={missing} unexpected={unexpected}"
-        )
-    return save_hf_dir(model, tokenizer, out)
-
-
-def drop_null_loss_type(config: PretrainedConfig) -> None:
-    """Remove a ``loss_type: null`` that a config may carry (config.json files written by some
-    transformers 4.x releases have it, and ``model.path`` passes it on): an export must not
-    name a loss, so plain transformers picks the one of the model class it loads."""
-    if "loss_type" in vars(config) and config.loss_type is None:
-        delattr(config, "loss_type")
-
-
-def save_hf_dir(
-    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase | None, out: Path
-) -> Path:
-    """``save_pretrained`` model (+ tokenizer) into a temp dir beside ``out``, then rename it into
-    place, so a reader never sees half an export. transformers' "Writing model shards" progress
-    bar is off while it writes (fedray prints the export's path when it is done)."""
-    from transformers.utils import logging as hf_logging
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-"))
-    if isinstance(getattr(model, "config", None), PretrainedConfig):
-        drop_null_loss_type(model.config)
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        model.save_pretrained(str(tmp), safe_serialization=True)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(tmp))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out

@@ -23,14 +23,13 @@ import torch.distributed as dist
 
 from orchestrator.config.schema import PretrainJob
 from orchestrator.contract.metrics import perplexity
-from orchestrator.contract.model import name_default_loss
-from orchestrator.data.packing import TokenBlocks
 from orchestrator.data.sharding import (
     eval_batches_for_rank,
     global_batch_indices,
     micro_batches_for_rank,
 )
-from orchestrator.models import build_model
+from orchestrator.data.token_blocks import TokenBlocks
+from orchestrator.models import build_model, name_default_loss
 from orchestrator.pretrain.backends.base import Backend
 from orchestrator.pretrain.checkpoint import checkpoint_dir_name, latest_complete
 from orchestrator.pretrain.mfu import flops_per_token, matmul_params, mfu, peak_flops

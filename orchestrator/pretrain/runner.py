@@ -26,9 +26,10 @@ from orchestrator.config.loader import to_yaml
 from orchestrator.config.schema import PretrainJob
 from orchestrator.data import PreparedData, prepare_text_data
 from orchestrator.data.shared import check_shared_storage
+from orchestrator.export import export_hf
 from orchestrator.models import hf_config
 from orchestrator.pretrain.checkpoint import CheckpointInfo, check_safe, latest_complete
-from orchestrator.pretrain.export import checkpoint_model_state, export_hf
+from orchestrator.pretrain.export import checkpoint_model_state
 from orchestrator.pretrain.metrics import ProgressPrinter, create_sink
 from orchestrator.report import report_hint
 from orchestrator.run_log import console_to_run_log

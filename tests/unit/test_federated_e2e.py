@@ -37,7 +37,7 @@ from orchestrator.config import load_config
 from orchestrator.config.federated import FederatedJob
 from orchestrator.contract.arrays import from_numpy, to_numpy
 from orchestrator.contract.model import ModelSpec, build, load_state, model_state
-from orchestrator.data.sources import DEMO_LABELLED, demo_path, load_labelled
+from orchestrator.data.sources import DEMO_LABELLED, demo_path, read_columns
 from orchestrator.federated.local_grid import LocalGrid, ensure_task_identity
 from orchestrator.federated.rounds import FederatedResult, run_federated
 from orchestrator.federated.setup import ServerSetup, prepare
@@ -83,7 +83,7 @@ def norm(arrays: Arrays) -> float:
 
 def site_text_files(root: Path, num_sites: int, per_site: int = 40) -> list[Path]:
     """Each site's own .txt file (one example per line): slices of the demo tweets."""
-    texts, _, _ = load_labelled(demo_path(DEMO_LABELLED), "text", "label")
+    texts, _, _ = read_columns(str(demo_path(DEMO_LABELLED)), "text", "label", "")
     root.mkdir(parents=True, exist_ok=True)
     files = []
     for i in range(num_sites):

@@ -84,6 +84,22 @@ def test_lora_reply_holds_only_adapter_tensors(cache_dir):
     assert any(np.abs(v).sum() > 0 for k, v in update.items() if "lora_B" in k)
 
 
+def test_a_site_decodes_the_task_once_per_message(cache_dir, monkeypatch):
+    setup = prepare(job(cache_dir, "finetune.local_steps=1"))
+    state = {k: v.numpy() for k, v in model_state(setup.model).items()}
+    decoded = []
+    real = SiteTask.from_record.__func__
+
+    def counting(cls, record):
+        decoded.append(record)
+        return real(cls, record)
+
+    monkeypatch.setattr(SiteTask, "from_record", classmethod(counting))
+    ctx = _Ctx({"partition-id": 0, "num-partitions": 4})
+    client_train(train_message(setup, from_numpy(state)), ctx)  # type: ignore[arg-type]
+    assert len(decoded) == 1
+
+
 def test_one_site_fedavg_equals_centralized_training(cache_dir):
     steps = 5
     j = job(

@@ -327,7 +327,7 @@ def test_gpt2_gets_the_causal_lm_loss_without_a_warning():
     import torch
     from transformers import AutoModelForCausalLM
 
-    from orchestrator.contract.model import name_default_loss
+    from orchestrator.models import name_default_loss
 
     hf_log = logging.getLogger("transformers.modeling_utils")
     records = _Records()
@@ -365,8 +365,8 @@ def test_contract_build_names_the_loss_of_causal_lm_sites():
 def test_export_drops_a_null_loss_type_and_loads_in_plain_transformers_silently(tmp_path):
     from transformers import AutoConfig
 
+    from orchestrator.export import export_hf
     from orchestrator.models import build_model
-    from orchestrator.pretrain.export import export_hf
 
     src = tmp_path / "src"
     tiny_gpt2_config().save_pretrained(src)
