@@ -36,7 +36,7 @@ from orchestrator.secagg import ServerRound, SiteRound, new_params
 from orchestrator.secagg import primitives as P
 from orchestrator.secagg.protocol import MAC, sid_bytes
 from orchestrator.secagg.quantize import quantize
-from strategies.math import RunningSum
+from strategies.running_sum import RunningSum
 
 
 def payload_bytes(p: dict) -> int:

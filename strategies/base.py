@@ -12,11 +12,10 @@ when fed by :func:`stream_replies`, which yields replies as the grid delivers th
 from __future__ import annotations
 
 import logging
-import random
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
@@ -24,35 +23,44 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from orchestrator.config.compression import CompressionConfig
-from orchestrator.contract.arrays import from_numpy, to_numpy
+from orchestrator.contract.arrays import Arrays, from_numpy, to_numpy
 from orchestrator.contract.metrics import UPDATE_NORM, classification_metrics, perplexity
 from orchestrator.contract.privacy import update_norm
-from strategies.aggregators import NormClipStage, RuleConfig, StoredAggregator
 from strategies.downlink import Downlink, with_compression
-from strategies.math import Arrays, RunningSum, apply_sgd_from_sum
-from strategies.pipeline import (
-    Aggregate,
-    AggregateStage,
-    Aggregator,
-    ReplyStage,
-    WeightedMean,
-    describe,
-)
-from strategies.privacy import AdmitRound, CentralDP, clip_shrink_hint
+from strategies.fold import FoldSettings, StoredAggregator
+from strategies.norm_clip import NormClipStage
+from strategies.pipeline import Aggregate, AggregateStage, Aggregator, ReplyStage, describe
+from strategies.privacy import AdmitRound, CentralDP, central_dp, clip_shrink_hint
 from strategies.replies import RoundReport, SiteReport
-from strategies.sampling import SiteSampler
+from strategies.running_sum import RunningSum, apply_sgd_from_sum
+from strategies.sampling import Sampling, SiteSampler
 from strategies.validation import (
     RejectedReply,
     decode_evaluate_reply,
     decode_train_reply,
     received_bytes,
 )
+from strategies.weighted_mean import MeanRule, WeightedMean
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from orchestrator.config.federated import FederatedJob
 
 log = logging.getLogger(__name__)
 
 
 class DeltaStrategy(SiteSampler, Strategy):
-    """FedAvg over updates weighted by ``num-examples``, then ``w + eta * mean_update``."""
+    """FedAvg over updates weighted by ``num-examples``, then ``w + eta * mean_update``.
+
+    Built from a job's config sections by :meth:`from_config` (``build_strategy`` calls it), or
+    directly (tests, a stock ``ServerApp``) with the same typed settings: ``sampling`` (who takes
+    part), ``fold`` (how replies are combined), ``central_dp`` (its stages), ``compression``.
+    ``update_keys`` (None = learnt from the first accepted reply), ``num_classes`` (evaluate
+    replies' confusion matrices must be num_classes^2; None = any square) and ``work_dir``
+    (where a fold that keeps the round's replies puts them: the run directory) come from the
+    run, not the config.
+    """
 
     name = "fedavg"
     reply_extra_arrays: tuple[str, ...] = ()
@@ -61,81 +69,81 @@ class DeltaStrategy(SiteSampler, Strategy):
     step_scales_with_mean = True
     """The server step is proportional to the mean update (plain averaging, momentum); False for
     the adaptive optimizers, whose step is normalized by its own second moment."""
+    rule_reads_round = False
+    """The fold needs every reply of the round (a robust rule); True in ``RobustStrategy``."""
+    weighted_by_key = "num-examples"
+    arrayrecord_key = "arrays"
+    configrecord_key = "config"
 
     def __init__(
         self,
         *,
         eta: float = 1.0,
-        sites_per_round: int | None = None,
-        fraction: float = 1.0,
-        min_sites: int = 1,
-        min_available_sites: int = 1,
-        update_keys: Iterable[str] | None = None,
-        seed: int = 0,
-        wait_for_sites_s: float = 600.0,
-        rejoin_wait_s: float = 0.0,
-        accumulate: str = "float64",
-        num_classes: int | None = None,
-        rule: RuleConfig | None = None,
-        work_dir: str | Path | None = None,
-        reply_stages: Sequence[ReplyStage] = (),
-        aggregate_stages: Sequence[AggregateStage] = (),
+        sampling: Sampling | None = None,
+        fold: FoldSettings | None = None,
         central_dp: CentralDP | None = None,
-        weighted_by_key: str = "num-examples",
-        arrayrecord_key: str = "arrays",
-        configrecord_key: str = "config",
         compression: CompressionConfig | None = None,
         base_once: bool = False,
+        update_keys: Iterable[str] | None = None,
+        num_classes: int | None = None,
+        work_dir: str | Path | None = None,
     ) -> None:
         self.eta = eta
-        self.sites_per_round = sites_per_round
-        self.fraction = fraction
-        self.min_sites = min_sites
-        self.min_available_sites = max(min_available_sites, min_sites)
-        # None = learn them from the first accepted reply (stock ServerApp use).
+        self.init_sampling(sampling or Sampling())
+        self.fold = fold or FoldSettings()
         self.update_keys: set[str] | None = set(update_keys) if update_keys is not None else None
-        self.seed = seed
-        self.rng = random.Random(seed)
-        self.wait_for_sites_s = wait_for_sites_s
-        self.rejoin_wait_s = rejoin_wait_s
-        self.accumulate = np.dtype(accumulate)  # of the running sum; see RunningSum
-        # Evaluate replies' confusion matrices must be num_classes^2 (None = any square).
         self.num_classes = num_classes
-        self.rule = rule or RuleConfig()
-        # Where rules that keep the round's replies on disk put them (the run directory).
         self.work_dir = Path(work_dir) if work_dir else Path(tempfile.gettempdir()) / "fedray"
-        self.reply_stages = list(reply_stages)
-        if self.rule.clip_update_norm and not self.rule.clip_relative and self.rule.rule == "mean":
-            # A fixed bound needs no other reply: clip each reply as it streams in.
-            self.reply_stages.append(NormClipStage(self.rule.clip_update_norm))
-        self.aggregate_stages = list(aggregate_stages)
-        # Central DP: clip each reply as it arrives, noise the sum (strategies/privacy.py).
         self.central_dp = central_dp
+        self.reply_stages, self.aggregate_stages = self._stages()
         self._clip_hinted = False
-        if central_dp is not None:
-            self.reply_stages.append(central_dp.clip_stage)
-            self.aggregate_stages.insert(0, central_dp.noise_stage)
         # The privacy ledger's budget check (set by the round loop); sees the actual sampling.
         self.admit_round: AdmitRound | None = None
-        self.last_population = 0
-        """Sites the last train sample was drawn from (the accountant's population)."""
-        self._federation_seen = False
-        self.weighted_by_key = weighted_by_key
-        self.arrayrecord_key = arrayrecord_key
-        self.configrecord_key = configrecord_key
         self.compression = compression or CompressionConfig()  # replies decoded in validation
         self.downlink = Downlink(self.compression.download, base_once)  # what goes to sites
         self._global: Arrays = {}
-        self.num_nodes = 0
-        """Sites in the federation when the last train round was configured (connected nodes;
-        with a site pool, the population)."""
-        self.population: int | None = None
-        """Set by :meth:`use_site_pool`: sites ``0..population-1`` take turns on the grid's
-        nodes (a simulation pool); None = every node is one site."""
-        self.assigned: dict[int, str] = {}
-        """With a site pool: node id -> the site its message in flight is for."""
         self.last_train = RoundReport()
         self.last_evaluate = RoundReport()
+
+    @classmethod
+    def from_config(
+        cls,
+        job: FederatedJob,
+        *,
+        update_keys: Iterable[str] | None = None,
+        num_classes: int | None = None,
+        work_dir: str | Path | None = None,
+    ) -> Self:
+        """This strategy from ``job``'s sections (see :meth:`config_kwargs`) and the run's
+        ``update_keys``, ``num_classes`` and ``work_dir``."""
+        kwargs = cls.config_kwargs(job)
+        return cls(**kwargs, update_keys=update_keys, num_classes=num_classes, work_dir=work_dir)
+
+    @classmethod
+    def config_kwargs(cls, job: FederatedJob) -> dict[str, Any]:
+        """The constructor's settings from ``job``; subclasses add their own (FedProx's mu)."""
+        return {
+            "eta": job.strategy.eta,
+            "sampling": Sampling.from_config(job),
+            "fold": FoldSettings.from_config(job),
+            "central_dp": central_dp(job),
+            "compression": job.compression,
+            "base_once": job.finetune.mode == "lora" and job.compression.lora_base_once,
+        }
+
+    def _stages(self) -> tuple[list[ReplyStage], list[AggregateStage]]:
+        """The reply and aggregate stages the settings ask for."""
+        reply_stages: list[ReplyStage] = []
+        aggregate_stages: list[AggregateStage] = []
+        f = self.fold
+        if f.clip_update_norm and not f.clip_relative and not self.rule_reads_round:
+            # A fixed bound needs no other reply: clip each reply as it streams in.
+            reply_stages.append(NormClipStage(f.clip_update_norm))
+        if self.central_dp is not None:
+            # Central DP: clip each reply as it arrives, noise the sum (strategies/privacy.py).
+            reply_stages.append(self.central_dp.clip_stage)
+            aggregate_stages.insert(0, self.central_dp.noise_stage)
+        return reply_stages, aggregate_stages
 
     # ---- the server step (subclasses override) ---------------------------------------------
 
@@ -216,32 +224,27 @@ class DeltaStrategy(SiteSampler, Strategy):
     # ---- the round's stages (see strategies/pipeline.py) --------------------------------------
 
     def make_aggregator(self, server_round: int) -> Aggregator:
-        """The fold stage of a round (a fresh one each round): streamed unless the settings
-        need every reply (capped weights, median-relative clipping, a robust rule)."""
-        if (
-            self.rule.rule != "mean"
-            or self.rule.weighting == "capped"
-            or (self.rule.clip_update_norm and self.rule.clip_relative)
-        ):
-            return StoredAggregator(self.rule, self.work_dir, center=self.center())
-        uniform = self.rule.weighting == "uniform" or self.central_dp is not None
-        return WeightedMean(self.accumulate, uniform=uniform)
-
-    def center(self) -> Arrays | None:
-        """Centered clipping's starting point (RobustStrategy keeps the last aggregate)."""
-        return None
+        """The fold stage of a round (a fresh one each round): streamed unless the weights or
+        the clip need every reply (capped weights, a clip relative to the median norm)."""
+        if self.fold.needs_round:
+            return StoredAggregator(self.fold, MeanRule(self.fold.weighting), self.work_dir)
+        uniform = self.fold.weighting == "uniform" or self.central_dp is not None
+        return WeightedMean(self.fold.accumulate, uniform=uniform)
 
     def server_step_name(self) -> str:
         return f"{self.name}: w + {self.eta} * mean update"
 
     def pipeline(self) -> list[str]:
-        """The stages a train round runs, for ``--dry-run``."""
+        """The stages a train round runs, for ``--dry-run``: after the fold, the weighting and
+        how many attackers the rule tolerates of how many sampled sites."""
         steps = describe(
             self.reply_stages,
             self.make_aggregator(0),
             self.aggregate_stages,
             self.server_step_name(),
         )
+        at = next(i for i, step in enumerate(steps) if step.startswith("fold: ")) + 1
+        steps[at:at] = self.fold.describe()
         return with_compression(steps, self.compression)
 
     def aggregate_train(

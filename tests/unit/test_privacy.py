@@ -20,6 +20,7 @@ from orchestrator.config.federated import FederatedJob
 from orchestrator.config.loader import ConfigError
 from orchestrator.config.privacy import PrivacyConfig
 from orchestrator.contract.model import ModelSpec
+from orchestrator.contract.privacy import update_norm
 from orchestrator.contract.task import SiteTask, site_task
 from orchestrator.federated.ledger import (
     PrivacyLedger,
@@ -29,7 +30,6 @@ from orchestrator.federated.ledger import (
     rounds_within_budget,
 )
 from strategies import build_strategy
-from strategies.math import RunningSum
 from strategies.pipeline import Aggregate, Reply
 from strategies.privacy import (
     CentralDP,
@@ -40,7 +40,7 @@ from strategies.privacy import (
     privatize_update,
     update_noise_multiplier,
 )
-from strategies.weights import update_norm
+from strategies.running_sum import RunningSum
 
 DP = ["privacy.mode=central", "strategy.weighting=uniform"]
 
@@ -273,7 +273,11 @@ def test_ledger_round_trips_through_json_exactly_and_refuses_another_job():
 @pytest.mark.parametrize(
     ("overrides", "key", "says"),
     [
-        (["privacy.mode=central"], "strategy.weighting", "num-examples"),
+        (
+            ["privacy.mode=central", "strategy.weighting=examples"],
+            "strategy.weighting",
+            "num-examples",
+        ),
         ([*DP, "strategy.name=median"], "strategy.name", "not a sum"),
         ([*DP, "strategy.clip_update_norm=1"], "strategy.clip_update_norm", "privacy.clip_norm"),
         ([*DP, "privacy.delta=0.3"], "privacy.delta", "1 / federation.num_sites"),

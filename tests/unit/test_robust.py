@@ -10,21 +10,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays as np_arrays
 
+from orchestrator.contract.privacy import update_norm
+from strategies.centered_clip import centered_clipping
+from strategies.krum import krum, krum_scores, multi_krum, pairwise_sq_distances
+from strategies.median import coordinate_median
+from strategies.norm_clip import clip_update_norms
+from strategies.reply_sources import ReplyView, StackedReplies
 from strategies.reply_store import ReplyStore
-from strategies.robust import (
-    ReplyView,
-    StackedReplies,
-    centered_clipping,
-    coordinate_median,
-    krum,
-    krum_scores,
-    multi_krum,
-    pairwise_sq_distances,
-    trimmed_mean,
-    trimmed_per_side,
-    weighted_mean,
-)
-from strategies.weights import clip_update_norms, effective_weights, update_norm
+from strategies.trimmed_mean import trimmed_mean, trimmed_per_side
+from strategies.weighted_mean import effective_weights, weighted_mean
 
 # Four replies of a 2-coordinate tensor, used by the median and trimmed-mean cases.
 #            coord 0  coord 1
