@@ -27,9 +27,8 @@ from orchestrator.contract.arrays import Arrays, from_numpy, to_numpy
 from orchestrator.contract.metrics import UPDATE_NORM, classification_metrics, perplexity
 from orchestrator.contract.privacy import update_norm
 from strategies.downlink import Downlink, with_compression
-from strategies.fold import FoldSettings, StoredAggregator
-from strategies.norm_clip import NormClipStage
-from strategies.pipeline import Aggregate, AggregateStage, Aggregator, ReplyStage, describe
+from strategies.fold import FoldSettings, StoredAggregator, server_stages
+from strategies.pipeline import Aggregate, Aggregator, describe
 from strategies.privacy import AdmitRound, CentralDP, central_dp, clip_shrink_hint
 from strategies.replies import RoundReport, SiteReport
 from strategies.running_sum import RunningSum, apply_sgd_from_sum
@@ -53,13 +52,10 @@ log = logging.getLogger(__name__)
 class DeltaStrategy(SiteSampler, Strategy):
     """FedAvg over updates weighted by ``num-examples``, then ``w + eta * mean_update``.
 
-    Built from a job's config sections by :meth:`from_config` (``build_strategy`` calls it), or
-    directly (tests, a stock ``ServerApp``) with the same typed settings: ``sampling`` (who takes
-    part), ``fold`` (how replies are combined), ``central_dp`` (its stages), ``compression``.
-    ``update_keys`` (None = learnt from the first accepted reply), ``num_classes`` (evaluate
-    replies' confusion matrices must be num_classes^2; None = any square) and ``work_dir``
-    (where a fold that keeps the round's replies puts them: the run directory) come from the
-    run, not the config.
+    Built by :meth:`from_config` from a job's sections, or directly with the same typed settings
+    (``Sampling``, ``FoldSettings``, ``CentralDP``, ``CompressionConfig``). From the run:
+    ``update_keys`` (None = learnt from the first reply), ``num_classes`` (evaluate replies'
+    confusion matrices are num_classes^2; None = any square), ``work_dir`` (a stored round).
     """
 
     name = "fedavg"
@@ -95,7 +91,9 @@ class DeltaStrategy(SiteSampler, Strategy):
         self.num_classes = num_classes
         self.work_dir = Path(work_dir) if work_dir else Path(tempfile.gettempdir()) / "fedray"
         self.central_dp = central_dp
-        self.reply_stages, self.aggregate_stages = self._stages()
+        self.reply_stages, self.aggregate_stages = server_stages(
+            self.fold, central_dp, clip_on_arrival=not self.rule_reads_round
+        )
         self._clip_hinted = False
         # The privacy ledger's budget check (set by the round loop); sees the actual sampling.
         self.admit_round: AdmitRound | None = None
@@ -106,18 +104,10 @@ class DeltaStrategy(SiteSampler, Strategy):
         self.last_evaluate = RoundReport()
 
     @classmethod
-    def from_config(
-        cls,
-        job: FederatedJob,
-        *,
-        update_keys: Iterable[str] | None = None,
-        num_classes: int | None = None,
-        work_dir: str | Path | None = None,
-    ) -> Self:
-        """This strategy from ``job``'s sections (see :meth:`config_kwargs`) and the run's
-        ``update_keys``, ``num_classes`` and ``work_dir``."""
-        kwargs = cls.config_kwargs(job)
-        return cls(**kwargs, update_keys=update_keys, num_classes=num_classes, work_dir=work_dir)
+    def from_config(cls, job: FederatedJob, **run: Any) -> Self:
+        """This strategy from ``job``'s sections (:meth:`config_kwargs`) and the run's
+        keyword arguments (``update_keys``, ``num_classes``, ``work_dir``)."""
+        return cls(**cls.config_kwargs(job), **run)
 
     @classmethod
     def config_kwargs(cls, job: FederatedJob) -> dict[str, Any]:
@@ -130,20 +120,6 @@ class DeltaStrategy(SiteSampler, Strategy):
             "compression": job.compression,
             "base_once": job.finetune.mode == "lora" and job.compression.lora_base_once,
         }
-
-    def _stages(self) -> tuple[list[ReplyStage], list[AggregateStage]]:
-        """The reply and aggregate stages the settings ask for."""
-        reply_stages: list[ReplyStage] = []
-        aggregate_stages: list[AggregateStage] = []
-        f = self.fold
-        if f.clip_update_norm and not f.clip_relative and not self.rule_reads_round:
-            # A fixed bound needs no other reply: clip each reply as it streams in.
-            reply_stages.append(NormClipStage(f.clip_update_norm))
-        if self.central_dp is not None:
-            # Central DP: clip each reply as it arrives, noise the sum (strategies/privacy.py).
-            reply_stages.append(self.central_dp.clip_stage)
-            aggregate_stages.insert(0, self.central_dp.noise_stage)
-        return reply_stages, aggregate_stages
 
     # ---- the server step (subclasses override) ---------------------------------------------
 
@@ -182,22 +158,6 @@ class DeltaStrategy(SiteSampler, Strategy):
         self.rng.setstate((version, tuple(internal), gauss))
         if self.central_dp is not None:
             self.central_dp.load_state(meta["central_dp"])
-
-    def _messages(
-        self,
-        arrays: ArrayRecord,
-        config: ConfigRecord,
-        targets: list[int],
-        kind: str,
-        grid: Grid,
-        extra: dict[str, ArrayRecord] | None = None,
-    ) -> list[Message]:
-        """One message per target: a node id, or with a site pool a site id (routed to a node)."""
-        keys = (self.arrayrecord_key, self.configrecord_key)
-        nodes, records = self.route(targets, grid)
-        return self.downlink.messages(
-            arrays, config, self.update_keys, nodes, kind, keys, extra, records
-        )
 
     # ---- Flower Strategy API -----------------------------------------------------------------
 
@@ -425,11 +385,6 @@ class DeltaStrategy(SiteSampler, Strategy):
         return out
 
     def summary(self) -> None:
-        log.info(
-            "%s: eta=%s sites_per_round=%s fraction=%s min_sites=%d",
-            type(self).__name__,
-            self.eta,
-            self.sites_per_round,
-            self.fraction,
-            self.min_sites,
-        )
+        """Flower's hook: log the strategy and its sampling."""
+        s = f"sites_per_round={self.sites_per_round} fraction={self.fraction}"
+        log.info("%s: eta=%s %s min_sites=%d", type(self).__name__, self.eta, s, self.min_sites)

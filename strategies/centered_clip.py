@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from orchestrator.contract.arrays import Arrays
+from orchestrator.contract.privacy import clip_scale
 from strategies.fold import StoredAggregator
 from strategies.pipeline import Aggregator
 from strategies.reply_sources import ReplySource, as_source, chunk_size, empty_like
@@ -64,19 +65,7 @@ def centered_clipping(
     if isinstance(clip_iters, bool) or not isinstance(clip_iters, int) or clip_iters < 1:
         raise ValueError(f"clip_iters must be an integer >= 1, got {clip_iters!r}")
     step = chunk_size(src, chunk_elems)
-    v = empty_like(src)
-    if v0 is None:
-        for a in v.values():
-            a.fill(0)
-    else:
-        if isinstance(v0, np.ndarray):
-            v0 = {"x": v0}
-        if set(v0) != set(src.keys):
-            raise ValueError(f"v0 has keys {sorted(v0)[:4]}, the replies {src.keys[:4]}")
-        for key, a in v.items():
-            if tuple(np.shape(v0[key])) != a.shape:
-                raise ValueError(f"v0[{key!r}] has shape {np.shape(v0[key])}, expected {a.shape}")
-            a[...] = v0[key]
+    v = _start_center(src, v0)
     share = src.weights / src.weights.sum() if weighted else np.full(k, 1.0 / k)
 
     sq = np.zeros(k)  # ||x_i - v||^2 for the current v
@@ -87,9 +76,8 @@ def centered_clipping(
             sq += np.einsum("ij,ij->i", diff, diff)
     for it in range(clip_iters):
         dist = np.sqrt(sq)
-        with np.errstate(divide="ignore"):
-            clip = np.minimum(1.0, tau / dist)  # dist 0 -> inf -> 1 (moves nothing anyway)
-        coef = share * clip
+        # The one clip rule, on each reply's distance to the center (distance 0 keeps 1).
+        coef = share * np.array([clip_scale(float(d), tau) for d in dist])
         last = it == clip_iters - 1
         sq = np.zeros(k)
         for key in src.keys:
@@ -102,6 +90,24 @@ def centered_clipping(
                     diff = x - flat[sl]
                     sq += np.einsum("ij,ij->i", diff, diff)
     return CenteredClipResult(v, dist > tau, dist)
+
+
+def _start_center(src: ReplySource, v0: Mapping[str, np.ndarray] | np.ndarray | None) -> Arrays:
+    """The first center: a copy of ``v0`` (checked against the replies' tensors), or zeros."""
+    v = empty_like(src)
+    if v0 is None:
+        for a in v.values():
+            a.fill(0)
+        return v
+    if isinstance(v0, np.ndarray):
+        v0 = {"x": v0}
+    if set(v0) != set(src.keys):
+        raise ValueError(f"v0 has keys {sorted(v0)[:4]}, the replies {src.keys[:4]}")
+    for key, a in v.items():
+        if tuple(np.shape(v0[key])) != a.shape:
+            raise ValueError(f"v0[{key!r}] has shape {np.shape(v0[key])}, expected {a.shape}")
+        a[...] = v0[key]
+    return v
 
 
 @dataclass(frozen=True)

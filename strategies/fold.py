@@ -20,8 +20,8 @@ import numpy as np
 
 from orchestrator.config.robust import describe_tolerance
 from orchestrator.contract.arrays import Arrays
-from strategies.norm_clip import clip_update_norms
-from strategies.pipeline import Aggregate, Aggregator, Reply
+from strategies.norm_clip import NormClipStage, clip_update_norms
+from strategies.pipeline import Aggregate, AggregateStage, Aggregator, Reply, ReplyStage
 from strategies.reply_sources import ReplySource, ReplyView
 from strategies.reply_store import ReplyStore
 from strategies.running_sum import RunningSum
@@ -29,6 +29,7 @@ from strategies.weighted_mean import effective_weights
 
 if TYPE_CHECKING:
     from orchestrator.config.federated import FederatedJob
+    from strategies.privacy import CentralDP
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,23 @@ class FoldSettings:
         weights = f"weights: {self.weighting}"
         lines = [f"{weights} ({self.weighting_source})" if self.weighting_source else weights]
         return [*lines, f"robustness: {self.tolerance}"] if self.tolerance else lines
+
+
+def server_stages(
+    fold: FoldSettings, central_dp: CentralDP | None, *, clip_on_arrival: bool
+) -> tuple[list[ReplyStage], list[AggregateStage]]:
+    """The reply and aggregate stages around the fold: the server's norm clip on arrival (a
+    fixed bound, unless the rule reads the round and clips there), central DP's clip and noise."""
+    reply_stages: list[ReplyStage] = []
+    aggregate_stages: list[AggregateStage] = []
+    if fold.clip_update_norm and not fold.clip_relative and clip_on_arrival:
+        # A fixed bound needs no other reply: clip each reply as it streams in.
+        reply_stages.append(NormClipStage(fold.clip_update_norm))
+    if central_dp is not None:
+        # Central DP: clip each reply as it arrives, noise the sum (strategies/privacy.py).
+        reply_stages.append(central_dp.clip_stage)
+        aggregate_stages.append(central_dp.noise_stage)
+    return reply_stages, aggregate_stages
 
 
 class Rule(Protocol):

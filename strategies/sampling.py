@@ -17,10 +17,11 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from flwr.app import ConfigRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
 from orchestrator.contract.site_pool import site_record
+from strategies.downlink import Downlink
 from strategies.validation import site_name
 
 if TYPE_CHECKING:
@@ -75,6 +76,10 @@ class SiteSampler:
     last_population: int
     _federation_seen: bool
     num_nodes: int
+    downlink: Downlink
+    update_keys: set[str] | None
+    arrayrecord_key: str
+    configrecord_key: str
 
     def init_sampling(self, s: Sampling) -> None:
         self.sites_per_round = s.sites_per_round
@@ -153,6 +158,23 @@ class SiteSampler:
         self.assigned = {n: f"site-{t}" for n, t in zip(nodes, targets, strict=True)}
         records = {n: site_record(t, self.population) for n, t in zip(nodes, targets, strict=True)}
         return nodes, records
+
+    def _messages(
+        self,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        targets: list[int],
+        kind: str,
+        grid: Grid,
+        extra: dict[str, ArrayRecord] | None = None,
+    ) -> list[Message]:
+        """One message per target (a node id, or with a site pool a site id routed to a node),
+        built by the strategy's downlink."""
+        keys = (self.arrayrecord_key, self.configrecord_key)
+        nodes, records = self.route(targets, grid)
+        return self.downlink.messages(
+            arrays, config, self.update_keys, nodes, kind, keys, extra, records
+        )
 
     def site_of(self, msg: Message) -> str:
         """A reply's site name: with a site pool the site its node was sent (the server's own

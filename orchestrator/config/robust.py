@@ -119,13 +119,13 @@ def _check_sites(s: RobustSection, f: int, k: int) -> None:
         rule = f"{s.name} needs an honest majority: sites per round > 2 x num_byzantine"
     if k >= need:
         return
-    value = s.num_byzantine if s.num_byzantine is not None else f"null (= {f})"
+    default = " (null means 1 with a robust rule)" if s.num_byzantine is None else ""
     raise FieldError(
         s,
         "num_byzantine",
-        value,
-        f"<= {most} with {k} sites per round ({rule}: {k} sampled sites tolerate at most "
-        f"{most} attacker(s))",
+        s.num_byzantine,
+        f"<= {most} with {k} sites per round{default} ({rule}: {k} sampled sites tolerate at "
+        f"most {most} attacker(s))",
         f"Sample at least {need} sites per round (federation.sites_per_round / fraction) or "
         f"lower strategy.num_byzantine to {most}.",
     )

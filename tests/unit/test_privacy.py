@@ -303,6 +303,41 @@ def test_settings_the_analysis_does_not_cover_are_config_errors(overrides, key, 
     assert str(e.value).startswith(key)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "because"),
+    [
+        (["privacy.mode=central"], "privacy.mode=central"),
+        (["privacy.mode=local", "privacy.clip_norm=0.5"], "privacy.mode=local"),
+        (["privacy.secure_aggregation=true"], "privacy.secure_aggregation"),
+    ],
+)
+def test_a_privacy_mode_alone_runs_with_the_default_weighting_resolved_to_uniform(
+    overrides, because
+):
+    job = fed_job(*overrides)  # no strategy.weighting given: the default must not conflict
+    assert job.strategy.weighting == "auto" and job.weighting == "uniform"
+    strategy = build_strategy(job)
+    assert strategy.fold.weighting == "uniform"
+    line = f"weights: uniform (strategy.weighting=auto: uniform under {because})"
+    assert line in strategy.pipeline()
+
+
+def test_auto_weighting_is_by_examples_without_privacy():
+    job = fed_job()
+    assert job.strategy.weighting == "auto" and job.weighting == "examples"
+    steps = build_strategy(job).pipeline()
+    assert "weights: examples (strategy.weighting=auto: by num-examples without privacy)" in steps
+    assert any("weighted mean (num-examples" in s for s in steps)
+
+
+@pytest.mark.parametrize("weighting", ["examples", "capped"])
+@pytest.mark.parametrize("mode", ["privacy.mode=central", "privacy.secure_aggregation=true"])
+def test_an_explicit_weighting_that_conflicts_with_privacy_stays_an_error(mode, weighting):
+    with pytest.raises(ConfigError, match="'uniform' or 'auto'") as e:
+        fed_job(mode, f"strategy.weighting={weighting}")
+    assert str(e.value).startswith(f"strategy.weighting='{weighting}' is not allowed")
+
+
 def test_central_dp_strategy_pipeline_and_local_dp_site_pipeline():
     job = fed_job(*DP, "privacy.noise_multiplier=0.8", "privacy.clip_norm=0.5")
     steps = build_strategy(job).pipeline()
