@@ -268,7 +268,8 @@ def check_secure_aggregation(p: PrivacyConfig, s: StrategySection, fed: Federati
             "weighting",
             s.weighting,
             "'uniform' or 'auto' (= uniform here) with privacy.secure_aggregation=true",
-            "The server sums masked updates it cannot weight: set strategy.weighting=auto (or uniform).",
+            "The server sums masked updates it cannot weight: set strategy.weighting=auto "
+            "(or uniform).",
         )
     if s.clip_update_norm:
         raise FieldError(
