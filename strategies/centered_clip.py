@@ -119,7 +119,7 @@ class CenteredClipRule:
     center: Mapping[str, np.ndarray] | None = None
 
     def describe(self) -> str:
-        return f"centered clipping (tau={self.tau:g}, {self.clip_iters} iter)"
+        return f"centered clipping (tau={self.tau:g}, {self.clip_iters} iter; weights ignored)"
 
     def __call__(self, view: ReplySource, notes: dict[str, str]) -> Arrays:
         cc = centered_clipping(view, self.tau, clip_iters=self.clip_iters, v0=self.center)

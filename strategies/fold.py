@@ -25,7 +25,7 @@ from strategies.pipeline import Aggregate, AggregateStage, Aggregator, Reply, Re
 from strategies.reply_sources import ReplySource, ReplyView
 from strategies.reply_store import ReplyStore
 from strategies.running_sum import RunningSum
-from strategies.weighted_mean import effective_weights
+from strategies.weighted_mean import WEIGHTING_MODES, effective_weights
 
 if TYPE_CHECKING:
     from orchestrator.config.federated import FederatedJob
@@ -47,6 +47,13 @@ class FoldSettings:
     """Why this weighting, for ``--dry-run`` (e.g. ``strategy.weighting=auto under DP``)."""
     tolerance: str = ""
     """How many attackers the configured rule tolerates of how many sampled sites."""
+
+    def __post_init__(self) -> None:
+        if self.weighting not in WEIGHTING_MODES:
+            raise ValueError(
+                f"weighting must be one of {WEIGHTING_MODES} (FoldSettings.from_config resolves "
+                f"'auto'), got {self.weighting!r}"
+            )
 
     @classmethod
     def from_config(cls, job: FederatedJob) -> FoldSettings:

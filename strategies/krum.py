@@ -150,7 +150,7 @@ class KrumRule:
 
     def describe(self) -> str:
         if self.num_selected == 1 and not self.weighted:
-            return f"Krum (f={self.num_byzantine})"
+            return f"Krum (f={self.num_byzantine}; weights ignored)"
         return f"Multi-Krum (f={self.num_byzantine}, m={self.num_selected or 'K-f'})"
 
     def __call__(self, view: ReplySource, notes: dict[str, str]) -> Arrays:

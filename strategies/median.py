@@ -60,7 +60,7 @@ class MedianRule:
     num_byzantine: int = 1
 
     def describe(self) -> str:
-        return "coordinate-wise median"
+        return "coordinate-wise median (weights ignored)"
 
     def __call__(self, view: ReplySource, notes: dict[str, str]) -> Arrays:
         k = len(view)

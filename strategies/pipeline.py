@@ -3,7 +3,7 @@
     collect -> decode + validate -> reply stages (robust filter / clip) -> fold -> aggregate
     stages (noise) -> server optimizer step -> record
 
-``collect`` is :func:`strategies.base.stream_replies`; ``decode + validate`` is
+``collect`` is :func:`strategies.replies.stream_replies`; ``decode + validate`` is
 :func:`strategies.validation.decode_train_reply` (every failure is a rejected reply with a
 reason, never an exception out of the round); the server step is the strategy's
 ``server_update`` (FedAvg: ``w + eta * mean``; FedAdam & co: an adaptive step). The stages in

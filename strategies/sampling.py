@@ -1,5 +1,5 @@
 """Which sites a round talks to: waiting for the federation, seeded sampling, and (in
-simulation) routing sampled sites onto a pool of SuperNodes.
+simulation) routing sampled sites onto a pool of SuperNodes; the messages each target gets.
 
 A mixin of :class:`strategies.base.DeltaStrategy`, kept apart because it is about *who* takes part,
 not about aggregation. :meth:`SiteSampler.init_sampling` sets the strategy's ``min_sites``,

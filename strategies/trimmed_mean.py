@@ -138,8 +138,8 @@ class TrimmedMeanRule:
 
     def describe(self) -> str:
         if self.trim_fraction is None:
-            return f"trimmed mean (drop {self.num_byzantine} per side)"
-        return f"trimmed mean (drop floor({self.trim_fraction:g} x K) per side)"
+            return f"trimmed mean (drop {self.num_byzantine} per side; weights ignored)"
+        return f"trimmed mean (drop floor({self.trim_fraction:g} x K) per side; weights ignored)"
 
     def __call__(self, view: ReplySource, notes: dict[str, str]) -> Arrays:
         k, sites = len(view), view.sites

@@ -13,7 +13,7 @@ The sites hold different amounts of data, so the weighting by ``num-examples`` s
       1     [ 9, -36]    [1, -4]      [3, -12]                          ([5, -20])
       2     [10,  11]    [2,  3]      [4,   5]                          ([6,   7])
 
-Server optimizer (strategies/math.py; Reddi et al. 2021, no bias correction), m and v from 0:
+Server optimizer (strategies/fedopt.py; Reddi et al. 2021, no bias correction), m and v from 0:
 
     m <- b1 m + (1 - b1) d
     fedyogi:    v <- v - (1 - b2) d^2 sign(v - d^2)
