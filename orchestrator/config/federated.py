@@ -21,7 +21,7 @@ from orchestrator.config.federation import (
     PartitionConfig,
 )
 from orchestrator.config.privacy import PrivacyConfig, check_privacy, resolve_weighting
-from orchestrator.config.robust import ROBUST_RULES, check_tolerance, declared_byzantine
+from orchestrator.config.robust import ROBUST_RULES, check_tolerance
 from orchestrator.config.schema import (
     DataConfig,
     FieldError,
@@ -242,11 +242,6 @@ class StrategyConfig:
     def robust(self) -> bool:
         """A robust rule (median, Krum, ...): not a weighted sum of the updates."""
         return self.name in ROBUST_RULES
-
-    @property
-    def byzantine(self) -> int:
-        """The attackers the rule must tolerate (``num_byzantine``, null resolved)."""
-        return declared_byzantine(self)
 
     @property
     def eta(self) -> float:
