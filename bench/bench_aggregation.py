@@ -27,6 +27,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from orchestrator.contract.arrays import from_numpy, to_numpy
 from orchestrator.federated.local_grid import ensure_task_identity
 from strategies import FedAvg
+from strategies.fold import FoldSettings
 
 
 def model_shapes(mb: float) -> dict[str, tuple[int, ...]]:
@@ -64,7 +65,7 @@ def reply(update: dict[str, np.ndarray] | RecordDict, n: int, node: int) -> Mess
 
 
 def ours(global_rec, replies, accumulate: str = "float64") -> float:
-    s = FedAvg(accumulate=accumulate)
+    s = FedAvg(fold=FoldSettings(accumulate=accumulate))
     s._global = to_numpy(global_rec)
     t = time.perf_counter()
     arrays, _ = s.aggregate_train(1, replies)

@@ -10,7 +10,7 @@ float32 model (transformer-like tensors) are drawn, as K sites would send them:
 
 - **ours**: replies arrive one at a time and each is written to a
   :class:`strategies.reply_store.ReplyStore` and dropped (what a strategy does as
-  ``stream_replies`` yields them); then the rule of :mod:`strategies.robust` runs over the store.
+  ``stream_replies`` yields them); then the rule (``strategies/median.py``, ``krum.py``, ...) runs over the store.
   Times: writing the K replies ("store"), then the rule ("aggregate").
 - **flower**: the K replies are held as ``Message`` objects with an ``ArrayRecord`` each (the list
   ``Grid.send_and_receive`` returns), then Flower's own strategy aggregates them:
@@ -98,8 +98,11 @@ def byzantine(k: int) -> int:
 
 
 def child(impl: str, rule: str, k: int, mb: float, store_dir: str) -> dict:
+    from strategies.centered_clip import centered_clipping
+    from strategies.krum import krum
+    from strategies.median import coordinate_median
     from strategies.reply_store import ReplyStore
-    from strategies.robust import centered_clipping, coordinate_median, krum, trimmed_mean
+    from strategies.trimmed_mean import trimmed_mean
 
     if impl == "flower":
         from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict

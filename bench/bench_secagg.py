@@ -17,7 +17,7 @@ Protocol level (``orchestrator/secagg``, no Flower processes): a round of ``n`` 
   work does not depend on their content, and computing ``n`` real ones would cost ``n`` times
   the site time here (2 cores). Their sum is therefore not checked (tests/unit/test_secagg.py is).
 * **plain FedAvg**: the site sends its float32 update; the server folds ``n`` of them
-  (``strategies.math.RunningSum``, float64) and takes the mean.
+  (``strategies.running_sum.RunningSum``, float64) and takes the mean.
 * **upload**: what one site sends in a round (payload bytes: keys, ciphertexts, tag, masked
   vector) / the float32 update's bytes.
 """
@@ -36,7 +36,7 @@ from orchestrator.secagg import ServerRound, SiteRound, new_params
 from orchestrator.secagg import primitives as P
 from orchestrator.secagg.protocol import MAC, sid_bytes
 from orchestrator.secagg.quantize import quantize
-from strategies.math import RunningSum
+from strategies.running_sum import RunningSum
 
 
 def payload_bytes(p: dict) -> int:

@@ -25,12 +25,10 @@ import numpy as np
 from flwr.app import ArrayRecord, Context
 
 from clients.site_state import STATE_DIR_KEY
-from orchestrator.contract.arrays import array_view, from_numpy
+from orchestrator.contract.arrays import Arrays, array_view, from_numpy
 from orchestrator.contract.compression import base_hash
 
 log = logging.getLogger(__name__)
-
-Arrays = dict[str, np.ndarray]
 STATE_KEY = "fedray-lora-base"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 

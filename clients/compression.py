@@ -15,9 +15,9 @@ from typing import Protocol
 import numpy as np
 
 from orchestrator.config.compression import CompressionConfig
+from orchestrator.contract.arrays import Arrays
 from orchestrator.contract.compression import encode_fp16, encode_int8, encode_topk
 
-Arrays = dict[str, np.ndarray]
 RESIDUAL = "topk-residual"
 """Site state name of top-k's error-feedback residual."""
 

@@ -25,13 +25,11 @@ import torch
 from flwr.app import ArrayRecord, RecordDict
 
 from clients.site_state import SiteStateStore
-from orchestrator.contract.arrays import array_view
+from orchestrator.contract.arrays import Arrays, array_view
 from orchestrator.contract.messages import SCAFFOLD_C
 
 STATE_NAME = "scaffold-c"
 """Name of the site control variate in the site state store."""
-
-Arrays = dict[str, np.ndarray]
 
 
 class SiteControl:

@@ -52,7 +52,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Context
 from safetensors.numpy import load_file, save_file
 
-from orchestrator.contract.arrays import array_view, from_numpy
+from orchestrator.contract.arrays import Arrays, array_view, from_numpy
 from orchestrator.contract.site_pool import POOLED
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,6 @@ def simulated_site(node_config: Mapping[str, Any]) -> tuple[int, int] | None:
     return int(node_config["partition-id"]), int(node_config["num-partitions"])
 
 
-Arrays = dict[str, np.ndarray]
 FORMAT = "fedray-site-state-1"
 STATE_DIR_KEY = "state-dir"
 """Node config key of a real site's state directory."""

@@ -8,14 +8,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
-
+from orchestrator.contract.arrays import Arrays
 from orchestrator.contract.task import SiteTask
 
 if TYPE_CHECKING:
     from clients.site_state import SiteStateStore
-
-Arrays = dict[str, np.ndarray]
 
 
 @dataclass

@@ -70,7 +70,7 @@ ROUND_TAGS = {
 ROUND_SKIP = {"round", "eval", "train", "sites", "attack", "event"}
 MAX_DEPTH = 3
 """Nested mappings deeper than this (below the record) are not flattened into tags."""
-# What an aggregation stage did to a site's reply, from its note (strategies/aggregators.py):
+# What an aggregation stage did to a site's reply, from its note (strategies/fold.py and the rule files):
 # "clipped: norm ...", "clipped at distance ...", "trimmed at ...", "discarded (Krum ...)",
 # "weight capped ...". Counted per round as sites/<kind>.
 NOTE_KINDS = ("clipped", "trimmed", "discarded", "capped")

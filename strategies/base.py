@@ -12,11 +12,10 @@ when fed by :func:`stream_replies`, which yields replies as the grid delivers th
 from __future__ import annotations
 
 import logging
-import random
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
@@ -24,31 +23,29 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from orchestrator.config.compression import CompressionConfig
-from orchestrator.contract.arrays import from_numpy, to_numpy
+from orchestrator.contract.arrays import Arrays, from_numpy, to_numpy
 from orchestrator.contract.metrics import UPDATE_NORM, classification_metrics, perplexity
 from orchestrator.contract.privacy import update_norm
-from strategies.aggregators import NormClipStage, RuleConfig, StoredAggregator
 from strategies.downlink import Downlink, with_compression
-from strategies.math import Arrays, RunningSum, apply_sgd_from_sum
+from strategies.fold import FoldSettings, StoredAggregator, server_stages
 from strategies.outcome import EvaluateOutcome, Plan, TrainOutcome, TrainPlan
-from strategies.pipeline import (
-    Aggregate,
-    AggregateStage,
-    Aggregator,
-    Reply,
-    ReplyStage,
-    WeightedMean,
-    describe,
-)
-from strategies.privacy import CentralDP, clip_shrink_hint
+from strategies.pipeline import Aggregate, Aggregator, Reply, describe
+from strategies.privacy import CentralDP, central_dp, clip_shrink_hint
 from strategies.replies import RoundReport, SiteReport
-from strategies.sampling import SiteSampler
+from strategies.running_sum import RunningSum, apply_sgd_from_sum
+from strategies.sampling import Sampling, SiteSampler
 from strategies.validation import (
     RejectedReply,
     decode_evaluate_reply,
     decode_train_reply,
     received_bytes,
 )
+from strategies.weighted_mean import MeanRule, WeightedMean
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from orchestrator.config.federated import FederatedJob
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +64,13 @@ class PooledConfusion:
 
 
 class DeltaStrategy(SiteSampler, Strategy):
-    """FedAvg over updates weighted by ``num-examples``, then ``w + eta * mean_update``."""
+    """FedAvg over updates weighted by ``num-examples``, then ``w + eta * mean_update``.
+
+    Built by :meth:`from_config` from a job's sections, or directly with the same typed settings
+    (``Sampling``, ``FoldSettings``, ``CentralDP``, ``CompressionConfig``). From the run:
+    ``update_keys`` (None = learnt from the first reply), ``num_classes`` (evaluate replies'
+    confusion matrices are num_classes^2; None = any square), ``work_dir`` (a stored round).
+    """
 
     name = "fedavg"
     reply_extra_arrays: tuple[str, ...] = ()
@@ -76,75 +79,57 @@ class DeltaStrategy(SiteSampler, Strategy):
     step_scales_with_mean = True
     """The server step is proportional to the mean update (plain averaging, momentum); False for
     the adaptive optimizers, whose step is normalized by its own second moment."""
+    rule_reads_round = False
+    """The fold needs every reply of the round (a robust rule); True in ``RobustStrategy``."""
+    weighted_by_key = "num-examples"
+    arrayrecord_key = "arrays"
+    configrecord_key = "config"
 
     def __init__(
         self,
         *,
         eta: float = 1.0,
-        sites_per_round: int | None = None,
-        fraction: float = 1.0,
-        min_sites: int = 1,
-        min_available_sites: int = 1,
-        update_keys: Iterable[str] | None = None,
-        seed: int = 0,
-        wait_for_sites_s: float = 600.0,
-        rejoin_wait_s: float = 0.0,
-        accumulate: str = "float64",
-        num_classes: int | None = None,
-        rule: RuleConfig | None = None,
-        work_dir: str | Path | None = None,
-        reply_stages: Sequence[ReplyStage] = (),
-        aggregate_stages: Sequence[AggregateStage] = (),
+        sampling: Sampling | None = None,
+        fold: FoldSettings | None = None,
         central_dp: CentralDP | None = None,
-        weighted_by_key: str = "num-examples",
-        arrayrecord_key: str = "arrays",
-        configrecord_key: str = "config",
         compression: CompressionConfig | None = None,
         base_once: bool = False,
+        update_keys: Iterable[str] | None = None,
+        num_classes: int | None = None,
+        work_dir: str | Path | None = None,
     ) -> None:
         self.eta = eta
-        self.sites_per_round = sites_per_round
-        self.fraction = fraction
-        self.min_sites = min_sites
-        self.min_available_sites = max(min_available_sites, min_sites)
-        # None = learn them from the first accepted reply (stock ServerApp use).
+        self.init_sampling(sampling or Sampling())
+        self.fold = fold or FoldSettings()
         self.update_keys: set[str] | None = set(update_keys) if update_keys is not None else None
-        self.seed = seed
-        self.rng = random.Random(seed)
-        self.wait_for_sites_s = wait_for_sites_s
-        self.rejoin_wait_s = rejoin_wait_s
-        self.accumulate = np.dtype(accumulate)  # of the running sum; see RunningSum
-        # Evaluate replies' confusion matrices must be num_classes^2 (None = any square).
         self.num_classes = num_classes
-        self.rule = rule or RuleConfig()
-        # Where rules that keep the round's replies on disk put them (the run directory).
         self.work_dir = Path(work_dir) if work_dir else Path(tempfile.gettempdir()) / "fedray"
-        self.reply_stages = list(reply_stages)
-        if self.rule.clip_update_norm and not self.rule.clip_relative and self.rule.rule == "mean":
-            # A fixed bound needs no other reply: clip each reply as it streams in.
-            self.reply_stages.append(NormClipStage(self.rule.clip_update_norm))
-        self.aggregate_stages = list(aggregate_stages)
-        # Central DP: clip each reply as it arrives, noise the sum (strategies/privacy.py).
         self.central_dp = central_dp
+        self.reply_stages, self.aggregate_stages = server_stages(
+            self.fold, central_dp, clip_on_arrival=not self.rule_reads_round
+        )
         self._clip_hinted = False
-        if central_dp is not None:
-            self.reply_stages.append(central_dp.clip_stage)
-            self.aggregate_stages.insert(0, central_dp.noise_stage)
-        self._federation_seen = False
-        self.weighted_by_key = weighted_by_key
-        self.arrayrecord_key = arrayrecord_key
-        self.configrecord_key = configrecord_key
         self.compression = compression or CompressionConfig()  # replies decoded in validation
         self.downlink = Downlink(self.compression.download, base_once)  # what goes to sites
         self._global: Arrays = {}
-        self.num_nodes = 0
-        """Sites in the federation when the last train round was configured (connected nodes;
-        with a site pool, the population)."""
-        self.population: int | None = None
-        """Set by :meth:`use_site_pool`: sites ``0..population-1`` take turns on the grid's
-        nodes (a simulation pool); None = every node is one site."""
-        self.assigned: dict[int, str] = {}
-        """With a site pool: node id -> the site its message in flight is for."""
+
+    @classmethod
+    def from_config(cls, job: FederatedJob, **run: Any) -> Self:
+        """This strategy from ``job``'s sections (:meth:`config_kwargs`) and the run's
+        keyword arguments (``update_keys``, ``num_classes``, ``work_dir``)."""
+        return cls(**cls.config_kwargs(job), **run)
+
+    @classmethod
+    def config_kwargs(cls, job: FederatedJob) -> dict[str, Any]:
+        """The constructor's settings from ``job``; subclasses add their own (FedProx's mu)."""
+        return {
+            "eta": job.strategy.eta,
+            "sampling": Sampling.from_config(job),
+            "fold": FoldSettings.from_config(job),
+            "central_dp": central_dp(job),
+            "compression": job.compression,
+            "base_once": job.finetune.mode == "lora" and job.compression.lora_base_once,
+        }
 
     # ---- the server step (subclasses override) ---------------------------------------------
 
@@ -183,22 +168,6 @@ class DeltaStrategy(SiteSampler, Strategy):
         self.rng.setstate((version, tuple(internal), gauss))
         if self.central_dp is not None:
             self.central_dp.load_state(meta["central_dp"])
-
-    def _messages(
-        self,
-        arrays: ArrayRecord,
-        config: ConfigRecord,
-        targets: list[int],
-        kind: str,
-        grid: Grid,
-        extra: dict[str, ArrayRecord] | None = None,
-    ) -> list[Message]:
-        """One message per target: a node id, or with a site pool a site id (routed to a node)."""
-        keys = (self.arrayrecord_key, self.configrecord_key)
-        nodes, records = self.route(targets, grid)
-        return self.downlink.messages(
-            arrays, config, self.update_keys, nodes, kind, keys, extra, records
-        )
 
     # ---- a train round: plan -> (the loop sends) -> fold ------------------------------------
 
@@ -241,32 +210,27 @@ class DeltaStrategy(SiteSampler, Strategy):
     # ---- the round's stages (see strategies/pipeline.py) --------------------------------------
 
     def make_aggregator(self, server_round: int) -> Aggregator:
-        """The fold stage of a round (a fresh one each round): streamed unless the settings
-        need every reply (capped weights, median-relative clipping, a robust rule)."""
-        if (
-            self.rule.rule != "mean"
-            or self.rule.weighting == "capped"
-            or (self.rule.clip_update_norm and self.rule.clip_relative)
-        ):
-            return StoredAggregator(self.rule, self.work_dir, center=self.center())
-        uniform = self.rule.weighting == "uniform" or self.central_dp is not None
-        return WeightedMean(self.accumulate, uniform=uniform)
-
-    def center(self) -> Arrays | None:
-        """Centered clipping's starting point (RobustStrategy keeps the last aggregate)."""
-        return None
+        """The fold stage of a round (a fresh one each round): streamed unless the weights or
+        the clip need every reply (capped weights, a clip relative to the median norm)."""
+        if self.fold.needs_round:
+            return StoredAggregator(self.fold, MeanRule(self.fold.weighting), self.work_dir)
+        uniform = self.fold.weighting == "uniform" or self.central_dp is not None
+        return WeightedMean(self.fold.accumulate, uniform=uniform)
 
     def server_step_name(self) -> str:
         return f"{self.name}: w + {self.eta} * mean update"
 
     def pipeline(self) -> list[str]:
-        """The stages a train round runs, for ``--dry-run``."""
+        """The stages a train round runs, for ``--dry-run``: after the fold, the weighting and
+        how many attackers the rule tolerates of how many sampled sites."""
         steps = describe(
             self.reply_stages,
             self.make_aggregator(0),
             self.aggregate_stages,
             self.server_step_name(),
         )
+        at = next(i for i, step in enumerate(steps) if step.startswith("fold: ")) + 1
+        steps[at:at] = self.fold.describe()
         return with_compression(steps, self.compression)
 
     def fold_train(self, server_round: int, replies: Iterable[Message]) -> TrainOutcome:
@@ -471,11 +435,6 @@ class DeltaStrategy(SiteSampler, Strategy):
         return None if metrics is None else MetricRecord(metrics)
 
     def summary(self) -> None:
-        log.info(
-            "%s: eta=%s sites_per_round=%s fraction=%s min_sites=%d",
-            type(self).__name__,
-            self.eta,
-            self.sites_per_round,
-            self.fraction,
-            self.min_sites,
-        )
+        """Flower's hook: log the strategy and its sampling."""
+        s = f"sites_per_round={self.sites_per_round} fraction={self.fraction}"
+        log.info("%s: eta=%s %s min_sites=%d", type(self).__name__, self.eta, s, self.min_sites)

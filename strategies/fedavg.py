@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import TYPE_CHECKING, Any
 
 from strategies.base import DeltaStrategy
+
+if TYPE_CHECKING:
+    from orchestrator.config.federated import FederatedJob
+
+log = logging.getLogger(__name__)
 
 
 class FedAvg(DeltaStrategy):
@@ -25,6 +31,12 @@ class FedProx(DeltaStrategy):
     def __init__(self, *, proximal_mu: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.proximal_mu = proximal_mu
+
+    @classmethod
+    def config_kwargs(cls, job: FederatedJob) -> dict[str, Any]:
+        if job.strategy.proximal_mu == 0:
+            log.warning("strategy.proximal_mu=0: FedProx without its proximal term is FedAvg")
+        return {**super().config_kwargs(job), "proximal_mu": job.strategy.proximal_mu}
 
     def extra_train_config(self) -> dict[str, Any]:
         return {"proximal-mu": float(self.proximal_mu)}

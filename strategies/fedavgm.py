@@ -14,12 +14,16 @@ sites cause (each round's sample pulls towards different optima).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from orchestrator.contract.arrays import Arrays
 from strategies.base import DeltaStrategy
-from strategies.math import Arrays, RunningSum
+from strategies.running_sum import RunningSum
+
+if TYPE_CHECKING:
+    from orchestrator.config.federated import FederatedJob
 
 
 def momentum_step(
@@ -42,6 +46,10 @@ class FedAvgM(DeltaStrategy):
             raise ValueError(f"server_momentum must be in [0, 1), got {server_momentum}")
         self.beta = server_momentum
         self.v: Arrays = {}
+
+    @classmethod
+    def config_kwargs(cls, job: FederatedJob) -> dict[str, Any]:
+        return {**super().config_kwargs(job), "server_momentum": job.strategy.server_momentum}
 
     def server_update(self, global_: Arrays, acc: RunningSum, server_round: int) -> Arrays:
         out = dict(global_)

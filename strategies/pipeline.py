@@ -3,7 +3,7 @@
     collect -> decode + validate -> reply stages (robust filter / clip) -> fold -> aggregate
     stages (noise) -> server optimizer step -> record
 
-``collect`` is :func:`strategies.base.stream_replies`; ``decode + validate`` is
+``collect`` is :func:`strategies.replies.stream_replies`; ``decode + validate`` is
 :func:`strategies.validation.decode_train_reply` (every failure is a rejected reply with a
 reason, never an exception out of the round); the server step is the strategy's
 ``server_update`` (FedAvg: ``w + eta * mean``; FedAdam & co: an adaptive step). The stages in
@@ -19,9 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import numpy as np
-
-from strategies.math import Arrays, RunningSum
+from orchestrator.contract.arrays import Arrays
+from strategies.running_sum import RunningSum
 
 
 @dataclass
@@ -85,26 +84,6 @@ class Aggregator(ABC):
     @abstractmethod
     def count(self) -> int:
         """Replies added so far."""
-
-
-class WeightedMean(Aggregator):
-    """``sum_k n_k delta_k / sum_k n_k``, folded on arrival (memory: one update-sized sum)."""
-
-    def __init__(self, accumulate: np.dtype | str = "float64", uniform: bool = False) -> None:
-        self.sum = RunningSum(accumulate)
-        self.uniform = uniform
-        by = "uniform weights" if uniform else "num-examples"
-        self.name = f"weighted mean ({by}, {np.dtype(accumulate).name} sum, streamed)"
-
-    def add(self, reply: Reply) -> None:
-        self.sum.fold(reply.update, 1.0 if self.uniform else reply.weight)
-
-    def result(self) -> Aggregate:
-        return Aggregate(self.sum)
-
-    @property
-    def count(self) -> int:
-        return self.sum.count
 
 
 def describe(

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from orchestrator.contract.privacy import (  # noqa: F401  (the site-side math, 
     secure_rng,
 )
 from strategies.pipeline import Aggregate, Reply
+
+if TYPE_CHECKING:
+    from orchestrator.config.federated import FederatedJob
 
 
 class PrivacyBudgetExhausted(RuntimeError):
@@ -224,3 +227,21 @@ class _NoiseStage:
         folded.total_weight = float(acc)
         self.dp.finish_round()
         return agg
+
+
+
+
+def central_dp(job: FederatedJob) -> CentralDP | None:
+    """The server's central-DP stages for ``job`` (None unless ``privacy.mode=central``)."""
+    p, k = job.privacy, job.federation.sampled_sites
+    if p.mode != "central" or p.secure_aggregation:
+        return None  # under secure aggregation the sites clip and noise (distributed DP)
+    return CentralDP(
+        p.clip_norm,
+        p.noise_multiplier,
+        k,
+        adaptive=p.adaptive_clip,
+        target_quantile=p.target_quantile,
+        clip_lr=p.clip_lr,
+        count_stddev=p.count_stddev(k),
+    )

@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from strategies.math import Arrays
+from orchestrator.contract.arrays import Arrays
 
 # Each (K, chunk) block read from the replies holds about this many bytes; the rules' temporaries
 # are a small multiple of it (a sorted copy, a float64 copy).

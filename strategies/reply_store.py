@@ -3,9 +3,10 @@
 Robust aggregation rules (coordinate-wise median, trimmed mean, Krum, centered clipping) need
 every reply of a round at once; holding K model-sized updates in RAM (what Flower's FedMedian and
 Krum do) makes server memory grow with the number of sites. The store writes each update to its
-own file as it arrives and keeps only its metadata (site, weight, L2 norm); the rules in
-:mod:`strategies.robust` then read ``(K, chunk)`` blocks, one tensor and one slice of coordinates
-at a time, so their RAM is one chunk of all replies plus their output, whatever K is.
+own file as it arrives and keeps only its metadata (site, weight, L2 norm); the rules
+(``median.py``, ``trimmed_mean.py``, ``krum.py``, ``centered_clip.py``) then read ``(K, chunk)``
+blocks, one tensor and one slice of coordinates at a time, so their RAM is one chunk of all
+replies plus their output, whatever K is.
 
 Layout: one raw file per reply, ``<index>.bin``, holding every tensor's bytes in C order, the
 tensors in the order of the first reply's keys. Files are named by arrival index, never by site

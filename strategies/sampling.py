@@ -1,23 +1,63 @@
 """Which sites a round talks to: waiting for the federation, seeded sampling, and (in
-simulation) routing sampled sites onto a pool of SuperNodes.
+simulation) routing sampled sites onto a pool of SuperNodes; the messages each target gets.
 
 A mixin of :class:`strategies.base.DeltaStrategy`, kept apart because it is about *who* takes part,
-not about aggregation. It reads the strategy's ``min_sites``, ``min_available_sites``,
-``wait_for_sites_s``, ``rejoin_wait_s``, ``sites_per_round``, ``fraction``, ``seed`` and ``rng``
-(the training sampler, checkpointed), and keeps ``population`` (site pool size, None = one node
-per site), ``assigned`` (pool node -> site name this round) and ``_federation_seen``.
+not about aggregation. :meth:`SiteSampler.init_sampling` sets the strategy's ``min_sites``,
+``min_available_sites``, ``wait_for_sites_s``, ``rejoin_wait_s``, ``sites_per_round``,
+``fraction``, ``seed`` and ``rng`` (the training sampler, checkpointed) from a :class:`Sampling`,
+and the mixin keeps ``population`` (site pool size, None = one node per site), ``assigned`` (pool
+node -> site name this round), ``num_nodes`` and ``_federation_seen``.
 """
 
 from __future__ import annotations
 
 import random
+import secrets
 import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from flwr.app import ConfigRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
 from orchestrator.contract.site_pool import site_record
+from strategies.downlink import Downlink
 from strategies.validation import site_name
+
+if TYPE_CHECKING:
+    from orchestrator.config.federated import FederatedJob
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Which sites a round samples and how long it waits for them (``federation.*``)."""
+
+    sites_per_round: int | None = None
+    """Sites sampled per train round; None = ``fraction`` of the connected sites."""
+    fraction: float = 1.0
+    min_sites: int = 1
+    """Fewest accepted replies that update the model (and connected sites to go on with)."""
+    min_available_sites: int = 1
+    """Sites to wait for before the first round (at least ``min_sites``)."""
+    seed: int = 0
+    """Seeds the training sampler (checkpointed) and each round's evaluation sample."""
+    wait_for_sites_s: float = 600.0
+    rejoin_wait_s: float = 0.0
+
+    @classmethod
+    def from_config(cls, job: FederatedJob) -> Sampling:
+        f = job.federation
+        return cls(
+            sites_per_round=f.sites_per_round,
+            fraction=f.fraction,
+            min_sites=f.min_sites,
+            min_available_sites=f.sampled_sites,
+            # Under DP the sample must be secret (amplification by sampling assumes nobody can
+            # predict it), so it is drawn from OS entropy; the checkpoint keeps the RNG for resume.
+            seed=secrets.randbits(64) if job.privacy.enabled else f.seed,
+            wait_for_sites_s=f.round_timeout_s,
+            rejoin_wait_s=f.rejoin_wait_s,
+        )
 
 
 class SiteSampler:
@@ -34,6 +74,30 @@ class SiteSampler:
     population: int | None
     assigned: dict[int, str]
     _federation_seen: bool
+    num_nodes: int
+    downlink: Downlink
+    update_keys: set[str] | None
+    arrayrecord_key: str
+    configrecord_key: str
+
+    def init_sampling(self, s: Sampling) -> None:
+        self.sites_per_round = s.sites_per_round
+        self.fraction = s.fraction
+        self.min_sites = s.min_sites
+        self.min_available_sites = max(s.min_available_sites, s.min_sites)
+        self.seed = s.seed
+        self.rng = random.Random(s.seed)
+        self.wait_for_sites_s = s.wait_for_sites_s
+        self.rejoin_wait_s = s.rejoin_wait_s
+        self._federation_seen = False
+        self.num_nodes = 0
+        """Sites in the federation when the last train round was configured (connected nodes;
+        with a site pool, the population)."""
+        self.population = None
+        """Set by :meth:`use_site_pool`: sites ``0..population-1`` take turns on the grid's
+        nodes (a simulation pool); None = every node is one site."""
+        self.assigned = {}
+        """With a site pool: node id -> the site its message in flight is for."""
 
     def use_site_pool(self, num_sites: int) -> None:
         """Sample SITE ids ``0..num_sites-1`` (with the same RNG draws as sampling as many
@@ -96,6 +160,23 @@ class SiteSampler:
         self.assigned = {n: f"site-{t}" for n, t in zip(nodes, targets, strict=True)}
         records = {n: site_record(t, self.population) for n, t in zip(nodes, targets, strict=True)}
         return nodes, records
+
+    def _messages(
+        self,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        targets: list[int],
+        kind: str,
+        grid: Grid,
+        extra: dict[str, ArrayRecord] | None = None,
+    ) -> list[Message]:
+        """One message per target (a node id, or with a site pool a site id routed to a node),
+        built by the strategy's downlink."""
+        keys = (self.arrayrecord_key, self.configrecord_key)
+        nodes, records = self.route(targets, grid)
+        return self.downlink.messages(
+            arrays, config, self.update_keys, nodes, kind, keys, extra, records
+        )
 
     def site_of(self, msg: Message) -> str:
         """A reply's site name: with a site pool the site its node was sent (the server's own

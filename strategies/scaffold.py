@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord
 
-from orchestrator.contract.arrays import from_numpy
+from orchestrator.contract.arrays import Arrays, from_numpy
 from orchestrator.contract.messages import DELTA_C, SCAFFOLD_C
 from strategies.base import DeltaStrategy
-from strategies.math import Arrays, RunningSum, apply_sgd_from_sum
 from strategies.pipeline import Aggregate, Aggregator, Reply
+from strategies.running_sum import RunningSum, apply_sgd_from_sum
 
 
 def server_control_update(
@@ -88,9 +88,9 @@ class Scaffold(DeltaStrategy):
         return {SCAFFOLD_C: from_numpy(self.c)}
 
     def make_aggregator(self, server_round: int) -> Aggregator:
-        uniform = self.rule.weighting == "uniform"
+        uniform = self.fold.weighting == "uniform"
         self._fold = ControlVariateFold(
-            super().make_aggregator(server_round), self.accumulate, uniform
+            super().make_aggregator(server_round), self.fold.accumulate, uniform
         )
         return self._fold
 

@@ -20,7 +20,6 @@ from orchestrator.contract.arrays import array_view
 from orchestrator.contract.compression import PACKED, CodecError, decode_record
 from orchestrator.contract.messages import ARRAYS, SITE, SITE_NAME, wire_bytes
 from orchestrator.contract.metrics import CONFUSION, NUM_EXAMPLES
-from strategies.math import is_finite
 from strategies.pipeline import Reply
 
 R = TypeVar("R")
@@ -32,6 +31,22 @@ MAX_METRICS = 64
 MAX_METRIC_ABS = 1e12
 """Scalar metrics outside ``[-1e12, 1e12]`` are rejected (they would wreck the pooled means)."""
 MAX_SITE_NAME = 64
+
+
+def is_finite(x: np.ndarray) -> bool:
+    """True when every element is finite: one BLAS dot product (x . x), no boolean temporary.
+
+    NaN/Inf anywhere make the dot non-finite; so do finite values beyond ~1e19 (their squares
+    overflow), and an update that large is rejected too, which is what we want. The dot runs at
+    several times the speed of ``np.isfinite(x).all()`` and keeps validation off the critical path.
+    """
+    flat = x.reshape(-1)
+    if flat.dtype in (np.float32, np.float64):
+        with np.errstate(over="ignore"):  # overflow is the answer we look for, not a problem
+            return bool(np.isfinite(np.dot(flat, flat)))
+    if np.issubdtype(flat.dtype, np.floating):
+        return bool(np.isfinite(flat.astype(np.float32)).all())
+    return True  # integer tensors cannot hold NaN/Inf
 
 
 class RejectedReply(ValueError):

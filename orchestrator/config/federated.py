@@ -20,7 +20,8 @@ from orchestrator.config.federation import (
     FederationConfig,
     PartitionConfig,
 )
-from orchestrator.config.privacy import PrivacyConfig, check_privacy
+from orchestrator.config.privacy import PrivacyConfig, check_privacy, resolve_weighting
+from orchestrator.config.robust import ROBUST_RULES, check_tolerance
 from orchestrator.config.schema import (
     DataConfig,
     FieldError,
@@ -46,8 +47,7 @@ StrategyName = Literal[
     "multikrum",
     "centered_clip",
 ]
-ROBUST = ("median", "trimmed_mean", "krum", "multikrum", "centered_clip")
-Weighting = Literal["examples", "uniform", "capped"]
+Weighting = Literal["auto", "examples", "uniform", "capped"]
 AttackKind = Literal["none", "sign_flip", "scale", "gaussian", "alie", "ipm", "label_flip"]
 Accumulate = Literal["float64", "float32"]
 TASKS: tuple[str, ...] = get_args(TaskKind)
@@ -151,10 +151,13 @@ class StrategyConfig:
     robust rules:
     ``median`` (coordinate-wise), ``trimmed_mean``, ``krum``, ``multikrum``, ``centered_clip``
     (docs/federated.md, "Robustness and threat model")."""
-    weighting: Weighting = "examples"
-    """How replies are weighted: ``examples`` (by the ``num-examples`` a site reports),
-    ``uniform`` (every accepted reply counts the same), ``capped`` (by examples, but at most
-    ``weight_cap`` x the round's median: one site cannot outweigh the rest by claiming 1e9 rows)."""
+    weighting: Weighting = "auto"
+    """How replies are weighted: ``auto`` (``uniform`` under differential privacy or secure
+    aggregation, which need it, else ``examples``; ``--dry-run`` shows the choice), ``examples``
+    (by the ``num-examples`` a site reports), ``uniform`` (every accepted reply counts the same),
+    ``capped`` (by examples, but at most ``weight_cap`` x the round's median: one site cannot
+    outweigh the rest by claiming 1e9 rows). An explicit ``examples`` or ``capped`` with
+    ``privacy.mode`` on or secure aggregation is an error."""
     weight_cap: float = 3.0
     """``capped`` weighting: a site's weight is at most this multiple of the round's median."""
     clip_update_norm: float = 0.0
@@ -163,14 +166,21 @@ class StrategyConfig:
     clip_relative: bool = False
     """``clip_update_norm`` is a multiple of the round's median update norm (e.g. 2.0) instead
     of an absolute norm."""
-    trim_fraction: float = 0.2
-    """``trimmed_mean``: per coordinate, drop ``floor(trim_fraction x K)`` of the largest and of
-    the smallest of the K values (tolerates that many attackers; with fewer than
-    ``1 / trim_fraction`` replies nothing is trimmed, which is logged)."""
-    num_byzantine: int = 1
-    """``krum`` / ``multikrum``: attackers to tolerate (needs sites per round > 2f + 2)."""
+    num_byzantine: int | None = None
+    """Attackers among the sites sampled per round (K) that the rule must tolerate, a count
+    (``null`` = 1 with a robust rule, 0 otherwise). It sets every rule's tolerance:
+    ``trimmed_mean`` drops this many values per side of each coordinate, ``krum`` /
+    ``multikrum`` use it as f (needs K > 2f + 2), ``median`` / ``centered_clip`` need an honest
+    majority (K > 2f); a weighted mean (fedavg & co.) tolerates 0. A rule that cannot meet it
+    with K sites is a config error; ``--dry-run`` states what the rule tolerates of K
+    (orchestrator/config/robust.py, docs/federated.md "Robustness and threat model")."""
+    trim_fraction: float | None = None
+    """``trimmed_mean`` only, optional: trim more than ``num_byzantine``, ``floor(trim_fraction x
+    K)`` values per side (at least ``num_byzantine``: a smaller value is an error). ``null`` =
+    trim exactly ``num_byzantine`` per side."""
     num_selected: int | None = None
-    """``multikrum``: replies averaged after selection; ``None`` = sites - num_byzantine."""
+    """``multikrum``: replies averaged after selection (<= K - num_byzantine); ``None`` = the
+    replies received - num_byzantine."""
     clip_radius: float = 1.0
     """``centered_clip``: radius tau around the running center (in update L2 norm)."""
     clip_iters: int = 3
@@ -217,8 +227,12 @@ class StrategyConfig:
         require(self.accumulate in ("float64", "float32"), self, "accumulate", "float64 | float32")
         require(self.weight_cap >= 1, self, "weight_cap", "a float >= 1")
         require(self.clip_update_norm >= 0, self, "clip_update_norm", "a float >= 0 (0 = off)")
-        require(0 <= self.trim_fraction < 0.5, self, "trim_fraction", "a float in [0, 0.5)")
-        require(self.num_byzantine >= 0, self, "num_byzantine", "an integer >= 0")
+        if self.trim_fraction is not None:
+            require(
+                0 <= self.trim_fraction < 0.5, self, "trim_fraction", "a float in [0, 0.5) or null"
+            )
+        if self.num_byzantine is not None:
+            require(self.num_byzantine >= 0, self, "num_byzantine", "an integer >= 0 or null")
         if self.num_selected is not None:
             require(self.num_selected >= 1, self, "num_selected", "an integer >= 1 or null")
         require(self.clip_radius > 0, self, "clip_radius", "a float > 0")
@@ -227,7 +241,7 @@ class StrategyConfig:
     @property
     def robust(self) -> bool:
         """A robust rule (median, Krum, ...): not a weighted sum of the updates."""
-        return self.name in ROBUST
+        return self.name in ROBUST_RULES
 
     @property
     def eta(self) -> float:
@@ -291,17 +305,7 @@ class FederatedJob:
         if a.sites and max(a.sites) >= n:
             raise FieldError(a, "sites", a.sites, f"site ids in [0, federation.num_sites={n})")
         s = self.strategy
-        k = self.federation.sampled_sites
-        if s.name in ("krum", "multikrum") and k <= 2 * s.num_byzantine + 2:
-            raise FieldError(
-                s,
-                "num_byzantine",
-                s.num_byzantine,
-                f"< (sites per round - 2) / 2 = {(k - 2) / 2:g} (Krum needs K > 2f + 2)",
-                "Sample more sites per round or lower strategy.num_byzantine.",
-            )
-        if s.name == "multikrum" and s.num_selected is not None and s.num_selected > k:
-            raise FieldError(s, "num_selected", s.num_selected, f"<= sites per round = {k}")
+        check_tolerance(s, self.federation.sampled_sites)
         if s.name == "scaffold" and (self.privacy.enabled or self.privacy.secure_aggregation):
             # delta_c is computed from the site's data and would leave it unclipped, unnoised and
             # unmasked: the privacy guarantee would not hold.
@@ -336,3 +340,9 @@ class FederatedJob:
                 "none with privacy.secure_aggregation (masks are added to float32 updates)",
                 "Turn one of them off.",
             )
+
+    @property
+    def weighting(self) -> str:
+        """``strategy.weighting`` with ``auto`` resolved: uniform under DP or secure
+        aggregation, examples otherwise."""
+        return resolve_weighting(self.strategy.weighting, self.privacy)

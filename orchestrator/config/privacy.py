@@ -168,6 +168,14 @@ class FederationSection(Protocol):
     def sampled_sites(self) -> int: ...
 
 
+def resolve_weighting(weighting: str, p: PrivacyConfig) -> str:
+    """``strategy.weighting`` with ``auto`` resolved: ``uniform`` under DP (any mode) or secure
+    aggregation, whose analyses need every site to count the same, else ``examples``."""
+    if weighting != "auto":
+        return weighting
+    return "uniform" if p.enabled or p.secure_aggregation else "examples"
+
+
 def check_privacy(p: PrivacyConfig, s: StrategySection, fed: FederationSection) -> None:
     """Combinations the DP analysis does not cover are config errors naming why (called from
     ``FederatedJob.__post_init__`` with its sections)."""
@@ -193,15 +201,15 @@ def check_privacy(p: PrivacyConfig, s: StrategySection, fed: FederationSection) 
             "A delta of 1/population allows leaking one whole site's data; use e.g. "
             f"{_delta_hint(fed.num_sites)}.",
         )
-    if s.weighting != "uniform":
+    if s.weighting not in ("uniform", "auto"):
         raise FieldError(
             s,
             "weighting",
             s.weighting,
-            "'uniform' with privacy.mode=" + p.mode,
+            "'uniform' or 'auto' (= uniform here) with privacy.mode=" + p.mode,
             "Weighting by the num-examples a site reports makes one site's influence (and the "
             "count itself) unbounded, which the DP analysis does not cover: set "
-            "strategy.weighting=uniform.",
+            "strategy.weighting=auto (or uniform).",
         )
     if p.mode == "central":
         if s.robust:
@@ -254,13 +262,14 @@ def check_secure_aggregation(p: PrivacyConfig, s: StrategySection, fed: Federati
             "fedavg | fedprox | fedavgm | fedadam | fedyogi | fedadagrad with secure aggregation",
             "A robust rule needs every site's update; the server sees only their sum.",
         )
-    if s.weighting != "uniform":
+    if s.weighting not in ("uniform", "auto"):
         raise FieldError(
             s,
             "weighting",
             s.weighting,
-            "'uniform' with privacy.secure_aggregation=true",
-            "The server sums masked updates it cannot weight: set strategy.weighting=uniform.",
+            "'uniform' or 'auto' (= uniform here) with privacy.secure_aggregation=true",
+            "The server sums masked updates it cannot weight: set strategy.weighting=auto "
+            "(or uniform).",
         )
     if s.clip_update_norm:
         raise FieldError(

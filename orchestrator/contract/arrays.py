@@ -15,6 +15,10 @@ ALLOWED_DTYPES = frozenset(
 """Element types a tensor may have on the wire (bfloat16 travels as float32)."""
 MAX_DIMS = 8
 
+Arrays = dict[str, np.ndarray]
+"""Tensors by name: a model's state, one update, a running sum (the one definition; every side
+imports it from here)."""
+
 
 def array_view(arr: Array) -> np.ndarray:
     """A read-only numpy view of an ``Array``'s ``.npy`` payload (no copy), or ``ValueError``.
@@ -61,7 +65,7 @@ def array_view(arr: Array) -> np.ndarray:
     return out.reshape(shape, order="F" if fortran else "C")
 
 
-def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+def to_numpy(record: ArrayRecord) -> Arrays:
     """Views of every array in a record, by key (order kept)."""
     return {k: array_view(v) for k, v in record.items()}
 

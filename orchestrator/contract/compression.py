@@ -30,9 +30,8 @@ from collections.abc import Mapping
 import numpy as np
 from flwr.app import ArrayRecord
 
-from orchestrator.contract.arrays import array_view
+from orchestrator.contract.arrays import Arrays, array_view
 
-Arrays = dict[str, np.ndarray]
 CODES = "int8::codes"
 SCALES = "int8::scales"
 IDX = "topk::idx"

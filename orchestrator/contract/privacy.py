@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-Arrays = dict[str, np.ndarray]
+from orchestrator.contract.arrays import Arrays
 
 _CHUNK = 1 << 20
 
@@ -33,21 +33,31 @@ def update_norm(update: Mapping[str, np.ndarray]) -> float:
     return math.sqrt(total)
 
 
+def clip_scale(norm: float, bound: float) -> float:
+    """The factor that clips an update of L2 norm ``norm`` to ``bound``: ``min(1, bound / norm)``
+    (a zero update keeps 1). The one clip rule: :func:`clip_to_norm` applies it to the arrays,
+    the server's norm clip (``strategies/norm_clip.py``) to a round's norms."""
+    if not (bound > 0 and math.isfinite(bound)):
+        raise ValueError(f"clip bound must be a finite float > 0, got {bound}")
+    if not (norm >= 0 and math.isfinite(norm)):
+        raise ValueError(f"update norm must be finite and >= 0, got {norm}")
+    return 1.0 if norm <= bound else bound / norm
+
+
 def clip_to_norm(update: Mapping[str, np.ndarray], bound: float) -> tuple[Arrays, float]:
-    """``(update scaled to L2 norm <= bound, its norm before clipping)``.
+    """``(update scaled to L2 norm <= bound, its norm before clipping)``: ``update *``
+    :func:`clip_scale`.
 
     The bound holds *exactly* for the returned arrays (their norm is recomputed in float64):
     rounding ``update * (bound / norm)`` to float32 can land a hair above ``bound``, and a DP
     sensitivity bound that is off by one ulp is not a bound, so the scale shrinks until it holds.
     """
-    if not (bound > 0 and math.isfinite(bound)):
-        raise ValueError(f"clip bound must be a finite float > 0, got {bound}")
     norm = update_norm(update)
     if not math.isfinite(norm):
         raise ValueError("update has a non-finite norm")
-    if norm <= bound:
+    scale = clip_scale(norm, bound)
+    if scale == 1.0:
         return dict(update), norm
-    scale = bound / norm
     while True:
         out = {k: np.multiply(v, v.dtype.type(scale)) for k, v in update.items()}
         if update_norm(out) <= bound:

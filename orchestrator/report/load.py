@@ -25,7 +25,7 @@ PRETRAIN_ALIASES = {"step_time_s": "step_time", "val_perplexity": "val_ppl"}
 BYTES_UP = (("bytes-up",), ("bytes_up",))
 BYTES_DOWN = (("bytes-down",), ("bytes_down",))
 EPSILON = (("epsilon",), ("privacy", "epsilon"))
-# Site notes written by the aggregation stages (strategies/aggregators.py), by first word.
+# Site notes written by the aggregation stages (strategies/fold.py and the rule files), by first word.
 NOTE_KINDS = ("clipped", "trimmed", "discarded", "capped")
 
 

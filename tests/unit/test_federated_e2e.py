@@ -35,7 +35,7 @@ from flwr.serverapp import Grid, ServerApp
 from clients.client_app import app as client_app
 from orchestrator.config import load_config
 from orchestrator.config.federated import FederatedJob
-from orchestrator.contract.arrays import from_numpy, to_numpy
+from orchestrator.contract.arrays import Arrays, from_numpy, to_numpy
 from orchestrator.contract.model import ModelSpec, build, load_state, model_state
 from orchestrator.data.sources import DEMO_LABELLED, demo_path, read_columns
 from orchestrator.federated.local_grid import LocalGrid, ensure_task_identity
@@ -45,8 +45,6 @@ from strategies import FedAdam, FedAvg, FedProx, stream_replies
 from strategies.base import DeltaStrategy
 
 ensure_task_identity()
-
-Arrays = dict[str, np.ndarray]
 
 SMALL = [
     "data.tokenizer.path=null",  # a BPE of data.tokenizer.vocab_size, not the bundled one

@@ -13,7 +13,7 @@ The sites hold different amounts of data, so the weighting by ``num-examples`` s
       1     [ 9, -36]    [1, -4]      [3, -12]                          ([5, -20])
       2     [10,  11]    [2,  3]      [4,   5]                          ([6,   7])
 
-Server optimizer (strategies/math.py; Reddi et al. 2021, no bias correction), m and v from 0:
+Server optimizer (strategies/fedopt.py; Reddi et al. 2021, no bias correction), m and v from 0:
 
     m <- b1 m + (1 - b1) d
     fedyogi:    v <- v - (1 - b2) d^2 sign(v - d^2)
@@ -61,6 +61,8 @@ from orchestrator.contract.messages import SERVER_ROUND, evaluate_reply, train_r
 from orchestrator.federated.local_grid import LocalGrid
 from strategies import FedAdagrad, FedYogi
 from strategies.base import DeltaStrategy
+from strategies.fold import FoldSettings
+from strategies.sampling import Sampling
 
 NUM_EXAMPLES = {1: 1, 2: 3}  # node id -> num-examples (site A, site B)
 UPDATES = {  # (node id, round) -> the update that site sends for "w"
@@ -122,22 +124,24 @@ def fixed_update_sites(received: dict[tuple[int, int], dict[str, np.ndarray]]) -
 
 
 def make_strategy(name: str) -> DeltaStrategy:
-    """Keyword arguments as ``strategies.build_strategy`` passes them."""
+    """The settings ``strategies.build_strategy`` builds from a config, given directly."""
     cls = {"fedyogi": FedYogi, "fedadagrad": FedAdagrad}[name]
     return cls(
         beta1=HYPER["beta1"],
         beta2=HYPER["beta2"],
         tau=HYPER["tau"],
         eta=HYPER["eta"],
-        sites_per_round=None,
-        fraction=1.0,
-        min_sites=2,
-        min_available_sites=2,
+        sampling=Sampling(
+            sites_per_round=None,
+            fraction=1.0,
+            min_sites=2,
+            min_available_sites=2,
+            seed=0,
+            wait_for_sites_s=10.0,
+            rejoin_wait_s=0.0,
+        ),
+        fold=FoldSettings(accumulate="float64"),
         update_keys=["w"],
-        seed=0,
-        wait_for_sites_s=10.0,
-        rejoin_wait_s=0.0,
-        accumulate="float64",
     )
 
 

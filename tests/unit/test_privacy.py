@@ -20,6 +20,7 @@ from orchestrator.config.federated import FederatedJob
 from orchestrator.config.loader import ConfigError
 from orchestrator.config.privacy import PrivacyConfig
 from orchestrator.contract.model import ModelSpec
+from orchestrator.contract.privacy import update_norm
 from orchestrator.contract.task import SiteTask, site_task
 from orchestrator.federated.ledger import (
     PrivacyLedger,
@@ -29,7 +30,6 @@ from orchestrator.federated.ledger import (
     rounds_within_budget,
 )
 from strategies import build_strategy
-from strategies.math import RunningSum
 from strategies.pipeline import Aggregate, Reply
 from strategies.privacy import (
     CentralDP,
@@ -40,7 +40,7 @@ from strategies.privacy import (
     privatize_update,
     update_noise_multiplier,
 )
-from strategies.weights import update_norm
+from strategies.running_sum import RunningSum
 
 DP = ["privacy.mode=central", "strategy.weighting=uniform"]
 
@@ -273,7 +273,11 @@ def test_ledger_round_trips_through_json_exactly_and_refuses_another_job():
 @pytest.mark.parametrize(
     ("overrides", "key", "says"),
     [
-        (["privacy.mode=central"], "strategy.weighting", "num-examples"),
+        (
+            ["privacy.mode=central", "strategy.weighting=examples"],
+            "strategy.weighting",
+            "num-examples",
+        ),
         ([*DP, "strategy.name=median"], "strategy.name", "not a sum"),
         ([*DP, "strategy.clip_update_norm=1"], "strategy.clip_update_norm", "privacy.clip_norm"),
         ([*DP, "privacy.delta=0.3"], "privacy.delta", "1 / federation.num_sites"),
@@ -297,6 +301,41 @@ def test_settings_the_analysis_does_not_cover_are_config_errors(overrides, key, 
     with pytest.raises(ConfigError, match=says) as e:
         fed_job(*overrides)
     assert str(e.value).startswith(key)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "because"),
+    [
+        (["privacy.mode=central"], "privacy.mode=central"),
+        (["privacy.mode=local", "privacy.clip_norm=0.5"], "privacy.mode=local"),
+        (["privacy.secure_aggregation=true"], "privacy.secure_aggregation"),
+    ],
+)
+def test_a_privacy_mode_alone_runs_with_the_default_weighting_resolved_to_uniform(
+    overrides, because
+):
+    job = fed_job(*overrides)  # no strategy.weighting given: the default must not conflict
+    assert job.strategy.weighting == "auto" and job.weighting == "uniform"
+    strategy = build_strategy(job)
+    assert strategy.fold.weighting == "uniform"
+    line = f"weights: uniform (strategy.weighting=auto: uniform under {because})"
+    assert line in strategy.pipeline()
+
+
+def test_auto_weighting_is_by_examples_without_privacy():
+    job = fed_job()
+    assert job.strategy.weighting == "auto" and job.weighting == "examples"
+    steps = build_strategy(job).pipeline()
+    assert "weights: examples (strategy.weighting=auto: by num-examples without privacy)" in steps
+    assert any("weighted mean (num-examples" in s for s in steps)
+
+
+@pytest.mark.parametrize("weighting", ["examples", "capped"])
+@pytest.mark.parametrize("mode", ["privacy.mode=central", "privacy.secure_aggregation=true"])
+def test_an_explicit_weighting_that_conflicts_with_privacy_stays_an_error(mode, weighting):
+    with pytest.raises(ConfigError, match="'uniform' or 'auto'") as e:
+        fed_job(mode, f"strategy.weighting={weighting}")
+    assert str(e.value).startswith(f"strategy.weighting='{weighting}' is not allowed")
 
 
 def test_central_dp_strategy_pipeline_and_local_dp_site_pipeline():

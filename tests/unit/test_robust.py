@@ -10,21 +10,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays as np_arrays
 
+from orchestrator.contract.privacy import update_norm
+from strategies.centered_clip import centered_clipping
+from strategies.krum import krum, krum_scores, multi_krum, pairwise_sq_distances
+from strategies.median import coordinate_median
+from strategies.norm_clip import clip_update_norms
+from strategies.reply_sources import ReplyView, StackedReplies
 from strategies.reply_store import ReplyStore
-from strategies.robust import (
-    ReplyView,
-    StackedReplies,
-    centered_clipping,
-    coordinate_median,
-    krum,
-    krum_scores,
-    multi_krum,
-    pairwise_sq_distances,
-    trimmed_mean,
-    trimmed_per_side,
-    weighted_mean,
-)
-from strategies.weights import clip_update_norms, effective_weights, update_norm
+from strategies.trimmed_mean import trimmed_mean, trimmed_per_side
+from strategies.weighted_mean import effective_weights, weighted_mean
 
 # Four replies of a 2-coordinate tensor, used by the median and trimmed-mean cases.
 #            coord 0  coord 1
@@ -549,3 +543,41 @@ def test_weighted_mean_with_capped_weights_and_median_clipping():
     clip = clip_update_norms(src.norms, 2.0, mode="median")
     view = ReplyView(src, scales=clip.scales, weights=capped.weights)
     np.testing.assert_allclose(weighted_mean(view, chunk_elems=1)["x"], [390 / 110], rtol=1e-6)
+
+
+# ---- one clip ---------------------------------------------------------------------------------
+
+
+def test_clip_scale_by_hand():
+    from orchestrator.contract.privacy import clip_scale
+
+    assert clip_scale(5.0, 1.0) == 0.2  # norm 5 clipped to 1
+    assert clip_scale(0.5, 1.0) == 1.0  # already within the bound
+    assert clip_scale(1.0, 1.0) == 1.0  # on the bound: unchanged
+    assert clip_scale(0.0, 1.0) == 1.0  # a zero update keeps scale 1
+    for bad_bound in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="clip bound"):
+            clip_scale(1.0, bad_bound)
+    with pytest.raises(ValueError, match="norm"):
+        clip_scale(float("nan"), 1.0)
+
+
+def test_every_clip_is_the_same_clip():
+    """The server's norm clip (streamed and stored), central/local DP's clip_to_norm and
+    centered clipping's factor all scale by clip_scale: (3, 4) has norm 5 -> (0.6, 0.8)."""
+    from orchestrator.contract.privacy import clip_to_norm
+    from strategies.norm_clip import NormClipStage
+    from strategies.pipeline import Reply
+
+    update = {"x": np.array([3.0, 4.0], np.float32)}
+    clipped, norm = clip_to_norm(update, 1.0)
+    assert norm == 5.0
+    np.testing.assert_allclose(clipped["x"], [0.6, 0.8], rtol=1e-5)  # norm <= 1 exactly
+    staged = NormClipStage(1.0)(Reply(1, "site-1", update, 1.0), 1)
+    np.testing.assert_array_equal(staged.update["x"], clipped["x"])
+    assert staged.note == "clipped: norm 5 > 1"
+    scales = clip_update_norms([5.0, 0.5], 1.0).scales
+    np.testing.assert_array_equal(scales, [0.2, 1.0])
+    # centered clipping from v0 = 0 with tau = 1, one iteration: x scaled by min(1, 1/5), / K=1
+    cc = centered_clipping(np.array([[3.0, 4.0]], np.float32), 1.0, clip_iters=1)
+    np.testing.assert_allclose(cc.arrays["x"], [0.6, 0.8], rtol=1e-6)

@@ -15,14 +15,11 @@ from clients.train import proximal_term
 from orchestrator.contract.arrays import from_numpy, to_numpy
 from orchestrator.federated.local_grid import ensure_task_identity
 from strategies import FedAdagrad, FedAdam, FedAvg, FedProx, FedYogi
-from strategies.math import (
-    RunningSum,
-    adaptive_step,
-    apply_sgd_from_sum,
-    fold_into,
-    update_moments,
-    weighted_mean,
-)
+from strategies.fedopt import adaptive_step, update_moments
+from strategies.reply_sources import StackedReplies
+from strategies.running_sum import RunningSum, apply_sgd_from_sum, fold_into
+from strategies.sampling import Sampling
+from strategies.weighted_mean import weighted_mean
 
 ensure_task_identity()
 
@@ -323,7 +320,7 @@ def test_malformed_replies_are_rejected_and_the_round_completes(caplog):
 
 
 def test_too_few_valid_replies_keep_the_global_model():
-    s = FedAvg(min_sites=2)
+    s = FedAvg(sampling=Sampling(min_sites=2))
     start(s, {"w": np.zeros(2, np.float32)})
     arrays, metrics = s.aggregate_train(1, [reply({"w": np.ones(2, np.float32)}, 5)])
     assert arrays is None and metrics["sites-accepted"] == 1
@@ -409,7 +406,8 @@ def test_weighted_mean_reference_agrees_with_streaming():
     acc = RunningSum()
     for u, w in zip(ups, ws, strict=True):
         acc.fold(u, w)
-    np.testing.assert_allclose(acc.mean()["a"], weighted_mean(ups, ws)["a"], rtol=1e-5, atol=1e-7)
+    stored = StackedReplies({"a": np.stack([u["a"] for u in ups])}, ws)
+    np.testing.assert_allclose(acc.mean()["a"], weighted_mean(stored)["a"], rtol=1e-5, atol=1e-7)
 
 
 def test_arrayrecord_roundtrip_is_a_view():
@@ -441,10 +439,14 @@ def test_later_rounds_wait_for_a_rejoining_site_then_go_on_without_it(
     # The 1 s polls are recorded instead of slept (the test would spend 2 s asleep otherwise).
     slept: list[float] = []
     monkeypatch.setattr(strategies.sampling.time, "sleep", slept.append)
-    s = FedAvg(min_sites=2, min_available_sites=3, rejoin_wait_s=5.0, wait_for_sites_s=30.0)
+    s = FedAvg(
+        sampling=Sampling(
+            min_sites=2, min_available_sites=3, rejoin_wait_s=5.0, wait_for_sites_s=30.0
+        )
+    )
     s._federation_seen = True  # a round has already run
     assert s.sample(_RejoiningGrid(back_after=2), None) == [1, 2, 3]  # waited, got all 3
     assert slept == [1.0, 1.0]  # two polls while site 3 was away
-    impatient = FedAvg(min_sites=2, min_available_sites=3, rejoin_wait_s=0.0)
+    impatient = FedAvg(sampling=Sampling(min_sites=2, min_available_sites=3, rejoin_wait_s=0.0))
     impatient._federation_seen = True
     assert impatient.sample(_RejoiningGrid(back_after=2), None) == [1, 2]  # min_sites suffice

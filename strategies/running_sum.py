@@ -1,21 +1,14 @@
-"""The arithmetic of aggregation, as pure functions on ``dict[str, np.ndarray]``.
+"""The fold: a running weighted sum of updates, and the server's SGD step on it.
 
 Sites send updates ``delta_k = w_k - w`` (trainable tensors only) with a weight ``n_k`` (their
-number of training examples). Every strategy first forms the weighted mean update
+number of training examples, or 1). The plain-averaging strategies fold replies one at a time
+into a :class:`RunningSum` (memory: one update-sized sum whatever the number of sites), then
+take the server step (Reddi et al. 2021, "Adaptive Federated Optimization", Algorithm 2):
 
     delta = sum_k n_k * delta_k / sum_k n_k
+    w <- w + eta * delta                       (:func:`apply_sgd_from_sum`; eta = 1: FedAvg)
 
-by folding replies one at a time into a running sum (:class:`RunningSum`), then applies a
-server step (Reddi et al. 2021, "Adaptive Federated Optimization", Algorithm 2):
-
-    fedavg / fedprox:  w <- w + eta * delta                       (eta = 1: plain FedAvg)
-    fedadam:           m <- b1 m + (1-b1) delta;  v <- b2 v + (1-b2) delta^2
-    fedyogi:           m as above;  v <- v - (1-b2) delta^2 sign(v - delta^2)
-    fedadagrad:        m as above;  v <- v + delta^2
-    adaptive:          w <- w + eta * m / (sqrt(v) + tau)
-
-No bias correction, as in the paper (Flower's FedAdam adds one; ours keeps the paper's form so
-the hand-worked test values are the textbook ones).
+The adaptive steps (FedAdam & co.) are in ``strategies/fedopt.py``, momentum in ``fedavgm.py``.
 """
 
 from __future__ import annotations
@@ -24,7 +17,7 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-Arrays = dict[str, np.ndarray]
+from orchestrator.contract.arrays import Arrays
 
 # Fold in chunks of this many elements: the scaled chunk stays in cache, so folding costs one
 # read of the update and one read+write of the sum, with no model-sized temporary.
@@ -45,22 +38,6 @@ def fold_into(acc: np.ndarray, update: np.ndarray, weight: float) -> None:
         s = scratch[: stop - start]
         np.multiply(u[start:stop], w, out=s)
         a[start:stop] += s
-
-
-def is_finite(x: np.ndarray) -> bool:
-    """True when every element is finite: one BLAS dot product (x . x), no boolean temporary.
-
-    NaN/Inf anywhere make the dot non-finite; so do finite values beyond ~1e19 (their squares
-    overflow), and an update that large is rejected too, which is what we want. The dot runs at
-    several times the speed of ``np.isfinite(x).all()`` and keeps validation off the critical path.
-    """
-    flat = x.reshape(-1)
-    if flat.dtype in (np.float32, np.float64):
-        with np.errstate(over="ignore"):  # overflow is the answer we look for, not a problem
-            return bool(np.isfinite(np.dot(flat, flat)))
-    if np.issubdtype(flat.dtype, np.floating):
-        return bool(np.isfinite(flat.astype(np.float32)).all())
-    return True  # integer tensors cannot hold NaN/Inf
 
 
 class RunningSum:
@@ -148,15 +125,6 @@ def _chunks(*arrays: np.ndarray) -> Iterator[tuple[np.ndarray, ...]]:
         yield tuple(f[start : start + _CHUNK] for f in flat)
 
 
-def weighted_mean(updates: list[Mapping[str, np.ndarray]], weights: list[float]) -> Arrays:
-    """Reference (non-streaming) weighted mean, for tests."""
-    total = float(sum(weights))
-    return {
-        k: sum(w * u[k].astype(np.float64) for u, w in zip(updates, weights, strict=True)) / total
-        for k in updates[0]
-    }
-
-
 def scale_add_into(out: np.ndarray, scale: float, base: np.ndarray) -> None:
     """``out = scale * out + base`` in place, chunked (one pass, no model-sized temporary)."""
     o, b = out.reshape(-1), base.reshape(-1)
@@ -189,37 +157,3 @@ def apply_sgd_from_sum(global_: Mapping[str, np.ndarray], acc: RunningSum, eta: 
                 o_c[...] = s_c
     acc.sums = {}
     return out
-
-
-def update_moments(
-    kind: str,
-    m: np.ndarray | None,
-    v: np.ndarray | None,
-    delta: np.ndarray,
-    beta1: float,
-    beta2: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """New first and second moments for ``fedadam`` | ``fedyogi`` | ``fedadagrad``.
-
-    Moments start at zero (``None``).
-    """
-    m = np.zeros_like(delta) if m is None else m
-    v = np.zeros_like(delta) if v is None else v
-    sq = delta * delta
-    m_new = beta1 * m + (1.0 - beta1) * delta
-    if kind == "fedadam":
-        v_new = beta2 * v + (1.0 - beta2) * sq
-    elif kind == "fedyogi":
-        v_new = v - (1.0 - beta2) * sq * np.sign(v - sq)
-    elif kind == "fedadagrad":
-        v_new = v + sq
-    else:
-        raise ValueError(f"unknown adaptive strategy {kind!r}")
-    return m_new.astype(delta.dtype), v_new.astype(delta.dtype)
-
-
-def adaptive_step(
-    w: np.ndarray, m: np.ndarray, v: np.ndarray, eta: float, tau: float
-) -> np.ndarray:
-    """``w + eta * m / (sqrt(v) + tau)``."""
-    return (w + eta * m / (np.sqrt(v) + tau)).astype(w.dtype)
