@@ -229,8 +229,6 @@ class _NoiseStage:
         return agg
 
 
-
-
 def central_dp(job: FederatedJob) -> CentralDP | None:
     """The server's central-DP stages for ``job`` (None unless ``privacy.mode=central``)."""
     p, k = job.privacy, job.federation.sampled_sites

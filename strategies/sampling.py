@@ -178,6 +178,10 @@ class SiteSampler:
             arrays, config, self.update_keys, nodes, kind, keys, extra, records
         )
 
+    def _assignment(self) -> dict[int, str]:
+        """The pool's node -> site map of the messages just built ({} without a pool)."""
+        return dict(self.assigned) if self.population is not None else {}
+
     def site_of(self, msg: Message) -> str:
         """A reply's site name: with a site pool the site its node was sent (the server's own
         assignment, also for error replies), else the name the site reports."""
