@@ -25,7 +25,6 @@ from flwr.serverapp.strategy import Strategy
 from orchestrator.config.compression import CompressionConfig
 from orchestrator.contract.arrays import Arrays, from_numpy, to_numpy
 from orchestrator.contract.metrics import UPDATE_NORM
-from orchestrator.contract.privacy import update_norm
 from strategies.downlink import Downlink, with_compression
 from strategies.evaluation import SiteEvaluation
 from strategies.fold import FoldSettings, StoredAggregator, server_stages
@@ -261,8 +260,9 @@ class DeltaStrategy(SiteSampler, SiteEvaluation, Strategy):
                 self.weighted_by_key,
                 self.reply_extra_arrays,
                 compression=self.compression,
+                nbytes=size,
             )
-            norm = update_norm(reply.update)  # as sent: before a stage clips it
+            norm = reply.norm  # as sent: before a stage clips it
             for stage in self.reply_stages:
                 reply = stage(reply, server_round)
         except RejectedReply as e:

@@ -136,7 +136,7 @@ class StoredAggregator(Aggregator):
         return self._store
 
     def add(self, reply: Reply) -> None:
-        self.store.add(reply.site, reply.update, reply.weight)
+        self.store.add(reply.site, reply.update, reply.weight, reply.norm)
 
     @property
     def count(self) -> int:

@@ -73,7 +73,7 @@ class NormClipStage:
         self.name = f"clip update L2 norm to {bound:g}"
 
     def __call__(self, reply: Reply, server_round: int) -> Reply:
-        clipped, norm = clip_to_norm(reply.update, self.bound)
+        clipped, norm = clip_to_norm(reply.update, self.bound, reply.norm)
         if norm <= self.bound:
             return reply
         note = f"clipped: norm {norm:.3g} > {self.bound:g}"

@@ -17,9 +17,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Protocol
 
 from orchestrator.contract.arrays import Arrays
+from orchestrator.contract.privacy import update_norm
 from strategies.running_sum import RunningSum
 
 
@@ -39,6 +41,14 @@ class Reply:
     extras: dict[str, Arrays] = field(default_factory=dict)
     """Further validated array records a strategy asks for (SCAFFOLD's ``scaffold-delta-c``),
     by record name; same tensors as ``update``."""
+
+    @cached_property
+    def norm(self) -> float:
+        """``||update||_2`` (float64), computed at most once per reply: the round record, the
+        clip stages and the reply store all read it. A stage that changes the update returns a
+        new reply (``dataclasses.replace``), never edits ``update`` in place, so this never goes
+        stale; the new reply's norm is computed only if a later step asks for it."""
+        return update_norm(self.update)
 
 
 @dataclass

@@ -200,7 +200,7 @@ class _ClipStage:
         return self.dp.describe()[0]
 
     def __call__(self, reply: Reply, server_round: int) -> Reply:
-        clipped, norm = clip_to_norm(reply.update, self.dp.clip)
+        clipped, norm = clip_to_norm(reply.update, self.dp.clip, reply.norm)
         if norm <= self.dp.clip:
             self.dp.unclipped += 1
             return reply

@@ -71,7 +71,13 @@ class ReplyStore:
 
     # ---- writing ----------------------------------------------------------------------------
 
-    def add(self, site: str, update: Mapping[str, np.ndarray], weight: float) -> None:
+    def add(
+        self,
+        site: str,
+        update: Mapping[str, np.ndarray],
+        weight: float,
+        norm: float | None = None,
+    ) -> None:
         """Write ``update`` (``key -> array``) to disk with its ``weight``; keep nothing in RAM.
 
         Raises ``ValueError`` when the keys, shapes or dtypes differ from the first reply's, when
@@ -113,7 +119,7 @@ class ReplyStore:
         try:
             with open(tmp, "wb") as f:
                 for k in layout:
-                    sq += _write_c_order(f, update[k])
+                    sq += _write_c_order(f, update[k], squares=norm is None)
             os.replace(tmp, final)  # atomic: the final name only ever holds a complete reply
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -123,7 +129,8 @@ class ReplyStore:
         self._files.append(final)
         self._sites.append(site)
         self._weights.append(weight)
-        self._norms.append(float(np.sqrt(sq)))
+        # The norm the caller knows (the reply's, computed once) or the one summed while writing.
+        self._norms.append(float(np.sqrt(sq)) if norm is None else norm)
 
     @staticmethod
     def _new_layout(site: str, update: Mapping[str, np.ndarray]) -> dict[str, _Layout]:
@@ -245,8 +252,9 @@ class ReplyStore:
         return f"ReplyStore({str(self.path)!r}, replies={len(self)}, tensors={len(self._layout)})"
 
 
-def _write_c_order(f, a: np.ndarray) -> float:
-    """Write ``a``'s bytes in C order to ``f``; return the sum of its squares (float64).
+def _write_c_order(f, a: np.ndarray, squares: bool = True) -> float:
+    """Write ``a``'s bytes in C order to ``f``; return the sum of its squares (float64; 0 when
+    ``squares`` is False: the caller knows the norm).
 
     A C-contiguous array is written straight from its buffer; any other layout is copied out in
     blocks of leading-axis slices, so no model-sized temporary is made.
@@ -254,14 +262,14 @@ def _write_c_order(f, a: np.ndarray) -> float:
     if a.ndim == 0 or a.flags.c_contiguous:
         flat = a.reshape(-1)
         f.write(memoryview(flat).cast("B"))
-        return _sum_squares(flat)
+        return _sum_squares(flat) if squares else 0.0
     row = int(np.prod(a.shape[1:], dtype=np.int64))
     per = max(1, _BLOCK // max(row, 1))
     sq = 0.0
     for start in range(0, a.shape[0], per):
         block = np.ascontiguousarray(a[start : start + per]).reshape(-1)
         f.write(memoryview(block).cast("B"))
-        sq += _sum_squares(block)
+        sq += _sum_squares(block) if squares else 0.0
     return sq
 
 

@@ -118,6 +118,7 @@ def decode_train_reply(
     weighted_by_key: str = NUM_EXAMPLES,
     extra_arrays: Collection[str] = (),
     compression: CompressionConfig | None = None,
+    nbytes: int | None = None,
 ) -> Reply:
     """A validated :class:`Reply`, or :class:`RejectedReply` (any decoding failure included).
 
@@ -126,6 +127,7 @@ def decode_train_reply(
     ``extra_arrays``: names of further array records the reply must hold besides ``arrays``
     (e.g. SCAFFOLD's ``scaffold-delta-c``), each checked like the update (same tensors).
     ``compression``: how the update is encoded (decoded here, strictly, into float32 tensors).
+    ``nbytes``: the reply's wire size when the caller measured it already.
     """
     if msg.has_error():
         raise RejectedReply(f"site reported an error: {str(msg.error.reason)[:500]}")
@@ -153,7 +155,7 @@ def decode_train_reply(
             except RejectedReply as e:
                 raise RejectedReply(f"{name}: {e}") from e
         scalars = scalar_metrics(metrics)
-        size = wire_bytes(msg)
+        size = wire_bytes(msg) if nbytes is None else nbytes
     except RejectedReply:
         raise
     except Exception as e:  # anything else a hostile payload triggers is a rejection too

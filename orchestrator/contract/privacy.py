@@ -44,15 +44,17 @@ def clip_scale(norm: float, bound: float) -> float:
     return 1.0 if norm <= bound else bound / norm
 
 
-def clip_to_norm(update: Mapping[str, np.ndarray], bound: float) -> tuple[Arrays, float]:
+def clip_to_norm(
+    update: Mapping[str, np.ndarray], bound: float, norm: float | None = None
+) -> tuple[Arrays, float]:
     """``(update scaled to L2 norm <= bound, its norm before clipping)``: ``update *``
-    :func:`clip_scale`.
+    :func:`clip_scale`. ``norm``: the update's :func:`update_norm` when the caller has it.
 
     The bound holds *exactly* for the returned arrays (their norm is recomputed in float64):
     rounding ``update * (bound / norm)`` to float32 can land a hair above ``bound``, and a DP
     sensitivity bound that is off by one ulp is not a bound, so the scale shrinks until it holds.
     """
-    norm = update_norm(update)
+    norm = update_norm(update) if norm is None else norm
     if not math.isfinite(norm):
         raise ValueError("update has a non-finite norm")
     scale = clip_scale(norm, bound)

@@ -83,6 +83,41 @@ def test_fedavg_strategy_by_hand():
     assert metrics["sites-accepted"] == 2 and metrics["sites-rejected"] == 0
 
 
+def test_each_reply_norm_and_wire_size_is_computed_once(monkeypatch):
+    """Central DP and the record both need a reply's norm, validation and the record its wire
+    size: each is computed once per reply, and the clip still sees the unclipped norm."""
+    import strategies.base
+    import strategies.pipeline
+    import strategies.validation
+    from strategies.privacy import CentralDP
+
+    calls = {"norm": 0, "bytes": 0}
+    norm, size = strategies.pipeline.update_norm, strategies.validation.wire_bytes
+
+    def counted_norm(update):
+        calls["norm"] += 1
+        return norm(update)
+
+    def counted_size(msg):
+        calls["bytes"] += 1
+        return size(msg)
+
+    monkeypatch.setattr(strategies.pipeline, "update_norm", counted_norm)
+    monkeypatch.setattr(strategies.validation, "wire_bytes", counted_size)
+    dp = CentralDP(1.0, 0.0, 2, rng=np.random.default_rng(0))
+    s = FedAvg(central_dp=dp)
+    start(s, {"w": np.zeros(2, np.float32)})
+    dp.begin_round(2)
+    replies = [
+        reply({"w": np.array([3.0, 4.0], np.float32)}, 1, node=1),
+        reply({"w": np.array([0.3, 0.4], np.float32)}, 1, node=2),
+    ]
+    outcome = s.fold_train(1, replies)
+    assert calls == {"norm": 2, "bytes": 2}
+    assert sorted(r.metrics["update-norm"] for r in outcome.report.sites) == pytest.approx([0.5, 5])
+    assert outcome.privacy["clipped"] == 1
+
+
 def test_the_server_records_each_update_norm_itself_not_the_sites_claim():
     """``update-norm`` (what a user picks privacy.clip_norm from) is the L2 norm of the update as
     received, before any server clip; a site reporting its own is overridden and not averaged."""
