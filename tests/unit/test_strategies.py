@@ -485,3 +485,25 @@ def test_later_rounds_wait_for_a_rejoining_site_then_go_on_without_it(
     impatient = FedAvg(sampling=Sampling(min_sites=2, min_available_sites=3, rejoin_wait_s=0.0))
     impatient._federation_seen = True
     assert impatient.sample(_RejoiningGrid(back_after=2), None) == [1, 2]  # min_sites suffice
+
+
+def test_each_strategy_builds_itself_from_its_config_sections():
+    from orchestrator.config.federated import FederatedJob
+    from orchestrator.config.loader import load_config
+    from strategies import build_strategy
+
+    def built(*overrides: str):
+        job = load_config(FederatedJob, None, list(overrides), "simulate-demo")
+        return build_strategy(job, update_keys=["w"])
+
+    prox = built("strategy.name=fedprox", "strategy.proximal_mu=0.25")
+    assert isinstance(prox, FedProx) and prox.extra_train_config() == {"proximal-mu": 0.25}
+    adam = built("strategy.name=fedadam", "strategy.beta1=0.5", "strategy.tau=0.1")
+    assert isinstance(adam, FedAdam) and (adam.beta1, adam.tau, adam.eta) == (0.5, 0.1, 0.01)
+    avgm = built("strategy.name=fedavgm", "strategy.server_momentum=0.7", "strategy.server_lr=2")
+    assert (avgm.beta, avgm.eta) == (0.7, 2.0)
+    s = built(
+        "federation.sites_per_round=3", "federation.min_sites=2", "strategy.accumulate=float32"
+    )
+    assert (s.sites_per_round, s.min_sites, s.fold.accumulate) == (3, 2, "float32")
+    assert s.update_keys == {"w"}
