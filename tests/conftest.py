@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +31,38 @@ def has_cuda() -> bool:
         return torch.cuda.is_available()
     except Exception:
         return False
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In the controller (not in xdist workers): mark this run's processes and start the reaper
+    that SIGKILLs all of them once the controller is gone, however it ends (tests/reaper.py).
+    Everything started from here on inherits ``FEDRAY_TEST_RUN``; a nested pytest (a test that
+    runs pytest) gets a token of its own."""
+    if hasattr(config, "workerinput") or not sys.platform.startswith("linux"):
+        return
+    token = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    env = {k: v for k, v in os.environ.items() if k != "FEDRAY_TEST_RUN"}
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    reaper = subprocess.Popen(
+        [sys.executable, "-m", "tests.reaper", token, str(os.getpid())],
+        stdin=subprocess.PIPE,
+        env=env,
+        cwd=root,
+        start_new_session=True,  # a Ctrl-C or a kill of pytest's process group spares it
+    )
+    os.environ["FEDRAY_TEST_RUN"] = token
+    config.stash[_REAPER] = reaper
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A normal end: closing the reaper's stdin makes it sweep (nothing should be left)."""
+    reaper = config.stash.get(_REAPER, None)
+    if reaper is not None and reaper.stdin is not None:
+        reaper.stdin.close()
+
+
+_REAPER = pytest.StashKey[subprocess.Popen]()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
