@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,9 @@ from orchestrator.cluster import free_local_port, local_ray
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+# Ray's dashboard gives each of its module processes 30 s to start; several Ray instances starting
+# at once (one per xdist worker) on a loaded 2-core machine can take longer.
+os.environ.setdefault("RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT", "180")
 
 
 def free_port() -> int:
@@ -38,6 +43,7 @@ def pytest_configure(config: pytest.Config) -> None:
     that SIGKILLs all of them once the controller is gone, however it ends (tests/reaper.py).
     Everything started from here on inherits ``FEDRAY_TEST_RUN``; a nested pytest (a test that
     runs pytest) gets a token of its own."""
+    _second_ctrl_c_exits()
     if hasattr(config, "workerinput") or not sys.platform.startswith("linux"):
         return
     token = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
@@ -55,6 +61,25 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_REAPER] = reaper
 
 
+def _second_ctrl_c_exits() -> None:
+    """The first Ctrl-C (SIGINT) interrupts the run as usual (teardown, summary); a second one
+    ends this process at once, whatever the teardown was waiting on (a Ray shutdown, a process
+    that ignores SIGTERM): the reaper then kills what is left."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    seen = []
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if seen:
+            sys.stderr.write("\nsecond Ctrl-C: exiting now (tests/reaper.py stops the rest)\n")
+            sys.stderr.flush()
+            os._exit(128 + signal.SIGINT)
+        seen.append(signum)
+        signal.default_int_handler(signum, frame)
+
+    signal.signal(signal.SIGINT, on_sigint)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     """A normal end: closing the reaper's stdin makes it sweep (nothing should be left)."""
     reaper = config.stash.get(_REAPER, None)
@@ -65,13 +90,79 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 _REAPER = pytest.StashKey[subprocess.Popen]()
 
 
+REPLICABLE_FIXTURES = frozenset({"fed", "superlink", "demo_tok"})
+"""Module-scoped fixtures cheap enough to build once per xdist worker (keys and CSV files, one
+idle SuperLink, a small tokenizer): sharing one does not put tests in one group."""
+
+SLOW_FIRST = {
+    "test_sites": 0,
+    "test_kill_safety": 1,
+    "test_deepspeed": 1,
+    "test_secagg_sites": 2,
+    "test_multinode": 2,
+    "test_pretrain": 2,
+    "test_site_processes": 3,
+}
+"""Where a module's tests start among the integration tests (lower first; others: 5): the
+longest start first, so that the shorter ones fill the workers at the end (xdist hands tests out
+in collection order; ``--no-loadscope-reorder``)."""
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks added here
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if has_cuda():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    if not has_cuda():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+    _group_shared_fixtures(items)
+
+    def order(pair: tuple[int, pytest.Item]) -> tuple[int, int, int]:
+        i, item = pair
+        if "integration" not in item.keywords:
+            return (1, 0, i)
+        return (0, SLOW_FIRST.get(item.path.stem, 5), i)
+
+    items[:] = [item for _, item in sorted(enumerate(items), key=order)]
+
+
+def _group_shared_fixtures(items: list[pytest.Item]) -> None:
+    """Tests that share a module-scoped fixture of their module (one expensive run that several
+    tests check, or a directory they fill together) go to one xdist worker, in order: mark them
+    ``xdist_group`` (``--dist loadgroup``). Tests sharing nothing of the kind are handed out one
+    by one. Tests that already name a group keep it."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            x = parent[x]
+        return x
+
+    shared: dict[pytest.Item, list[str]] = {}
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if item.get_closest_marker("xdist_group") is not None:
+            continue
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None:
+            continue
+        module = item.nodeid.split("::", 1)[0]
+        names = []
+        for name, defs in info.name2fixturedefs.items():
+            d = defs[-1]
+            own = d.baseid.split("::", 1)[0] == module  # defined in the test module itself
+            if (
+                own
+                and d.scope in ("module", "class", "package")
+                and name not in REPLICABLE_FIXTURES
+            ):
+                names.append(f"{module}::{name}")
+        for n in names:
+            parent[find(n)] = find(names[0])
+        if names:
+            shared[item] = names
+    for item, names in shared.items():
+        root = find(names[0])
+        item.add_marker(pytest.mark.xdist_group(root.replace("/", ".")))
 
 
 @pytest.fixture(scope="session")
