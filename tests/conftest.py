@@ -61,6 +61,22 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_REAPER] = reaper
 
 
+WORKERS = 4
+"""xdist workers for a run that includes the integration tier (``-n auto``, pyproject.toml): its
+tests mostly wait (heartbeats, polls, other processes), so 4 share 2 cores well; ~11 GB peak."""
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: ``PYTEST_XDIST_AUTO_NUM_WORKERS`` if set; the unit tier alone (``-m "not
+    integration"``: CPU-bound, seconds per test) one worker per core; otherwise ``WORKERS``."""
+    env = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")
+    if env:
+        return int(env)
+    if (config.option.markexpr or "").split() == ["not", "integration"]:
+        return min(2, os.cpu_count() or 1)
+    return WORKERS
+
+
 def _second_ctrl_c_exits() -> None:
     """The first Ctrl-C (SIGINT) interrupts the run as usual (teardown, summary); a second one
     ends this process at once, whatever the teardown was waiting on (a Ray shutdown, a process
