@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -44,9 +47,12 @@ def pytest_configure(config: pytest.Config) -> None:
     Everything started from here on inherits ``FEDRAY_TEST_RUN``; a nested pytest (a test that
     runs pytest) gets a token of its own."""
     _second_ctrl_c_exits()
-    if hasattr(config, "workerinput") or not sys.platform.startswith("linux"):
+    if hasattr(config, "workerinput"):
         return
     token = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    if not sys.platform.startswith("linux"):  # no /proc to find the run's processes by
+        os.environ["FEDRAY_TEST_RUN"] = token
+        return
     env = {k: v for k, v in os.environ.items() if k != "FEDRAY_TEST_RUN"}
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
@@ -96,8 +102,58 @@ def _second_ctrl_c_exits() -> None:
     signal.signal(signal.SIGINT, on_sigint)
 
 
+def _groups_file() -> Path:
+    """Where xdist workers leave the test -> group map for the controller's scheduler (one file
+    per run: the run's token is in the name)."""
+    return Path(tempfile.gettempdir()) / f"fedray-xdist-groups-{os.environ['FEDRAY_TEST_RUN']}.json"
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """``--dist loadgroup`` that works with pytest 9: xdist 3.8 tells groups apart by a suffix it
+    appends to ``item._nodeid``, which pytest 9 no longer reads (``nodeid`` comes from
+    ``item._id``), so every test would be handed out alone. Here the workers write the groups
+    they marked (``_group_shared_fixtures``) to a file, and the controller's scheduler reads them
+    once every worker has collected (before it hands out the first test)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        groups: dict[str, str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.rfind("@") > nodeid.rfind("]"):  # an xdist that does it itself
+                return nodeid.split("@")[-1]
+            if self.groups is None:
+                try:
+                    self.groups = json.loads(_groups_file().read_text())
+                except FileNotFoundError:
+                    self.groups = {}
+            return self.groups.get(nodeid, nodeid)
+
+    return GroupScheduling(config, log)
+
+
+def _write_groups(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not hasattr(config, "workerinput") or "FEDRAY_TEST_RUN" not in os.environ:
+        return
+    groups = {}
+    for item in items:
+        names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                        for m in item.iter_markers("xdist_group")})  # fmt: skip
+        if names:
+            groups[item.nodeid] = "@" + "_".join(names)
+    path = _groups_file()
+    tmp = path.with_suffix(f".{config.workerinput['workerid']}.tmp")
+    tmp.write_text(json.dumps(groups))
+    tmp.replace(path)  # every worker writes the same map; each write is whole
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     """A normal end: closing the reaper's stdin makes it sweep (nothing should be left)."""
+    if not hasattr(config, "workerinput") and "FEDRAY_TEST_RUN" in os.environ:
+        with contextlib.suppress(FileNotFoundError, KeyError):
+            _groups_file().unlink()
     reaper = config.stash.get(_REAPER, None)
     if reaper is not None and reaper.stdin is not None:
         reaper.stdin.close()
@@ -124,8 +180,10 @@ longest start first, so that the shorter ones fill the workers at the end (xdist
 in collection order; ``--no-loadscope-reorder``)."""
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks added here
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+@pytest.hookimpl(wrapper=True)  # this part runs before xdist reads the xdist_group marks
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> Generator[None, None, None]:
     if not has_cuda():
         skip = pytest.mark.skip(reason="needs a CUDA GPU")
         for item in items:
@@ -140,6 +198,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return (0, SLOW_FIRST.get(item.path.stem, 5), i)
 
     items[:] = [item for _, item in sorted(enumerate(items), key=order)]
+    _write_groups(config, items)
+    return (yield)
 
 
 def _group_shared_fixtures(items: list[pytest.Item]) -> None:
