@@ -22,9 +22,10 @@ from orchestrator.cluster import free_local_port, local_ray
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-# Ray's dashboard gives each of its module processes 30 s to start; several Ray instances starting
-# at once (one per xdist worker) on a loaded 2-core machine can take longer.
-os.environ.setdefault("RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT", "180")
+# Ray gives its dashboard 60 s to start and each dashboard module process 30 s; several Ray
+# instances starting at once (one per xdist worker) on a loaded 2-core machine can take longer.
+os.environ.setdefault("RAY_DASHBOARD_STARTUP_TIMEOUT_S", "300")
+os.environ.setdefault("RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT", "240")
 
 
 def free_port() -> int:
