@@ -69,6 +69,9 @@ class ManagedProcess:
                 # Own session: a Ctrl-C in the terminal reaches fedray, which then stops the
                 # children in order, instead of reaching every process at once.
                 start_new_session=True,
+                # Tied to our life: if we die without stopping it (SIGKILL, a crash), it gets
+                # SIGTERM and stops its own children in turn (a `fedray site` stops its SuperNode).
+                preexec_fn=_parent_death_signal(),
             )
         except FileNotFoundError as e:
             raise ProcessFailed(
@@ -190,6 +193,38 @@ def _stop_leftovers(kids: Sequence[psutil.Process], timeout: float) -> None:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
     psutil.wait_procs(alive, timeout=timeout)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that asks Linux to send the child SIGTERM when its parent dies
+    (``prctl(PR_SET_PDEATHSIG)``; what Ray does for the processes of a cluster it starts), or
+    ``None`` where that cannot be done. Only from the main thread: Linux ties the signal to the
+    *thread* that forked, and another thread may end long before this process does. Everything
+    the function needs is looked up here, before the fork; the child only makes two syscalls."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+    getppid, kill, sigterm = os.getppid, os.kill, signal.SIGTERM
+
+    def set_pdeathsig() -> None:
+        prctl(_PR_SET_PDEATHSIG, sigterm, 0, 0, 0)
+        if getppid() != parent:  # the parent died before the prctl: nobody will signal us
+            kill(os.getpid(), sigterm)
+
+    return set_pdeathsig
 
 
 def _live(p: psutil.Process) -> bool:

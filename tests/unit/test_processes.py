@@ -147,6 +147,53 @@ def test_an_orphaned_grandchild_seen_earlier_is_still_stopped(tmp_path: Path) ->
         p.stop(timeout=1)
 
 
+# A parent that starts two sleepers through ManagedProcess: one from the main thread, one from a
+# thread that ends at once; then it waits to be killed.
+PARENT_OF_SLEEPERS = """
+import json, sys, threading, time
+from pathlib import Path
+from orchestrator.federated.processes import ManagedProcess
+argv = [sys.executable, "-c", "import time; time.sleep(600)"]
+main = ManagedProcess("main", argv, Path(sys.argv[1]) / "main.log").start()
+box = {}
+t = threading.Thread(target=lambda: box.update(p=ManagedProcess("t", argv, Path(sys.argv[1]) / "t.log").start()))
+t.start(); t.join()
+print(json.dumps({"main": main.pid, "thread": box["p"].pid}), flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.integration
+def test_a_child_stops_when_its_parent_is_killed(tmp_path: Path) -> None:
+    """PR_SET_PDEATHSIG: SIGKILL of a fedray process (nothing of it runs to stop its children)
+    still ends what it started from its main thread. One started from another thread is not
+    tied to that thread's end (Linux would signal it when the thread exits)."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT_OF_SLEEPERS, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    pids: dict[str, int] = {}
+    try:
+        assert parent.stdout is not None
+        pids = json.loads(parent.stdout.readline())
+        time.sleep(0.5)
+        assert not _gone(pids["thread"])  # its thread ended; it runs on
+        assert not _gone(pids["main"])
+        parent.kill()
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while not _gone(pids["main"]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _gone(pids["main"]), "the child outlived its SIGKILLed parent"
+    finally:
+        parent.kill()
+        for pid in pids.values():
+            if not _gone(pid):
+                psutil.Process(pid).kill()
+
+
 def test_started_processes_are_listed_until_stopped(tmp_path: Path) -> None:
     p = ManagedProcess(
         "sleeper", [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "s.log"
