@@ -16,6 +16,8 @@ import logging
 import os
 import signal
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -204,8 +206,6 @@ def _parent_death_signal() -> Callable[[], None] | None:
     ``None`` where that cannot be done. Only from the main thread: Linux ties the signal to the
     *thread* that forked, and another thread may end long before this process does. Everything
     the function needs is looked up here, before the fork; the child only makes two syscalls."""
-    import sys
-
     if not sys.platform.startswith("linux"):
         return None
     if threading.current_thread() is not threading.main_thread():

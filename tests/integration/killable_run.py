@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from orchestrator.federated.processes import ManagedProcess
-from tests.conftest import free_port
+from orchestrator.processes.managed import ManagedProcess
+from orchestrator.processes.network import free_port
 
 FEDRAY = str(Path(sys.executable).parent / "fedray")
 DEMO = Path(__file__).parents[2] / "orchestrator" / "data" / "demo" / "tweets_sentiment.csv"

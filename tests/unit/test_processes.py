@@ -152,7 +152,7 @@ def test_an_orphaned_grandchild_seen_earlier_is_still_stopped(tmp_path: Path) ->
 PARENT_OF_SLEEPERS = """
 import json, sys, threading, time
 from pathlib import Path
-from orchestrator.federated.processes import ManagedProcess
+from orchestrator.processes.managed import ManagedProcess
 argv = [sys.executable, "-c", "import time; time.sleep(600)"]
 main = ManagedProcess("main", argv, Path(sys.argv[1]) / "main.log").start()
 box = {}
