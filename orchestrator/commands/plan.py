@@ -36,7 +36,10 @@ def round_pipeline(job: Any) -> dict[str, list[str]]:
     if job.privacy.secure_aggregation:
         from orchestrator.federated.secagg_round import describe as secure
 
-        server = [*secure(job.privacy, job.federation.sampled_sites), server[-2], server[-1]]
+        # The sum replaces the fold; the weights/robustness lines and the server step still hold.
+        kept = [line for line in server if line.startswith(("weights:", "robustness:"))]
+        sites = job.federation.sampled_sites
+        server = [*secure(job.privacy, sites), *kept, server[-2], server[-1]]
     # What the strategy adds to every train message (FedProx's mu, SCAFFOLD's flag) shapes the
     # site's pipeline too.
     record = task.to_record()

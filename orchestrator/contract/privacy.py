@@ -10,10 +10,12 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from orchestrator.contract.arrays import Arrays
+if TYPE_CHECKING:  # numpy only at run time: secagg/dp.py (no Flower) clips with it too
+    from orchestrator.contract.arrays import Arrays
 
 _CHUNK = 1 << 20
 

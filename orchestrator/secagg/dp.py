@@ -17,13 +17,14 @@ import math
 
 import numpy as np
 
+from orchestrator.contract.privacy import clip_to_norm
+
 
 def clip_l2(vec: np.ndarray, clip: float) -> tuple[np.ndarray, float]:
-    """``vec`` scaled to L2 norm <= ``clip``, and its norm before clipping."""
-    norm = float(np.linalg.norm(vec))
-    if norm > clip:
-        vec = vec * (clip / norm)
-    return vec, norm
+    """``vec`` scaled to L2 norm <= ``clip``, and its norm before clipping: the one clip of
+    :func:`orchestrator.contract.privacy.clip_to_norm` on the flattened update."""
+    out, norm = clip_to_norm({"v": vec}, clip)
+    return out["v"], norm
 
 
 def site_noise_std(noise_multiplier: float, clip: float, min_survivors: int) -> float:

@@ -65,3 +65,18 @@ def test_dry_run_shows_the_round_pipeline_of_both_sides(capsys):
     assert site[0].startswith("train: AdamW") and any("attack: sign_flip" in s for s in site)
     assert any(s.startswith("fold: clip update norms to 2") and "trimmed mean" in s for s in server)
     assert server[-2].startswith("server step")
+
+
+def test_dry_run_under_secure_aggregation_states_the_weights_and_the_tolerance():
+    from orchestrator.commands.plan import round_pipeline
+    from orchestrator.config.federated import FederatedJob
+    from orchestrator.config.loader import load_config
+
+    job = load_config(
+        FederatedJob, None, ["privacy.secure_aggregation=true", "federation.num_sites=4"]
+    )
+    server = round_pipeline(job)["server"]
+    assert server[0].startswith("secure aggregation: 4 site(s)")
+    assert any(s.startswith("weights: uniform (strategy.weighting=auto") for s in server)
+    assert any(s.startswith("robustness: tolerates 0 attacker(s)") for s in server)
+    assert server[-2].startswith("server step")
