@@ -15,13 +15,22 @@ from typing import Any
 HELP = "pretrain a causal LM with Ray Train (DDP or DeepSpeed)"
 
 
+def check_inputs(job: Any) -> None:
+    """The data files exist (a ``ConfigError`` naming the path otherwise), before torch loads."""
+    from orchestrator.data.sources import resolve_files
+
+    resolve_files(job.data.paths)
+
+
 def run(job: Any) -> object:
+    check_inputs(job)
     from orchestrator.pretrain import pretrain
 
     return pretrain(job)
 
 
 def plan(job: Any) -> dict:
+    check_inputs(job)
     from orchestrator.data import prepare_text_data
     from orchestrator.pretrain import launch_plan
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.config.schema import DataConfig
-from orchestrator.data.packing import PackedData, packed_dataset
 from orchestrator.data.sources import fingerprint, iter_texts, resolve_files
-from orchestrator.data.tokenizer import load_tokenizer, tokenizer_fingerprint, trained_tokenizer
 from orchestrator.progress import track
+
+if TYPE_CHECKING:  # transformers loads only when data is prepared: a bad path is answered at once
+    from transformers import PreTrainedTokenizerBase
+
+    from orchestrator.data.packing import PackedData
 
 
 @dataclass
@@ -31,6 +33,13 @@ def prepare_text_data(cfg: DataConfig, on_cluster: bool = False) -> PreparedData
     the cluster's nodes instead of processes on this one; ``cfg.cache_dir`` must then be on
     storage every node sees (check it first: :func:`orchestrator.data.shared.check_shared_storage`).
     """
+    from orchestrator.data.packing import packed_dataset
+    from orchestrator.data.tokenizer import (
+        load_tokenizer,
+        tokenizer_fingerprint,
+        trained_tokenizer,
+    )
+
     files = resolve_files(cfg.paths)
     corpus_fp = fingerprint(files)
     if cfg.tokenizer.path:
@@ -52,4 +61,12 @@ def prepare_text_data(cfg: DataConfig, on_cluster: bool = False) -> PreparedData
     return PreparedData(tokenizer=tok, packed=packed, files=files)
 
 
-__all__ = ["PackedData", "PreparedData", "prepare_text_data"]
+def __getattr__(name: str) -> Any:
+    if name == "PackedData":  # kept importable from here without loading transformers early
+        from orchestrator.data.packing import PackedData
+
+        return PackedData
+    raise AttributeError(name)
+
+
+__all__ = ["PackedData", "PreparedData", "prepare_text_data", "resolve_files"]
