@@ -38,8 +38,10 @@ def _run_watching_descendants(
                 except psutil.NoSuchProcess:
                     kids = []
                 for k in kids:
+                    # Re-read every poll: a child caught between fork and exec still shows its
+                    # parent's command line (then the SuperLink would be missed by name).
                     with contextlib.suppress(psutil.Error):
-                        seen.setdefault(k.pid, " ".join(k.cmdline()[:2]))
+                        seen[k.pid] = " ".join(k.cmdline()[:2])
                 time.sleep(0.5)
         finally:
             if proc.poll() is None:
