@@ -3,8 +3,11 @@
 Flower-agnostic apart from the ``Grid`` it talks to: :mod:`orchestrator.federated.server_app`
 wires it into a ServerApp, tests drive it with an in-process grid
 (:class:`orchestrator.federated.local_grid.LocalGrid`). What a round does to the replies is the
-strategy's pipeline (``strategies/pipeline.py``); this module only moves messages, keeps the
-run directory (``metrics.jsonl``, checkpoints, export) and names the sites.
+strategy's pipeline (``strategies/pipeline.py``). This module asks the strategy for a plan, lets
+the privacy ledger admit it, sends it, hands the replies back to the strategy and gets a typed
+outcome (``strategies/outcome.py``); it never reads or writes an attribute of the strategy. It
+keeps the run directory (``metrics.jsonl``, checkpoints, export), the ledger and the site names.
+docs/architecture.md walks one round through these files.
 """
 
 from __future__ import annotations
