@@ -16,9 +16,13 @@ HELP = "pretrain a causal LM with Ray Train (DDP or DeepSpeed)"
 
 
 def check_inputs(job: Any) -> None:
-    """The data files exist (a ``ConfigError`` naming the path otherwise), before torch loads."""
+    """Before torch or Ray loads: ``cluster.address`` answers (when set), then the data files
+    exist; each failure is a ``ConfigError`` naming the setting."""
+    from orchestrator.cluster import check_reachable
     from orchestrator.data.sources import resolve_files
 
+    if job.cluster.address:
+        check_reachable(job.cluster)
     resolve_files(job.data.paths)
 
 
