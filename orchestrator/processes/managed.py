@@ -31,6 +31,9 @@ class ProcessFailed(RuntimeError):
     """A managed process exited (or never became ready); the message holds its log tail."""
 
 
+WATCH_INTERVAL_S = 0.5
+"""How often a running process's descendants are noted (a /proc scan: about a millisecond)."""
+
 _RUNNING: list[ManagedProcess] = []
 """Processes started by this process and not yet stopped (for the final sweep on a signal)."""
 
@@ -53,6 +56,7 @@ class ManagedProcess:
         self.cwd = cwd
         self.popen: subprocess.Popen[bytes] | None = None
         self._seen: dict[int, psutil.Process] = {}
+        self._seen_lock = threading.Lock()
 
     def start(self) -> ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,7 +87,16 @@ class ManagedProcess:
         finally:
             logf.close()
         _RUNNING.append(self)
+        threading.Thread(target=self._watch, name=f"watch {self.name}", daemon=True).start()
         return self
+
+    def _watch(self, interval: float = WATCH_INTERVAL_S) -> None:
+        """Note its descendants while it runs. A process that exits leaves its children to the
+        system's reaper, out of our tree (Ray's raylet and agents once the simulation's driver
+        is gone): seen here first, ``stop()`` still finds and waits for them."""
+        while self.alive():
+            self.descendants()
+            time.sleep(interval)
 
     @property
     def pid(self) -> int:
@@ -119,9 +132,13 @@ class ManagedProcess:
         refuses to signal a PID that was reused by another process since it was seen."""
         if self.alive():
             with contextlib.suppress(psutil.NoSuchProcess):
-                for p in psutil.Process(self.pid).children(recursive=True):
-                    self._seen.setdefault(p.pid, p)
-        return [p for p in self._seen.values() if _live(p)]
+                kids = psutil.Process(self.pid).children(recursive=True)
+                with self._seen_lock:
+                    for p in kids:
+                        self._seen.setdefault(p.pid, p)
+        with self._seen_lock:
+            seen = list(self._seen.values())
+        return [p for p in seen if _live(p)]
 
     def signal_tree(self, sig: int) -> None:
         """Send ``sig`` to the process and all its descendants (by PID)."""

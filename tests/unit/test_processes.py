@@ -15,7 +15,13 @@ import psutil
 import pytest
 
 from orchestrator.processes.launch import is_loopback
-from orchestrator.processes.managed import ManagedProcess, running_processes, stop_all, wait_until
+from orchestrator.processes.managed import (
+    WATCH_INTERVAL_S,
+    ManagedProcess,
+    running_processes,
+    stop_all,
+    wait_until,
+)
 from orchestrator.processes.network import PortInUse, check_port_free, free_port, port_free
 from orchestrator.processes.signals import Interrupted, interrupted_exit_code
 
@@ -140,6 +146,27 @@ def test_an_orphaned_grandchild_seen_earlier_is_still_stopped(tmp_path: Path) ->
         assert gc in {k.pid for k in p.descendants()}
         psutil.Process(p.pid).kill()  # the parent dies alone: its child is reparented
         p.popen.wait(timeout=10)  # type: ignore[union-attr]
+        assert not _gone(gc)
+        p.stop(timeout=2)
+        assert _gone(gc)
+    finally:
+        p.stop(timeout=1)
+
+
+@pytest.mark.integration
+def test_a_grandchild_left_by_a_child_that_exited_on_its_own_is_stopped(tmp_path: Path) -> None:
+    """Nobody asks for the tree while the child runs (as with a simulation whose Ray outlives the
+    driver): the watcher noted the grandchild, so ``stop()`` still ends it."""
+    script = (
+        "import subprocess, sys, time\n"
+        "gc = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        "print('grandchild', gc.pid, flush=True)\n"
+        f"time.sleep({4 * WATCH_INTERVAL_S})\n"
+    )
+    p = ManagedProcess("parent", [sys.executable, "-c", script], tmp_path / "p.log").start()
+    try:
+        p.popen.wait(timeout=30)  # type: ignore[union-attr]
+        gc = int(p.log_tail().split("grandchild ")[1].split()[0])
         assert not _gone(gc)
         p.stop(timeout=2)
         assert _gone(gc)
