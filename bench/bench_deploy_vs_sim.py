@@ -9,7 +9,9 @@ the simulation's partitions written to CSV, so each site trains on the same numb
 - simulation: ``fedray simulate`` in-process (Ray actors host the ClientApps; torch is imported
   once per actor);
 - deployment: ``fedray server`` (SuperLink with TLS + site auth) + 3 ``fedray site`` SuperNodes
-  on 127.0.0.1. Flower starts a fresh ``flwr-clientapp`` process per message.
+  on 127.0.0.1. Flower starts a fresh ``flwr-clientapp`` process per message; run twice, with
+  each site's warm worker (clients/site_worker.py, the default) and without it
+  (``fedray site --no-warm-worker``: every message imports torch and transformers again).
 
 Where the deployment time goes: the cost of one ClientApp process start is measured directly
 (a fresh interpreter importing flwr's ClientApp runtime, then torch, then the fedray ClientApp),
@@ -93,11 +95,12 @@ def bench_sim(rounds: int, work: Path) -> dict:
     return {"total_s": time.monotonic() - t0, "rounds_s": round_times(run_dir)}
 
 
-def bench_deploy(rounds: int, work: Path) -> dict:
+def bench_deploy(rounds: int, work: Path, warm_worker: bool) -> dict:
     from orchestrator.processes import credentials, server_session, site
     from orchestrator.processes.managed import stop_all
     from orchestrator.processes.network import free_port
 
+    work = work / ("warm" if warm_worker else "cold")
     run_dir = work / "deploy"
     job = job_for(rounds, run_dir)
     files = write_site_files(job, work / "site-data")
@@ -119,6 +122,7 @@ def bench_deploy(rounds: int, work: Path) -> dict:
                     key=k.private,
                     root_cert=pki.ca_cert,
                     port=free_port(),
+                    warm_worker=warm_worker,
                 )
                 sites.append(site.site_process(so, work / f"site-{i}.log", work / f"s{i}"))
                 sites[-1].start()
@@ -138,8 +142,10 @@ def bench_deploy(rounds: int, work: Path) -> dict:
 STAGES = {
     "python + flwr ClientApp runtime": "import flwr.supernode.runtime.run_clientapp",
     "+ torch": "import flwr.supernode.runtime.run_clientapp, torch",
-    "+ fedray ClientApp (transformers, data)": "import flwr.supernode.runtime.run_clientapp, "
-    "torch, clients.client_app",
+    "+ fedray ClientApp (what a site's message process imports)": "import "
+    "flwr.supernode.runtime.run_clientapp, clients.client_app",
+    "+ fedray site handlers (torch, transformers; a warm worker imports them once)": "import "
+    "flwr.supernode.runtime.run_clientapp, clients.site_handlers",
 }
 
 
@@ -168,38 +174,46 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="fedray-bench-sites-"))
     starts = bench_process_start(args.repeats)
     sim = None if args.skip_sim else bench_sim(args.rounds, work)
-    dep = None if args.skip_deploy else bench_deploy(args.rounds, work)
+    warm = None if args.skip_deploy else bench_deploy(args.rounds, work, warm_worker=True)
+    cold = None if args.skip_deploy else bench_deploy(args.rounds, work, warm_worker=False)
 
     def med(d: dict | None) -> str:
         return f"{statistics.median(d['rounds_s']):.1f}" if d else "-"
 
-    per_proc = starts["+ fedray ClientApp (transformers, data)"]
+    thin, full = list(starts.values())[-2:]
     lines = [
         f"\n## {time.strftime('%Y-%m-%d %H:%M')} - {platform.node()}, "
         f"{platform.processor() or platform.machine()}, 3 sites, {args.rounds} rounds\n",
         "| engine | per-round wall time s (median) | rounds s | total s |",
         "|---|---|---|---|",
     ]
-    for name, d in (("simulation (Ray)", sim), ("deployment (SuperLink + 3 SuperNodes, TLS)", dep)):
+    runs = (
+        ("simulation (Ray)", sim),
+        ("deployment, warm site workers (default)", warm),
+        ("deployment, `--no-warm-worker` (a process per message)", cold),
+    )
+    for name, d in runs:
         if d:
             rounds = ", ".join(f"{x:.1f}" for x in d["rounds_s"])
             lines.append(f"| {name} | {med(d)} | {rounds} | {d['total_s']:.1f} |")
+    if sim and warm:
+        ratio = statistics.median(warm["rounds_s"]) / statistics.median(sim["rounds_s"])
+        lines.append(f"\nDeployment (warm) / simulation, per round: {ratio:.2f}x.")
     lines += [
         "",
-        "Cost of one fresh ClientApp process (deployment engine: one per message), median of "
-        f"{args.repeats}:",
+        "Cost of one fresh process doing each stage's imports, median of "
+        f"{args.repeats} (the deployment engine starts one per message):",
         "",
         "| stage | s |",
         "|---|---|",
         *[f"| {k} | {v:.2f} |" for k, v in starts.items()],
         "",
-        f"Per round each site handles 2 messages (train, evaluate): about "
-        f"{2 * per_proc:.1f} s of process start per site per round, "
-        f"{2 * 3 * per_proc:.1f} s of CPU for 3 sites on this machine.",
+        f"A message process at a site with a warm worker imports {thin:.1f} s worth; without "
+        f"one, {full:.1f} s (each site handles 1-2 messages per round).",
     ]
-    if dep:
+    if warm:
         lines.append(
-            f"Deployment start-up (SuperLink + key registration + sites): {dep['startup_s']:.1f} s."
+            f"Deployment start-up (SuperLink + key registration + sites): {warm['startup_s']:.1f} s."
         )
     text = "\n".join(lines) + "\n"
     print(text)

@@ -58,6 +58,13 @@ def site_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--num-threads", type=int, help="torch threads for local training")
     p.add_argument(
+        "--no-warm-worker",
+        dest="warm_worker",
+        action="store_false",
+        help="run each message in the fresh process Flower starts for it (imports torch and "
+        "transformers every time) instead of this site's warm worker (clients/site_worker.py)",
+    )
+    p.add_argument(
         "--state-dir",
         type=Path,
         help="FLWR_HOME, logs and the site's persistent state (e.g. SCAFFOLD's control "
@@ -95,6 +102,7 @@ def site_options(ns: argparse.Namespace) -> SiteOptions:
         insecure=ns.insecure,
         port=ns.port,
         num_threads=ns.num_threads,
+        warm_worker=ns.warm_worker,
     )
 
 

@@ -26,7 +26,10 @@ from __future__ import annotations
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-import clients.client_app  # noqa: F401  (loaded under Flower's lock; see the module doc)
+# Loaded under Flower's lock (see the module doc): the ClientApp, and the handlers it imports on
+# its first message.
+import clients.client_app
+import clients.site_handlers  # noqa: F401
 from orchestrator.federated.server_app import job_from_run_config, run_federated
 
 app = ServerApp()

@@ -3,7 +3,8 @@
     fedray site --server fl.example.org:9092 --data /data/site.csv --key site.key --root-cert ca.pem
 
 A site starts a Flower SuperNode (``flower-supernode``) with node config ``data-path=...``; for
-each message the SuperNode starts the ClientApp (``clients/client_app.py``), which reads only
+each message the SuperNode starts the ClientApp (``clients/client_app.py``), which hands it to the
+site's warm worker (``clients/site_worker.py``; imports paid once per site) and reads only
 that file. Only weight updates leave the machine. The process is stopped by PID
 (:mod:`orchestrator.processes.managed`).
 
@@ -35,6 +36,9 @@ LOCAL_HOST = "127.0.0.1"
 """Where a SuperNode serves its ClientApp API (never the network)."""
 PORT_TAKEN = re.compile(r"address already in use|Runtime HTTP API failed to start", re.IGNORECASE)
 """What ``flower-supernode`` logs when its ``--port`` was taken between our check and its bind."""
+SITE_WORKER_ENV = "FEDRAY_SITE_WORKER"
+"""``clients.site_worker.ENV_FLAG``: ``1`` in a SuperNode's environment turns on the warm worker
+(the server side does not import the site's code; tests/unit/test_site_worker.py checks both)."""
 
 
 @dataclass
@@ -61,6 +65,9 @@ class SiteOptions:
     state_dir: Path | None = None
     """Where the ClientApp keeps this site's state across rounds and restarts (node config
     ``state-dir``; clients/site_state.py). None = in memory only."""
+    warm_worker: bool = True
+    """Handle messages in one warm process per site (clients/site_worker.py) instead of paying
+    torch's and transformers' imports in the fresh process Flower starts for each message."""
 
     def node_config(self) -> dict[str, Any]:
         cfg: dict[str, Any] = {"data-path": str(self.data)}
@@ -120,7 +127,9 @@ def site_process(opts: SiteOptions, log_path: Path, state_dir: Path) -> ManagedP
         f"site {opts.name or opts.data.stem}",
         opts.argv(),
         log_path,
-        env=flower_env(state_dir / "flwr-home"),
+        env=flower_env(
+            state_dir / "flwr-home", {SITE_WORKER_ENV: "1" if opts.warm_worker else "0"}
+        ),
         cwd=state_dir,
     )
 

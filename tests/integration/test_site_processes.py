@@ -3,7 +3,8 @@ signal stops each command and every process it started, checked by PID with psut
 `--port` is a one-line error before anything starts.
 
 Each command is started in its own session, like the children it starts, so a signal sent here
-reaches the command alone, as `kill PID` does.
+reaches the command alone, as `kill PID` does. The three signals are checked side by side, each
+on its own command (tests/integration/side_by_side.py): most of each check is waiting.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import psutil
@@ -24,6 +26,7 @@ import pytest
 from orchestrator.processes import server_session
 from orchestrator.processes.launch import flower_env
 from orchestrator.processes.network import free_port
+from tests.integration.side_by_side import side_by_side
 
 pytestmark = pytest.mark.integration
 
@@ -122,10 +125,8 @@ def superlink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         link.stop()
 
 
-@pytest.mark.parametrize(("sig", "code"), SIGNALS, ids=lambda x: getattr(x, "name", str(x)))
-def test_signal_stops_fedray_site_and_its_supernode(
-    tmp_path: Path, superlink: str, sig: signal.Signals, code: int
-) -> None:
+def test_each_signal_stops_fedray_site_and_its_supernode(tmp_path: Path, superlink: str) -> None:
+    """SIGINT, SIGTERM and SIGHUP, each to its own `fedray site`, side by side."""
     data = tmp_path / "a.csv"
     data.write_text("text,label\nhello,positive\nbye,negative\n")
     argv = [FEDRAY, "site", "--server", superlink, "--data", str(data), "--insecure"]
@@ -135,23 +136,30 @@ def test_signal_stops_fedray_site_and_its_supernode(
             "flower-superexec" in c for c in cmds
         )
 
-    _signal_and_check(argv, tmp_path, ready, "SuperNode + SuperExec", sig, code)
+    side_by_side(
+        {
+            sig.name: partial(
+                _signal_and_check, argv, _own(tmp_path, sig), ready, "SuperNode", sig, code
+            )
+            for sig, code in SIGNALS
+        }
+    )
 
 
-@pytest.mark.parametrize(("sig", "code"), SIGNALS, ids=lambda x: getattr(x, "name", str(x)))
-def test_signal_stops_fedray_server_superlink_and_serverapp(
-    tmp_path: Path, sig: signal.Signals, code: int
-) -> None:
-    argv = [
-        FEDRAY,
-        "server",
-        "federation.num_sites=2",
-        "federation.round_timeout_s=300",
-        f"run.dir={tmp_path / 'run'}",
-        "--insecure",
-        "--port",
-        str(free_port()),
-    ]
+def test_each_signal_stops_fedray_server_superlink_and_serverapp(tmp_path: Path) -> None:
+    """SIGINT, SIGTERM and SIGHUP, each to its own `fedray server`, side by side."""
+
+    def argv(run: Path) -> list[str]:
+        return [
+            FEDRAY,
+            "server",
+            "federation.num_sites=2",
+            "federation.round_timeout_s=300",
+            f"run.dir={run}",
+            "--insecure",
+            "--port",
+            str(free_port()),
+        ]
 
     def ready(cmds: list[str]) -> bool:  # the SuperLink, its SuperExec, the ServerApp, flwr run
         return all(
@@ -159,7 +167,19 @@ def test_signal_stops_fedray_server_superlink_and_serverapp(
             for name in ("flower-superlink", "flower-superexec", "flwr-serverapp", "flwr run")
         )
 
-    _signal_and_check(argv, tmp_path, ready, "SuperLink + ServerApp", sig, code)
+    cases = {}
+    for sig, code in SIGNALS:
+        own = _own(tmp_path, sig)
+        cases[sig.name] = partial(
+            _signal_and_check, argv(own / "run"), own, ready, "SuperLink + ServerApp", sig, code
+        )
+    side_by_side(cases)
+
+
+def _own(tmp_path: Path, sig: signal.Signals) -> Path:
+    d = tmp_path / sig.name
+    d.mkdir()
+    return d
 
 
 @pytest.mark.parametrize("command", ["site", "server"])
