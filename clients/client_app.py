@@ -41,7 +41,10 @@ app = ClientApp()
 def _handle(name: str, msg: Message, context: Context) -> Message:
     if site_worker.enabled() and (reply := site_worker.relay(name, msg, context)) is not None:
         return reply
-    return site_worker.handlers()[name](msg, context)
+    handler = site_worker.handlers()[name]  # imports torch and transformers on first use
+    if name in site_worker.TIMED:
+        return handler(msg, context, overhead=site_worker.message_overhead())
+    return handler(msg, context)
 
 
 @app.train()

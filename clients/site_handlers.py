@@ -77,6 +77,16 @@ def honest_update(
     return update, metrics, len(examples), data.name
 
 
+def timing_metrics(
+    overhead: Mapping[str, float] | None, task: SiteTask, prefix: str
+) -> dict[str, float]:
+    """The message's overhead as reply metrics; none under local DP, where nothing but the
+    noised update leaves the site."""
+    if not overhead or task.privacy.mode == "local":
+        return {}
+    return {f"{prefix}overhead-s": overhead["s"], f"{prefix}overhead-cpu-s": overhead["cpu-s"]}
+
+
 def _threads(msg: Message, context: Context) -> dict[str, Any]:
     """The node config this message is handled with (a simulated pool node acts as the site
     the message names; orchestrator/contract/site_pool.py), after applying ``num-threads``."""
@@ -86,7 +96,9 @@ def _threads(msg: Message, context: Context) -> dict[str, Any]:
     return node_config
 
 
-def train(msg: Message, context: Context) -> Message:
+def train(msg: Message, context: Context, overhead: Mapping[str, float] | None = None) -> Message:
+    """``overhead``: what this message cost the site before the handler ran (real sites only;
+    clients/site_worker.py ``message_overhead``), reported as ``overhead-s``/``overhead-cpu-s``."""
     node_config = _threads(msg, context)
     task = SiteTask.from_record(msg.content[CONFIG])
     attacker = is_attacker(task, node_config)
@@ -111,7 +123,8 @@ def train(msg: Message, context: Context) -> Message:
         # Local DP covers the update only: nothing else computed from the data leaves either.
         metrics, n = {}, 1
     resets = {"site-state-reset": float(len(store.resets))} if store.resets else {}
-    reply_metrics = {**metrics, **ctx.metrics, **resets, NUM_EXAMPLES: n}
+    timing = timing_metrics(overhead, task, "")
+    reply_metrics = {**metrics, **ctx.metrics, **resets, **timing, NUM_EXAMPLES: n}
     if task.privacy.secure_aggregation:  # the update stays here; only masked, later
         return secagg.begin(msg, context, task, update, reply_metrics, site)
     return train_reply(msg, update, reply_metrics, site, extra, base_hash=task.base_hash)
@@ -129,7 +142,9 @@ def secagg_unmask(msg: Message, context: Context) -> Message:
     return secagg.unmask(msg, context)
 
 
-def evaluate_(msg: Message, context: Context) -> Message:
+def evaluate_(
+    msg: Message, context: Context, overhead: Mapping[str, float] | None = None
+) -> Message:
     node_config = _threads(msg, context)
     task = SiteTask.from_record(msg.content[CONFIG])
     data, model = _setup(msg, task, node_config, context)
@@ -137,7 +152,7 @@ def evaluate_(msg: Message, context: Context) -> Message:
     metrics = evaluate(
         model, examples, task.spec.task, task.train.micro_batch_size, len(task.labels)
     )
-    metrics = {**metrics, NUM_EXAMPLES: len(examples)}
+    metrics = {**metrics, **timing_metrics(overhead, task, "eval-"), NUM_EXAMPLES: len(examples)}
     return evaluate_reply(msg, metrics, data.name, base_hash=task.base_hash)
 
 

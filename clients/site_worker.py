@@ -136,6 +136,7 @@ def relay(handler: str, msg: Message, context: Context, owner: int | None = None
         run_config=dict(context.run_config),
         content=msg.content,
         state=context.state,
+        overhead=message_overhead(),
     )
     with sock:
         try:
@@ -207,7 +208,24 @@ def _start(path: Path, owner: int) -> socket.socket | None:
 
 # ---- the worker side ---------------------------------------------------------------------------
 
-Handler = Callable[[Message, Context], Message]
+Handler = Callable[..., Message]
+TIMED = ("train", "evaluate")
+"""Handlers that report the message's overhead (``overhead=`` keyword)."""
+
+
+def message_overhead() -> dict[str, float] | None:
+    """What this message has cost so far in the process Flower started for it (``s``: since
+    the process started; ``cpu-s``: its CPU time), or None outside such a process (simulation,
+    tests, a debugger), where a process's age says nothing about one message."""
+    if Path(sys.argv[0]).name != "flwr-clientapp":
+        return None
+    import psutil
+
+    cpu = os.times()
+    return {
+        "s": max(0.0, time.time() - psutil.Process().create_time()),
+        "cpu-s": cpu.user + cpu.system,
+    }
 
 
 def handlers() -> dict[str, Handler]:
@@ -239,8 +257,9 @@ def run_request(req: Request, table: dict[str, Handler]) -> Reply:
         run_config=req.run_config,
     )
     msg = Message(content=req.content, dst_node_id=req.node_id, message_type=req.message_type)
+    timed = {"overhead": req.overhead} if req.handler in TIMED else {}
     try:
-        reply = table[req.handler](msg, context)
+        reply = table[req.handler](msg, context, **timed)
     except Exception as e:
         return Reply(None, None, f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
     return Reply(reply.content, context.state)

@@ -46,6 +46,8 @@ class Request:
     run_config: dict[str, Any]
     content: RecordDict
     state: RecordDict
+    overhead: dict[str, float] | None = None
+    """What the message cost before it reached the worker (``s``, ``cpu-s``), to report."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,7 @@ def encode_request(req: Request) -> list[bytes]:
         "message_type": req.message_type,
         "node_config": req.node_config,
         "run_config": req.run_config,
+        "overhead": req.overhead,
     }
     return [json.dumps(head).encode(), encode_records(req.content), encode_records(req.state)]
 
@@ -152,7 +155,24 @@ def decode_request(parts: Sequence[bytes]) -> Request:
         run_config=_scalars(head["run_config"], "run_config"),
         content=decode_records(parts[1], "content"),
         state=decode_records(parts[2], "state"),
+        overhead=_overhead(head.get("overhead")),
     )
+
+
+OVERHEAD_MAX_S = 1e6
+
+
+def _overhead(value: object) -> dict[str, float] | None:
+    """``None``, or ``{"s": wall seconds, "cpu-s": CPU seconds}``, each finite in [0, 1e6]."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"s", "cpu-s"}:
+        raise WireError("overhead must be null or an object with keys 's' and 'cpu-s'")
+    for k, v in value.items():
+        ok = isinstance(v, int | float) and not isinstance(v, bool)
+        if not ok or not 0 <= v <= OVERHEAD_MAX_S:  # NaN fails this too
+            raise WireError(f"overhead {k!r} must be a number of seconds in [0, 1e6]")
+    return {k: float(v) for k, v in value.items()}
 
 
 def encode_reply(reply: Reply) -> list[bytes]:

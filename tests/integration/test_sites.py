@@ -167,6 +167,14 @@ def test_tls_auth_three_sites_complete_two_rounds_and_improve(reference: Referen
         assert r["train"]["sites-accepted"] == 3, r
         assert r["dropped"] == []
         assert set(r["sites"]) == set(SITES)
+    # Each site reports what each message cost it before its handler ran. Its warm worker
+    # imported torch and transformers once, so a message's own process stays cheap (without
+    # the worker, about 5-7 CPU-s each: bench/bench_deploy_vs_sim.py).
+    for r in run.metrics[1:]:
+        for name in SITES:
+            row = r["sites"][name]
+            assert 0 < row["overhead-s"] < 120 and 0 < row["overhead-cpu-s"] < 4, row
+    assert all("eval-overhead-s" in run.metrics[-1]["sites"][n] for n in SITES)
     first, last = run.metrics[0]["eval"], run.metrics[-1]["eval"]
     # The tiny model's loss is noisy over 2 rounds; accuracy and macro-F1 must both improve.
     assert last["accuracy"] > first["accuracy"], (first, last)

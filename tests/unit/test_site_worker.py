@@ -109,6 +109,50 @@ def test_any_bytes_decode_or_raise_wire_error(head: bytes, body: bytes) -> None:
         decode_reply([head, body, body])
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"s": float("nan"), "cpu-s": 1.0},
+        {"s": -1.0, "cpu-s": 1.0},
+        {"s": True, "cpu-s": 1.0},
+        {"s": 1.0},
+        [1.0, 2.0],
+        {"s": 1e9, "cpu-s": 1.0},
+    ],
+)
+def test_a_bad_overhead_is_refused(bad: object) -> None:
+    parts = encode_request(request())
+    head = {**json.loads(parts[0]), "overhead": bad}
+    with pytest.raises(WireError, match="overhead"):
+        decode_request([json.dumps(head).encode(), *parts[1:]])
+
+
+def test_overhead_is_measured_only_in_a_per_message_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert site_worker.message_overhead() is None  # pytest is not Flower's ClientApp process
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/flwr-clientapp", "--token", "x"])
+    cost = site_worker.message_overhead()
+    assert cost is not None and set(cost) == {"s", "cpu-s"}
+    assert cost["cpu-s"] > 0 and 0 <= cost["s"] < 24 * 3600
+    req = request(overhead=cost)
+    assert decode_request(encode_request(req)).overhead == cost
+
+
+def test_overhead_metrics_are_left_out_under_local_dp() -> None:
+    from clients.site_handlers import timing_metrics
+
+    task = type("T", (), {"privacy": type("P", (), {"mode": "off"})()})()
+    cost = {"s": 2.0, "cpu-s": 0.5}
+    assert timing_metrics(cost, task, "eval-") == {  # type: ignore[arg-type]
+        "eval-overhead-s": 2.0,
+        "eval-overhead-cpu-s": 0.5,
+    }
+    task.privacy.mode = "local"
+    assert timing_metrics(cost, task, "") == {}  # type: ignore[arg-type]
+    assert timing_metrics(None, task, "") == {}  # type: ignore[arg-type]
+
+
 def test_an_oversized_part_is_refused_before_it_is_read() -> None:
     a, b = socket.socketpair()
     with a, b:
@@ -159,7 +203,9 @@ def test_a_worker_answers_as_the_clientapp_does_and_leaves_with_its_owner(
         ctx = context()
         ctx.state["kept"] = ConfigRecord({"k": 1})
         t0 = time.monotonic()
-        first = site_worker.relay("train", train_message(setup, state), ctx, owner=owner.pid)
+        with pytest.MonkeyPatch.context() as mp:  # as in Flower's per-message process
+            mp.setattr(sys, "argv", ["flwr-clientapp"])
+            first = site_worker.relay("train", train_message(setup, state), ctx, owner=owner.pid)
         t_first = time.monotonic() - t0
         assert first is not None and path.exists()
         worker_pid = int(path.with_suffix(".log").read_text().split("site worker ")[1].split()[0])
@@ -168,7 +214,10 @@ def test_a_worker_answers_as_the_clientapp_does_and_leaves_with_its_owner(
         assert set(got) == set(want)
         for k in want:
             np.testing.assert_array_equal(got[k], want[k], err_msg=k)
-        assert dict(first.content["metrics"]) == dict(local.content["metrics"])
+        # The same metrics, plus what the message cost before the worker ran it.
+        relayed = dict(first.content["metrics"])
+        assert relayed.pop("overhead-s") >= 0 and relayed.pop("overhead-cpu-s") > 0
+        assert relayed == dict(local.content["metrics"])
 
         t0 = time.monotonic()
         second = site_worker.relay("train", train_message(setup, state), context(), owner.pid)
