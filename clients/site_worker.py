@@ -18,7 +18,6 @@ process, as without the worker, with a warning. The wire format is in clients/wo
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import logging
 import os
@@ -173,6 +172,8 @@ def _connect(path: Path) -> socket.socket | None:
 
 def _start(path: Path, owner: int) -> socket.socket | None:
     """Start the worker (one at a time: a lock file beside the socket) and connect to it."""
+    import fcntl  # POSIX only, like the Unix socket (``enabled``); the ClientApp imports this module
+
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if sock := _connect(path):
