@@ -27,6 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(job: Any) -> object:
+    if job.cluster.address:  # before torch and Flower load: a dead cluster fails in seconds
+        from orchestrator.cluster import check_reachable
+
+        check_reachable(job.cluster)
     from orchestrator.federated.simulate import simulate
 
     return simulate(job)

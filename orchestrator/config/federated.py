@@ -23,6 +23,7 @@ from orchestrator.config.federation import (
 from orchestrator.config.privacy import PrivacyConfig, check_privacy, resolve_weighting
 from orchestrator.config.robust import ROBUST_RULES, check_tolerance
 from orchestrator.config.schema import (
+    ClusterConfig,
     DataConfig,
     FieldError,
     LoggingConfig,
@@ -289,10 +290,22 @@ class FederatedJob:
     attack: AttackConfig = field(default_factory=AttackConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    """``fedray simulate`` only: ``cluster.address`` runs the simulation engine on that Ray
+    cluster (its nodes' resources place the sites) instead of an embedded local Ray."""
     run: RunConfig = field(default_factory=RunConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def __post_init__(self) -> None:
+        if self.cluster.num_cpus is not None:
+            raise FieldError(
+                self.cluster,
+                "num_cpus",
+                self.cluster.num_cpus,
+                "null in a federated job",
+                "The simulation's embedded Ray takes federation.num_cpus; on a cluster "
+                "(cluster.address) the nodes' own CPUs count.",
+            )
         if len(self.data.paths) > 1:
             raise FieldError(
                 self.data,

@@ -36,11 +36,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from orchestrator.cluster import check_reachable
 from orchestrator.config.federated import FederatedJob
 from orchestrator.config.loader import ConfigError, to_yaml
 from orchestrator.federated.report import print_partition
 from orchestrator.federated.server_app import FederatedResult
-from orchestrator.federated.setup import check_inputs
+from orchestrator.federated.setup import check_inputs, server_data_path
+from orchestrator.federated.sim_cluster import check_cluster, simulation_ray_address
 from orchestrator.processes.flwr_cli import ServerRun, submit_job
 from orchestrator.processes.launch import (
     CLIENTAPP,
@@ -95,7 +97,7 @@ def federation_config(job: FederatedJob) -> dict[str, Any]:
         "client-resources-num-cpus": int(fed.cpus_per_site),
         "client-resources-num-gpus": float(fed.gpus_per_site),
     }
-    if fed.num_cpus is not None:
+    if fed.num_cpus is not None and not job.cluster.address:  # a cluster brings its own CPUs
         cfg["init-args-num-cpus"] = fed.num_cpus
     return cfg
 
@@ -138,8 +140,13 @@ def simulation_plan(job: FederatedJob) -> dict[str, Any]:
     return {
         "flower": {
             "engine": "simulation: flower-superlink --simulation on 127.0.0.1 + flwr run "
-            "--stream (flwr-simulation runs the ServerApp and the simulated SuperNodes on an "
-            "embedded Ray)",
+            "--stream (flwr-simulation runs the ServerApp and the simulated SuperNodes on "
+            + (
+                f"the Ray cluster at {job.cluster.address}; checked first: it answers, a node "
+                "fits a site, every node sees the data file and the run directory)"
+                if job.cluster.address
+                else "an embedded Ray)"
+            ),
             "num_supernodes": federation_config(job)["num-supernodes"],
             "site_pool": site_pool_plan(job),
             "federation_config": federation_config(job),
@@ -147,7 +154,11 @@ def simulation_plan(job: FederatedJob) -> dict[str, Any]:
             "submit": shlex.join(
                 submit_argv(state / "app", state / "run-config.toml", federation_config(job))
             ),
-            "env": {**SIMULATION_ENV, "FLWR_HOME": str(state / "flwr-home")},
+            "env": {
+                **SIMULATION_ENV,
+                "RAY_ADDRESS": simulation_ray_address(job),
+                "FLWR_HOME": str(state / "flwr-home"),
+            },
             "serverapp": SIM_SERVERAPP,
             "clientapp": CLIENTAPP,
         },
@@ -200,18 +211,32 @@ def simulate(job: FederatedJob) -> FederatedResult:
     The console shows the partition, the round table and fedray's lines; Flower's CLI and
     engine chatter, Ray's and DeepSpeed's start-up lines go to ``RUN_DIR/run.log`` only, unless
     ``logging.verbose`` (:mod:`orchestrator.run_log`)."""
+    if job.cluster.address:  # a dead address fails in seconds, before anything loads
+        check_reachable(job.cluster)
     run_dir = resolve_run_dir(job.run, "simulate")
     fed_config = federation_config(job)  # config errors before anything starts
     check_available(job.logging)
     print_partition(partition_summary(job), job.partition.kind, job.federation.num_sites)
     check_inputs(job)
+    if job.cluster.address:
+        on = check_cluster(job, run_dir.absolute(), server_data_path(job).absolute())
+        print(
+            f"simulation on the Ray cluster at {job.cluster.address}: {on['nodes']} node(s), "
+            f"{on['sites_at_once']} site(s) at once"
+        )
     log.info("federation config: %s", format_node_config(fed_config))
     with console_to_run_log(run_dir, job.logging.verbose):
         if job.logging.tensorboard:
             print(f"TensorBoard: tensorboard --logdir {run_dir / TENSORBOARD_DIR}")
         # Every streamed line reaches the filter (and run.log); it hides Flower's CLI hints too.
         with round_progress(run_dir, job.federation.num_rounds):
-            run = run_on_simulation_engine(to_yaml(job), run_dir, fed_config, hide=None)
+            run = run_on_simulation_engine(
+                to_yaml(job),
+                run_dir,
+                fed_config,
+                hide=None,
+                extra_env={"RAY_ADDRESS": simulation_ray_address(job)},
+            )
     if not run.ok:
         raise RuntimeError(
             f"the federated run did not finish ({run.status}; see the log above and "

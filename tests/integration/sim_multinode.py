@@ -1,0 +1,109 @@
+"""`fedray simulate` on a multi-node Ray cluster on one machine, run in its own interpreter by
+test_sim_cluster.py:
+
+    python -m tests.integration.sim_multinode OUT.json RUNS_DIR CACHE_DIR
+
+A head node with no CPUs and two 1-CPU worker nodes (``ray.cluster_utils.Cluster``, as in
+tests/integration/multinode.py). The same job runs twice as a user runs it, ``fedray simulate``
+in a subprocess: on the cluster (``cluster.address``; each site needs a whole node's CPU, so
+the two ClientApp actors land on different nodes) and on the embedded local Ray. The report
+holds each run's exit code and output tail, the nodes the ClientApp actors ran on (Ray's state
+API, served by the head's dashboard) and the final weights' digest per tensor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+JOB = [
+    "federation.num_sites=4",
+    "federation.num_rounds=2",
+    "federation.min_sites=2",
+    "federation.eval_every=2",
+    "federation.cpus_per_site=1",
+    "federation.num_cpus=2",  # the embedded run's Ray; a cluster brings its own CPUs
+    "partition.kind=iid",
+    "partition.max_examples_per_site=40",
+    "finetune.local_steps=2",
+    "train.micro_batch_size=8",
+    "model.path=null",
+    "model.d_model=32",
+    "model.n_head=2",
+    "model.n_layer=1",
+    "data.tokenizer.path=null",
+    "data.tokenizer.vocab_size=512",
+    "task.max_length=24",
+]
+
+
+def simulate(run_dir: Path, cache: Path, *extra: str) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "simulate", *JOB,
+         f"data.cache_dir={cache}", f"run.dir={run_dir}", *extra],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    return {"rc": done.returncode, "out": (done.stdout + done.stderr)[-6000:]}
+
+
+def digests(run_dir: Path) -> dict[str, str]:
+    from safetensors.numpy import load_file
+
+    weights = load_file(str(run_dir / "export" / "model.safetensors"))
+    return {k: hashlib.sha256(v.tobytes()).hexdigest() for k, v in sorted(weights.items())}
+
+
+def actor_nodes() -> list[str]:
+    from ray.util.state import list_actors
+
+    actors = list_actors(filters=[("class_name", "=", "ClientAppActor")], timeout=30)
+    return sorted({a.node_id for a in actors})
+
+
+def main(out: Path, runs: Path, cache: Path) -> None:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from orchestrator.processes.network import free_port
+
+    port = free_port()
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    os.environ.pop("RAY_ADDRESS", None)
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 0,  # sites run on the worker nodes, as on a real cluster
+            "include_dashboard": True,
+            "dashboard_host": "127.0.0.1",
+            "dashboard_port": port,
+        },
+    )
+    report: dict[str, Any] = {}
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        report["worker_nodes"] = sorted(n.node_id for n in cluster.worker_nodes)
+        report["cluster"] = simulate(runs / "cluster", cache, f"cluster.address={cluster.address}")
+        ray.init(address=cluster.address, log_to_driver=False)
+        report["cluster"]["actor_nodes"] = actor_nodes()
+        ray.shutdown()
+        report["local"] = simulate(runs / "local", cache)
+        for name in ("cluster", "local"):
+            if report[name]["rc"] == 0:
+                report[name]["weights"] = digests(runs / name)
+                rows = (runs / name / "metrics.jsonl").read_text().splitlines()
+                report[name]["rounds"] = [json.loads(x)["round"] for x in rows]
+    finally:
+        out.write_text(json.dumps(report, indent=1))
+        cluster.shutdown()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))

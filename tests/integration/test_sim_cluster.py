@@ -1,0 +1,50 @@
+"""`fedray simulate cluster.address=...` on a head + 2 worker nodes (``ray.cluster_utils.Cluster``
+on one machine, driven by tests/integration/sim_multinode.py in its own interpreter): the sites
+run on both nodes, and the federation's final model equals the embedded one-node run's, bit for
+bit, for the same seed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("simcluster")
+    ray_tmp = tempfile.mkdtemp(prefix="sc", dir="/tmp")  # short: Ray socket paths are bounded
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_ADDRESS": ""}
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "tests.integration.sim_multinode", str(out / "report.json"),
+             str(out / "runs"), str(cache_dir)],
+            capture_output=True, text=True, env=env, timeout=1200,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    return json.loads((out / "report.json").read_text())
+
+
+def test_sites_run_on_more_than_one_node(report: dict[str, Any]) -> None:
+    run = report["cluster"]
+    assert run["rc"] == 0, run["out"]
+    assert "simulation on the Ray cluster at" in run["out"] and "2 site(s) at once" in run["out"]
+    assert run["rounds"] == [0, 1, 2]
+    assert len(run["actor_nodes"]) == 2, run["actor_nodes"]
+    assert set(run["actor_nodes"]) <= set(report["worker_nodes"])  # never on the 0-CPU head
+
+
+def test_the_cluster_run_equals_the_one_node_run_bit_for_bit(report: dict[str, Any]) -> None:
+    assert report["local"]["rc"] == 0, report["local"]["out"]
+    assert report["cluster"]["weights"] == report["local"]["weights"]
