@@ -49,7 +49,9 @@ def simulate(run_dir: Path, cache: Path, *extra: str) -> dict[str, Any]:
          f"data.cache_dir={cache}", f"run.dir={run_dir}", *extra],
         capture_output=True, text=True, env=env, timeout=600,
     )  # fmt: skip
-    return {"rc": done.returncode, "out": (done.stdout + done.stderr)[-6000:]}
+    out = done.stdout + done.stderr
+    said = [line for line in out.splitlines() if line.startswith("simulation on the Ray cluster")]
+    return {"rc": done.returncode, "out": out[-6000:], "cluster_line": said}
 
 
 def digests(run_dir: Path) -> dict[str, str]:

@@ -39,7 +39,8 @@ def report(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> dict[st
 def test_sites_run_on_more_than_one_node(report: dict[str, Any]) -> None:
     run = report["cluster"]
     assert run["rc"] == 0, run["out"]
-    assert "simulation on the Ray cluster at" in run["out"] and "2 site(s) at once" in run["out"]
+    assert len(run["cluster_line"]) == 1, run["out"]
+    assert run["cluster_line"][0].endswith("2 node(s), 2 site(s) at once"), run["cluster_line"]
     assert run["rounds"] == [0, 1, 2]
     assert len(run["actor_nodes"]) == 2, run["actor_nodes"]
     assert set(run["actor_nodes"]) <= set(report["worker_nodes"])  # never on the 0-CPU head
