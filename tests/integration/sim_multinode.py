@@ -8,7 +8,8 @@ tests/integration/multinode.py). The same job runs twice as a user runs it, ``fe
 in a subprocess: on the cluster (``cluster.address``; each site needs a whole node's CPU, so
 the two ClientApp actors land on different nodes) and on the embedded local Ray. The report
 holds each run's exit code and output tail, the nodes the ClientApp actors ran on (Ray's state
-API, served by the head's dashboard) and the final weights' digest per tensor.
+API, served by the head's dashboard) and the final weights' digest per tensor. A third run on the
+cluster loses a worker node (and the site actor on it) once round 1 is checkpointed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +71,27 @@ def actor_nodes() -> list[str]:
     return sorted({a.node_id for a in actors})
 
 
+class NodeRemover(threading.Thread):
+    """Removes one worker node (and the ClientApp actor on it) once round 1's checkpoint
+    exists, i.e. while the later rounds run."""
+
+    def __init__(self, cluster: Any, run_dir: Path) -> None:
+        super().__init__(daemon=True)
+        self.cluster, self.run_dir = cluster, run_dir
+        self.removed: dict[str, Any] | None = None
+
+    def run(self) -> None:
+        mark = self.run_dir / "checkpoints" / "round-0001" / "state.json"
+        deadline = time.monotonic() + 900
+        while not mark.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if mark.exists():
+            victim = max(self.cluster.worker_nodes, key=lambda n: n.node_id)  # each hosts a site
+            rows = (self.run_dir / "metrics.jsonl").read_text().splitlines()
+            self.cluster.remove_node(victim)
+            self.removed = {"node_id": victim.node_id, "rounds_done": len(rows) - 1}
+
+
 def main(out: Path, runs: Path, cache: Path) -> None:
     import ray
     from ray.cluster_utils import Cluster
@@ -97,6 +121,18 @@ def main(out: Path, runs: Path, cache: Path) -> None:
         report["cluster"]["actor_nodes"] = actor_nodes()
         ray.shutdown()
         report["local"] = simulate(runs / "local", cache)
+        # A node leaves mid-run: the site on it fails like a dropped site, the rest go on.
+        remover = NodeRemover(cluster, runs / "node_loss")
+        remover.start()
+        report["node_loss"] = simulate(
+            runs / "node_loss", cache, f"cluster.address={cluster.address}",
+            "federation.num_rounds=4", "federation.eval_every=4",
+        )  # fmt: skip
+        remover.join(30)
+        report["node_loss"]["removed"] = remover.removed
+        if report["node_loss"]["rc"] == 0:
+            rows = (runs / "node_loss" / "metrics.jsonl").read_text().splitlines()
+            report["node_loss"]["rows"] = [json.loads(x) for x in rows]
         for name in ("cluster", "local"):
             if report[name]["rc"] == 0:
                 report[name]["weights"] = digests(runs / name)

@@ -1,7 +1,7 @@
 """`fedray simulate cluster.address=...` on a head + 2 worker nodes (``ray.cluster_utils.Cluster``
 on one machine, driven by tests/integration/sim_multinode.py in its own interpreter): the sites
-run on both nodes, and the federation's final model equals the embedded one-node run's, bit for
-bit, for the same seed."""
+run on both nodes, the federation's final model equals the embedded one-node run's, bit for
+bit, for the same seed, and a worker node removed mid-run is survived."""
 
 from __future__ import annotations
 
@@ -51,3 +51,17 @@ def test_sites_run_on_more_than_one_node(report: dict[str, Any]) -> None:
 def test_the_cluster_run_equals_the_one_node_run_bit_for_bit(report: dict[str, Any]) -> None:
     assert report["local"]["rc"] == 0, report["local"]["out"]
     assert report["cluster"]["weights"] == report["local"]["weights"]
+
+
+def test_a_node_lost_mid_run_is_survived_like_a_dropped_site(report: dict[str, Any]) -> None:
+    """Flower's engine fails the message of the site whose actor died (the round loop records
+    it like a site that dropped out), drops the dead actor from its pool, and the other node's
+    actor serves every later message: each round completes with the sites that answered."""
+    run = report["node_loss"]
+    assert run["rc"] == 0, run["out"]
+    assert run["removed"] is not None and run["removed"]["rounds_done"] >= 1, run["removed"]
+    rows = run["rows"]
+    assert [r["round"] for r in rows] == [0, 1, 2, 3, 4]
+    after = rows[run["removed"]["rounds_done"] + 1 :]
+    assert after and all(r["train"]["sites-accepted"] >= 2 for r in after), after
+    assert all(not r["skipped"] for r in rows[1:])
