@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-HELP = "pretrain a causal LM with Ray Train (DDP or DeepSpeed)"
+HELP = "pretrain a causal or masked LM with Ray Train (DDP or DeepSpeed), optionally distilled"
 
 
 def check_inputs(job: Any) -> None:
@@ -38,7 +38,7 @@ def plan(job: Any) -> dict:
     from orchestrator.data import prepare_text_data
     from orchestrator.pretrain import launch_plan
 
-    return launch_plan(job, prepare_text_data(job.data))
+    return launch_plan(job, prepare_text_data(job.data, objective=job.train.objective))
 
 
 def pretrain_command() -> tuple[type, str, Any, Any]:
