@@ -20,6 +20,7 @@ from orchestrator.config.federation import (
     FederationConfig,
     PartitionConfig,
 )
+from orchestrator.config.model_data import ENCODER_FAMILIES
 from orchestrator.config.privacy import PrivacyConfig, check_privacy, resolve_weighting
 from orchestrator.config.robust import ROBUST_RULES, check_tolerance
 from orchestrator.config.schema import (
@@ -127,7 +128,8 @@ class FinetuneConfig:
     """Dropout on the LoRA branch."""
     lora_target_modules: list[str] = field(default_factory=list)
     """Module names that get adapters. Empty = by architecture: gpt2 ``c_attn``, llama
-    ``q_proj``/``v_proj``."""
+    ``q_proj``/``v_proj``, bert ``query``/``key``/``value``/``dense`` (the encoder layers; a
+    classifier's pooler trains in full with the head)."""
 
     def __post_init__(self) -> None:
         require(self.mode in ("full", "lora"), self, "mode", "'full' or 'lora'")
@@ -293,6 +295,19 @@ class FederatedJob:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def __post_init__(self) -> None:
+        if (
+            self.task.kind == "causal_lm"
+            and self.model.family in ENCODER_FAMILIES
+            and not self.model.path
+        ):
+            raise FieldError(
+                    self.task,
+                    "kind",
+                    self.task.kind,
+                    f"'classification' with model.family={self.model.family} (an encoder has "
+                    "no next-token head)",
+                    "Set task.kind=classification, or model.family=gpt2 or llama.",
+                )
         if len(self.data.paths) > 1:
             raise FieldError(
                 self.data,
