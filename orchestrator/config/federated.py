@@ -301,13 +301,13 @@ class FederatedJob:
             and not self.model.path
         ):
             raise FieldError(
-                    self.task,
-                    "kind",
-                    self.task.kind,
-                    f"'classification' with model.family={self.model.family} (an encoder has "
-                    "no next-token head)",
-                    "Set task.kind=classification, or model.family=gpt2 or llama.",
-                )
+                self.task,
+                "kind",
+                self.task.kind,
+                f"'classification' with model.family={self.model.family} (an encoder has "
+                "no next-token head)",
+                "Set task.kind=classification, or model.family=gpt2 or llama.",
+            )
         if len(self.data.paths) > 1:
             raise FieldError(
                 self.data,
