@@ -9,6 +9,7 @@ term's gradients on the scale of the hard one's as T changes.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,8 @@ def teacher_summary(cfg: DistillConfig) -> dict[str, Any]:
     params = 0
     for f in sorted(d.glob("*.safetensors")):
         with safe_open(str(f), framework="pt") as st:
-            params += sum(st.get_slice(k).get_shape().numel() for k in st)
+            keys = st.keys()  # safe_open is not iterable
+            params += sum(math.prod(st.get_slice(k).get_shape()) for k in keys)
     return {
         "teacher": str(d),
         "alpha": cfg.alpha,
