@@ -295,19 +295,7 @@ class FederatedJob:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def __post_init__(self) -> None:
-        if (
-            self.task.kind == "causal_lm"
-            and self.model.family in ENCODER_FAMILIES
-            and not self.model.path
-        ):
-            raise FieldError(
-                self.task,
-                "kind",
-                self.task.kind,
-                f"'classification' with model.family={self.model.family} (an encoder has "
-                "no next-token head)",
-                "Set task.kind=classification, or model.family=gpt2 or llama.",
-            )
+        check_task_model(self.task, self.model)
         if len(self.data.paths) > 1:
             raise FieldError(
                 self.data,
@@ -361,3 +349,17 @@ class FederatedJob:
         """``strategy.weighting`` with ``auto`` resolved: uniform under DP or secure
         aggregation, examples otherwise."""
         return resolve_weighting(self.strategy.weighting, self.privacy)
+
+
+def check_task_model(task: TaskConfig, model: ModelConfig) -> None:
+    """An encoder built from ``model.family`` has no next-token head (a ``model.path`` is
+    checked against its config.json before round 0)."""
+    if task.kind == "causal_lm" and model.family in ENCODER_FAMILIES and not model.path:
+        raise FieldError(
+            task,
+            "kind",
+            task.kind,
+            f"'classification' with model.family={model.family} (an encoder has no next-token "
+            "head)",
+            "Set task.kind=classification, or model.family=gpt2 or llama.",
+        )

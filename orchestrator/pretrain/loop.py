@@ -110,6 +110,19 @@ def worker_model(job: PretrainJob, hf_config: dict[str, Any]) -> torch.nn.Module
     return model
 
 
+def objective_and_teacher(
+    job: PretrainJob, tokenizer: Any, device: torch.device
+) -> tuple[Objective, torch.nn.Module | None]:
+    """What turns blocks into inputs and labels, and the teacher (``distill``) if any."""
+    t = job.train
+    objective = Objective(t.objective, tokenizer, t.mlm_probability, t.seed)
+    if not job.distill.enabled:
+        return objective, None
+    from orchestrator.pretrain.distill import load_teacher
+
+    return objective, load_teacher(job.distill, t.objective, device)
+
+
 def make_backend(job: PretrainJob, model: torch.nn.Module, rank: int, world: int) -> Backend:
     if job.backend == "deepspeed":
         from orchestrator.pretrain.backends.deepspeed import DeepSpeedBackend
@@ -150,6 +163,28 @@ def micro_loss(
     d = job.distill
     loss = distill_loss(out.logits, teacher_logits, out.loss, mask, d.alpha, d.temperature)
     return loss, out.loss
+
+
+def accumulate(
+    backend: Backend,
+    micro: list[tuple[torch.Tensor, torch.Tensor]],
+    job: PretrainJob,
+    teacher: torch.nn.Module | None,
+    device: torch.device,
+    amp: contextlib.AbstractContextManager[Any],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward and backward of this rank's micro-batches ``(inputs, labels)`` of one step
+    (gradients synced on the last only); the sums of their losses and of their LM losses."""
+    # Summed on the device: a float() here would stall the GPU before the optimizer step.
+    loss_sum = torch.zeros((), device=device)
+    lm_sum = torch.zeros((), device=device)
+    for a, (x, labels) in enumerate(micro):
+        with backend.no_sync(a < len(micro) - 1), amp:
+            loss, lm = micro_loss(backend.model, x.to(device), labels.to(device), job, teacher)
+        backend.backward(loss / len(micro))
+        loss_sum += loss.detach().float()
+        lm_sum += lm.detach().float()
+    return loss_sum, lm_sum
 
 
 @torch.no_grad()
@@ -256,12 +291,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     seed_everything(job.train.seed)  # identical init on every rank
     model = worker_model(job, cfg["hf_config"])
     t = job.train
-    objective = Objective(t.objective, cfg.get("tokenizer"), t.mlm_probability, t.seed)
-    teacher = None
-    if job.distill.enabled:
-        from orchestrator.pretrain.distill import load_teacher
-
-        teacher = load_teacher(job.distill, t.objective, device)
+    objective, teacher = objective_and_teacher(job, cfg.get("tokenizer"), device)
     n_matmul = matmul_params(model)  # before ZeRO-3 partitions the parameters
     backend = make_backend(job, model, rank, world)
 
@@ -295,18 +325,9 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         maybe_inject_fault(job, step, rank, run_dir)
         t0 = time.perf_counter()
         batch = global_batch_indices(step, t.global_batch_size, len(train_blocks), t.seed)
-        # Summed on the device: a float() here would stall the GPU before the optimizer step.
-        loss_sum = torch.zeros((), device=device)
-        lm_sum = torch.zeros((), device=device)
-        for a, idx in enumerate(
-            micro_batches_for_rank(batch, rank, world, t.micro_batch_size, accum)
-        ):
-            x, labels = objective(train_blocks[idx], idx, step)
-            with backend.no_sync(a < accum - 1), amp:
-                loss, lm = micro_loss(backend.model, x.to(device), labels.to(device), job, teacher)
-            backend.backward(loss / accum)
-            loss_sum += loss.detach().float()
-            lm_sum += lm.detach().float()
+        micro = micro_batches_for_rank(batch, rank, world, t.micro_batch_size, accum)
+        inputs = [objective(train_blocks[i], i, step) for i in micro]
+        loss_sum, lm_sum = accumulate(backend, inputs, job, teacher, device, amp)
         lr = backend.lr()
         grad_norm = backend.step()
         if device.type == "cuda":

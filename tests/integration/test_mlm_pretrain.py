@@ -1,6 +1,7 @@
 """Masked-LM pretraining of a tiny BERT on real Ray Train workers (2 workers, DDP over gloo),
 its export loaded as a masked LM and as a classifier that the federation fine-tunes, resume
-after a worker failure, and a short distillation run with that export as the teacher.
+after a worker failure, DeepSpeed ZeRO-2, and a short distillation run with that export as the
+teacher.
 
 One pretraining run is shared (module fixture): each Ray ``fit()`` costs 20-30 s on 2 cores.
 """
@@ -122,6 +123,21 @@ def test_resume_after_a_worker_failure_masks_as_the_uninterrupted_run(
     want, got = step_values(ref), step_values(result)
     for step in range(1, STEPS + 1):
         assert got[step] == pytest.approx(want[step], rel=1e-5, abs=1e-6), step
+
+
+def test_zero2_masked_matches_ddp(mlm: tuple[Path, PretrainResult], cache_dir: Path):
+    """DeepSpeed ZeRO-2 (torch AdamW, no JIT build) runs the masked objective with the same
+    losses as DDP, step for step, and its export is a masked LM."""
+    root, ref = mlm
+    result = pretrain(
+        bert_job(root, cache_dir, "zero2", "backend=deepspeed", "deepspeed.zero_stage=2")
+    )
+    want, got = step_values(ref), step_values(result)
+    for step in range(1, STEPS + 1):
+        assert got[step] == pytest.approx(want[step], rel=1e-4, abs=1e-5), step
+    assert type(AutoModelForMaskedLM.from_pretrained(result.export_dir)).__name__ == (
+        "BertForMaskedLM"
+    )
 
 
 def test_distill_a_smaller_student_from_the_export(
