@@ -165,22 +165,7 @@ def _prepare_and_train(
     data = prepare_text_data(
         job.data, on_cluster=bool(job.cluster.address), objective=job.train.objective
     )
-    tok = data.tokenizer
-    cfg = hf_config(job.model, len(tok), job.data.block_size, tok.eos_token_id, tok.pad_token_id)
-    check_model_objective(job, cfg)
-    if job.distill.enabled:
-        from orchestrator.pretrain.distill import check_teacher
-
-        check_teacher(job.distill, job.train.objective, tok, cfg.vocab_size)
-    if job.model.path and cfg.vocab_size < len(data.tokenizer):
-        from orchestrator.config.loader import ConfigError
-
-        raise ConfigError(
-            f"data.tokenizer: {len(data.tokenizer)} tokens but model.path's vocabulary has "
-            f"{cfg.vocab_size}. Use the model's own tokenizer (data.tokenizer.path=<model dir>).",
-            "data.tokenizer.path",
-        )
-
+    cfg = checked_model_config(job, data)
     if job.backend == "deepspeed":
         from orchestrator.pretrain.backends.deepspeed import deepspeed_config
 
@@ -194,6 +179,28 @@ def _prepare_and_train(
     data.tokenizer.save_pretrained(str(run_dir / "tokenizer"))
     with console_to_run_log(run_dir, job.logging.verbose):
         return _train_and_export(job, data, cfg, run_dir, resumed_from, console, t_start)
+
+
+def checked_model_config(job: PretrainJob, data: PreparedData) -> Any:
+    """The model's transformers config, after the checks that need the tokenizer (each a
+    ``ConfigError``): the model's kind against ``train.objective``, a ``model.path`` that embeds
+    every token id, and the ``distill`` teacher."""
+    from orchestrator.config.loader import ConfigError
+
+    tok = data.tokenizer
+    cfg = hf_config(job.model, len(tok), job.data.block_size, tok.eos_token_id, tok.pad_token_id)
+    check_model_objective(job, cfg)
+    if job.model.path and cfg.vocab_size < len(tok):
+        raise ConfigError(
+            f"data.tokenizer: {len(tok)} tokens but model.path's vocabulary has "
+            f"{cfg.vocab_size}. Use the model's own tokenizer (data.tokenizer.path=<model dir>).",
+            "data.tokenizer.path",
+        )
+    if job.distill.enabled:
+        from orchestrator.pretrain.distill import check_teacher
+
+        check_teacher(job.distill, job.train.objective, tok, cfg.vocab_size)
+    return cfg
 
 
 def check_model_objective(job: PretrainJob, cfg: Any) -> None:

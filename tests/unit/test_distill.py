@@ -100,3 +100,12 @@ def test_teacher_errors_name_distill_teacher(tmp_path: Path, wordpiece):
     bpe = train_bpe(TEXTS, 300)
     gpt = save_model(tmp_path / "gpt-bpe", "gpt2", bpe, "causal")
     check_teacher(job(gpt).distill, "causal", bpe, len(bpe))  # a causal pair is fine
+
+
+def test_cli_missing_teacher_exits_2_before_anything_loads(tmp_path: Path, capsys):
+    from orchestrator.cli import main
+
+    argv = ["pretrain", f"distill.teacher={tmp_path / 'none'}", f"run.root={tmp_path / 'runs'}"]
+    assert main(argv) == 2
+    assert "distill.teacher" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
