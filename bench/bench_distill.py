@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -30,6 +31,13 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# Ray gives its dashboard 30-60 s to start; on a loaded 2-core machine it can take longer (as in
+# tests/conftest.py).
+ENV = {
+    **os.environ,
+    "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "300",
+    "RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT": "240",
+}
 ROOT = HERE.parent
 
 
@@ -45,7 +53,7 @@ def run(name: str, overrides: list[str], work: Path, out: Path) -> dict:
         res = {**json.loads(done.read_text()), "reused": True}
     else:
         t0 = time.time()
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=ENV)
         wall = time.time() - t0
         (work / name).mkdir(parents=True, exist_ok=True)
         (work / name / "console.txt").write_text(proc.stdout + proc.stderr)

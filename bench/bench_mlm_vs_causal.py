@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -25,6 +26,13 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# Ray gives its dashboard 30-60 s to start; on a loaded 2-core machine it can take longer (as in
+# tests/conftest.py).
+ENV = {
+    **os.environ,
+    "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "300",
+    "RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT": "240",
+}
 ROOT = HERE.parent
 TWEETS = ROOT / "orchestrator" / "data" / "demo" / "tweets_sentiment.csv"
 
@@ -33,7 +41,7 @@ def fedray(args: list[str], name: str, work: Path, out: Path) -> tuple[list[dict
     """Run one fedray command with ``run.name=name`` under ``work``; keep its raw files."""
     cmd = [sys.executable, "-m", "orchestrator.cli", *args, f"run.root={work}", f"run.name={name}"]
     t0 = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=ENV)
     wall = time.time() - t0
     dest = out / name
     dest.mkdir(parents=True, exist_ok=True)
