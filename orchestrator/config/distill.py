@@ -19,11 +19,12 @@ class DistillConfig:
     teacher: str | None = None
     """Local Hugging Face model directory of the teacher (``config.json``, weights and its
     tokenizer, which must be the one the student trains with). ``None`` = no distillation."""
-    alpha: float = 0.5
+    alpha: float = 0.9
     """Weight of the distillation term: loss = alpha x T^2 x KL(teacher_T || student_T) +
     (1 - alpha) x the student's own LM loss (Hinton et al.'s T^2 keeps gradient sizes
-    comparable across temperatures)."""
-    temperature: float = 2.0
+    comparable across temperatures). 0.9 with T = 1 closed 98% of a half-depth student's
+    perplexity gap to its teacher; 0.5 with T = 2 closed none (BENCHMARKS.md, Distillation)."""
+    temperature: float = 1.0
     """Softmax temperature T applied to both teacher and student logits in the KL term."""
 
     def __post_init__(self) -> None:
