@@ -23,17 +23,23 @@ def export_hf(
     hf_config: PretrainedConfig,
     tokenizer: PreTrainedTokenizerBase | None,
     out: Path,
+    objective: str = "causal",
 ) -> Path:
-    """Write the model (+ tokenizer) to ``out`` atomically (temp dir, then rename)."""
-    model = build_model(hf_config)
+    """Write the model (+ tokenizer) to ``out`` atomically (temp dir, then rename); a masked
+    objective's model is a masked LM (``AutoModelForMaskedLM`` loads it)."""
+    model = build_model(hf_config, objective=objective)
     missing, unexpected = model.load_state_dict(state, strict=False)
     # Tied output embeddings may be absent from the state dict; anything else is a real mismatch.
-    missing = [k for k in missing if k not in ("lm_head.weight",)]
+    missing = [k for k in missing if k not in TIED_OUTPUTS]
     if missing or unexpected:
         raise RuntimeError(
             f"checkpoint does not match the model: missing={missing} unexpected={unexpected}"
         )
     return save_hf_dir(model, tokenizer, out)
+
+
+TIED_OUTPUTS = ("lm_head.weight", "cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
+"""Output weights tied to others (causal LM head; BERT's MLM decoder and its bias)."""
 
 
 def drop_null_loss_type(config: PretrainedConfig) -> None:

@@ -1,4 +1,5 @@
-"""Causal LMs: built from ``ModelConfig`` (GPT-2 or Llama family) or loaded from a local HF dir.
+"""Language models: built from ``ModelConfig`` (GPT-2 or Llama causal decoders, BERT encoders
+for the masked objective) or loaded from a local HF dir.
 
 Nothing is fetched from a model hub: ``path`` must be a local directory.
 """
@@ -9,17 +10,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 
 from orchestrator.config.loader import ConfigError
 from orchestrator.config.schema import ModelConfig
 
 
-def hf_config(cfg: ModelConfig, vocab_size: int, block_size: int, eos_id: int) -> PretrainedConfig:
+def hf_config(
+    cfg: ModelConfig, vocab_size: int, block_size: int, eos_id: int, pad_id: int | None = None
+) -> PretrainedConfig:
     """The transformers config for a model built from scratch (or loaded from ``cfg.path``)."""
     if cfg.path:
         return AutoConfig.from_pretrained(str(check_model_dir(cfg.path)), local_files_only=True)
     n_pos = cfg.max_position or block_size
+    if cfg.family == "bert":
+        return bert_config(cfg, vocab_size, n_pos, pad_id)
     if cfg.family == "gpt2":
         from transformers import GPT2Config
 
@@ -55,6 +66,34 @@ def hf_config(cfg: ModelConfig, vocab_size: int, block_size: int, eos_id: int) -
     )
 
 
+def bert_config(
+    cfg: ModelConfig, vocab_size: int, n_pos: int, pad_id: int | None
+) -> PretrainedConfig:
+    """A BERT encoder's config (the MLM head's decoder tied to the input embeddings)."""
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=cfg.d_model,
+        num_hidden_layers=cfg.n_layer,
+        num_attention_heads=cfg.n_head,
+        intermediate_size=cfg.d_ff or 4 * cfg.d_model,
+        max_position_embeddings=n_pos,
+        hidden_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.dropout,
+        pad_token_id=0 if pad_id is None else pad_id,
+        tie_word_embeddings=cfg.tie_embeddings,
+    )
+
+
+def is_encoder(config: PretrainedConfig) -> bool:
+    """A config with a masked-LM head used as an encoder (BERT, RoBERTa, ...): it trains with
+    the masked objective; GPT-2/Llama (no masked-LM head) and decoder configs do not."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING
+
+    return type(config) in MODEL_FOR_MASKED_LM_MAPPING and not getattr(config, "is_decoder", False)
+
+
 def check_model_dir(path: str) -> Path:
     """A local HF model directory, or a ConfigError saying how to provide one."""
     p = Path(path).expanduser()
@@ -69,16 +108,20 @@ def check_model_dir(path: str) -> Path:
 
 
 def build_model(
-    config: PretrainedConfig | dict[str, Any], path: str | None = None
+    config: PretrainedConfig | dict[str, Any] | None,
+    path: str | None = None,
+    objective: str = "causal",
 ) -> PreTrainedModel:
-    """Instantiate a causal LM from a config (random init) or load weights from a local dir."""
-    if isinstance(config, dict):
-        config = AutoConfig.for_model(**config)
+    """Instantiate a causal LM (``objective=causal``) or a masked LM (``masked``) from a config
+    (random init), or load its weights from a local dir."""
+    auto = AutoModelForMaskedLM if objective == "masked" else AutoModelForCausalLM
     if path:
-        return AutoModelForCausalLM.from_pretrained(
+        return auto.from_pretrained(
             str(check_model_dir(path)), local_files_only=True, dtype=torch.float32
         )
-    return AutoModelForCausalLM.from_config(config)
+    if isinstance(config, dict):
+        config = AutoConfig.for_model(**config)
+    return auto.from_config(config)
 
 
 def name_default_loss(model: torch.nn.Module) -> torch.nn.Module:

@@ -20,6 +20,7 @@ from orchestrator.config.federation import (
     FederationConfig,
     PartitionConfig,
 )
+from orchestrator.config.model_data import ENCODER_FAMILIES
 from orchestrator.config.privacy import PrivacyConfig, check_privacy, resolve_weighting
 from orchestrator.config.robust import ROBUST_RULES, check_tolerance
 from orchestrator.config.schema import (
@@ -128,7 +129,8 @@ class FinetuneConfig:
     """Dropout on the LoRA branch."""
     lora_target_modules: list[str] = field(default_factory=list)
     """Module names that get adapters. Empty = by architecture: gpt2 ``c_attn``, llama
-    ``q_proj``/``v_proj``."""
+    ``q_proj``/``v_proj``, bert ``query``/``key``/``value``/``dense`` (the encoder layers; a
+    classifier's pooler trains in full with the head)."""
 
     def __post_init__(self) -> None:
         require(self.mode in ("full", "lora"), self, "mode", "'full' or 'lora'")
@@ -306,6 +308,7 @@ class FederatedJob:
                 "The simulation's embedded Ray takes federation.num_cpus; on a cluster "
                 "(cluster.address) the nodes' own CPUs count.",
             )
+        check_task_model(self.task, self.model)
         if len(self.data.paths) > 1:
             raise FieldError(
                 self.data,
@@ -359,3 +362,17 @@ class FederatedJob:
         """``strategy.weighting`` with ``auto`` resolved: uniform under DP or secure
         aggregation, examples otherwise."""
         return resolve_weighting(self.strategy.weighting, self.privacy)
+
+
+def check_task_model(task: TaskConfig, model: ModelConfig) -> None:
+    """An encoder built from ``model.family`` has no next-token head (a ``model.path`` is
+    checked against its config.json before round 0)."""
+    if task.kind == "causal_lm" and model.family in ENCODER_FAMILIES and not model.path:
+        raise FieldError(
+            task,
+            "kind",
+            task.kind,
+            f"'classification' with model.family={model.family} (an encoder has no next-token "
+            "head)",
+            "Set task.kind=classification, or model.family=gpt2 or llama.",
+        )

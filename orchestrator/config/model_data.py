@@ -7,13 +7,18 @@ from dataclasses import dataclass, field
 
 from orchestrator.config.fields import require
 
+ENCODER_FAMILIES = ("bert",)
+"""Families trained with the masked objective (bidirectional attention: no next-token loss)."""
+FAMILIES = ("gpt2", "llama", *ENCODER_FAMILIES)
+
 
 @dataclass
 class ModelConfig:
-    """Which causal LM to train: built from the fields below, or loaded from a local HF dir."""
+    """Which language model to train: built from the fields below, or loaded from a local HF dir."""
 
     family: str = "gpt2"
-    """Architecture when building from scratch: ``gpt2`` or ``llama``. Ignored when ``path`` is set."""
+    """Architecture when building from scratch: ``gpt2`` or ``llama`` (causal decoders), or
+    ``bert`` (an encoder, trained with ``train.objective=masked``). Ignored when ``path`` is set."""
     path: str | None = None
     """Local Hugging Face model directory (``config.json`` + weights). No hub access: a hub id
     such as ``gpt2`` is refused. When set, the size fields below are ignored."""
@@ -30,12 +35,12 @@ class ModelConfig:
     max_position: int | None = None
     """Maximum sequence length; ``None`` = ``data.block_size``."""
     dropout: float = 0.0
-    """Dropout probability (gpt2: residual, embedding and attention dropout)."""
+    """Dropout probability (gpt2, bert: residual, embedding and attention dropout)."""
     tie_embeddings: bool = True
     """Share input and output embedding matrices."""
 
     def __post_init__(self) -> None:
-        require(self.family in ("gpt2", "llama"), self, "family", "'gpt2' or 'llama'")
+        require(self.family in FAMILIES, self, "family", "'gpt2', 'llama' or 'bert'")
         for name in ("n_layer", "n_head", "d_model"):
             require(getattr(self, name) >= 1, self, name, "an integer >= 1")
         require(

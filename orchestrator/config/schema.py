@@ -21,8 +21,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from orchestrator.config.distill import DistillConfig
 from orchestrator.config.fields import FieldError, require
-from orchestrator.config.model_data import DataConfig, ModelConfig, TokenizerConfig
+from orchestrator.config.model_data import (
+    ENCODER_FAMILIES,
+    DataConfig,
+    ModelConfig,
+    TokenizerConfig,
+)
 from orchestrator.config.run import (
     CheckpointConfig,
     ClusterConfig,
@@ -37,6 +43,7 @@ __all__ = [
     "ClusterConfig",
     "DataConfig",
     "DeepSpeedConfig",
+    "DistillConfig",
     "FaultConfig",
     "FieldError",
     "LoggingConfig",
@@ -66,9 +73,11 @@ class PretrainJob:
     run: RunConfig = field(default_factory=RunConfig)
     fault: FaultConfig = field(default_factory=FaultConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:
         require(self.backend in ("ddp", "deepspeed"), self, "backend", "'ddp' or 'deepspeed'")
+        check_objective(self.model, self.train)
         t, w = self.train, self.scaling.num_workers
         per_step = t.micro_batch_size * w
         if t.grad_accum_steps is None:
@@ -113,3 +122,29 @@ class PretrainJob:
         if t.grad_accum_steps is not None:
             return t.grad_accum_steps
         return t.global_batch_size // (t.micro_batch_size * self.scaling.num_workers)
+
+
+def check_objective(model: ModelConfig, train: TrainConfig) -> None:
+    """An encoder family trains only with the masked objective, a decoder only with the causal
+    one (a model from ``model.path`` is checked against its config.json before launch)."""
+    if model.path:
+        return
+    encoder = model.family in ENCODER_FAMILIES
+    if encoder and train.objective != "masked":
+        raise FieldError(
+            train,
+            "objective",
+            train.objective,
+            f"'masked' with model.family={model.family} (an encoder sees every token: a "
+            "next-token loss would be trivial)",
+            "Set train.objective=masked, or model.family=gpt2 or llama.",
+        )
+    if not encoder and train.objective == "masked":
+        raise FieldError(
+            train,
+            "objective",
+            train.objective,
+            f"'causal' with model.family={model.family} (a causal decoder cannot see the tokens "
+            "after a mask)",
+            "Set model.family=bert for masked-LM pretraining, or train.objective=causal.",
+        )

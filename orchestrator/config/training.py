@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from orchestrator.config.fields import require
 
+OBJECTIVES = ("causal", "masked")
+
 
 @dataclass
 class TrainConfig:
@@ -42,6 +44,12 @@ class TrainConfig:
     """Validation loss/perplexity every N steps and at the end; 0 = only at the end."""
     eval_batches: int = 8
     """Micro-batches per validation pass on each worker."""
+    objective: str = "causal"
+    """``causal`` (next-token loss: gpt2, llama) or ``masked`` (BERT-style masked-LM loss:
+    encoder families such as bert). Masked blocks start with the tokenizer's ``[CLS]``."""
+    mlm_probability: float = 0.15
+    """Masked objective: the share of (non-special) tokens chosen for prediction; of those 80%
+    become ``[MASK]``, 10% a random token, 10% stay (transformers' masking rule)."""
     activation_checkpointing: bool = False
     """Recompute each transformer layer's activations in the backward pass instead of keeping
     them (the Hugging Face model's gradient checkpointing; DDP and DeepSpeed): less memory,
@@ -66,6 +74,8 @@ class TrainConfig:
             "precision",
             "'auto', 'fp32', 'bf16' or 'fp16'",
         )
+        require(self.objective in OBJECTIVES, self, "objective", "'causal' or 'masked'")
+        require(0.0 < self.mlm_probability < 1.0, self, "mlm_probability", "a float in (0, 1)")
         require(self.log_every >= 1, self, "log_every", "an integer >= 1")
         require(self.eval_every >= 0, self, "eval_every", "an integer >= 0")
         require(self.eval_batches >= 1, self, "eval_batches", "an integer >= 1")

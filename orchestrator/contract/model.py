@@ -33,7 +33,14 @@ from orchestrator.models import name_default_loss
 log = logging.getLogger(__name__)
 
 # LoRA targets by architecture when finetune.lora_target_modules is empty.
-DEFAULT_LORA_TARGETS = {"gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"]}
+DEFAULT_LORA_TARGETS = {
+    "gpt2": ["c_attn"],
+    "llama": ["q_proj", "v_proj"],
+    "bert": ["query", "key", "value", "dense"],  # attention, its output and the MLP
+}
+# A BERT classifier pools [CLS] through ``bert.pooler``, which a masked-LM export lacks: it is
+# new like the head, so it trains in full (never frozen at random values under an adapter).
+LORA_FULLY_TRAINED = {"bert": ["pooler"]}
 
 
 @dataclass
@@ -93,11 +100,16 @@ def build(spec: ModelSpec, weights_dir: str | None = None) -> torch.nn.Module:
                 f"no default LoRA targets for model type {config.model_type!r}; "
                 "set finetune.lora_target_modules"
             )
+        full = (
+            LORA_FULLY_TRAINED.get(config.model_type, []) if spec.task == "classification" else []
+        )
         lora = LoraConfig(
             r=spec.lora_r,
             lora_alpha=spec.lora_alpha,
             lora_dropout=spec.lora_dropout,
             target_modules=targets,
+            exclude_modules=[f"{m}.dense" for m in full] or None,
+            modules_to_save=full or None,
             task_type="SEQ_CLS" if spec.task == "classification" else "CAUSAL_LM",
             # GPT-2 stores its projections as Conv1D (in x out), transposed vs nn.Linear.
             fan_in_fan_out=config.model_type == "gpt2",
@@ -113,8 +125,9 @@ def build(spec: ModelSpec, weights_dir: str | None = None) -> torch.nn.Module:
     return model
 
 
-HEAD_PREFIXES = ("score.",)
-"""A sequence-classification head (GPT-2, Llama, ...): new when a causal LM is fine-tuned."""
+HEAD_PREFIXES = ("score.", "classifier.", "bert.pooler.")
+"""A sequence-classification head (GPT-2, Llama: ``score``; BERT: ``classifier`` and the
+pooler): new when a causal or masked LM is fine-tuned."""
 
 
 def load_pretrained(auto: Any, weights_dir: str, config: PretrainedConfig) -> torch.nn.Module:

@@ -26,8 +26,13 @@ class PreparedData:
     files: list[Path]
 
 
-def prepare_text_data(cfg: DataConfig, on_cluster: bool = False) -> PreparedData:
+def prepare_text_data(
+    cfg: DataConfig, on_cluster: bool = False, objective: str = "causal"
+) -> PreparedData:
     """Resolve files, get a tokenizer (load or train, cached) and pack blocks (cached).
+
+    ``objective=masked``: a trained tokenizer is a WordPiece with BERT's special tokens, and a
+    loaded one must have a mask token (a ``ConfigError`` naming ``data.tokenizer.path``).
 
     ``on_cluster`` (fedray connected to a Ray cluster): a cache miss tokenizes as Ray tasks over
     the cluster's nodes instead of processes on this one; ``cfg.cache_dir`` must then be on
@@ -35,6 +40,7 @@ def prepare_text_data(cfg: DataConfig, on_cluster: bool = False) -> PreparedData
     """
     from orchestrator.data.packing import packed_dataset
     from orchestrator.data.tokenizer import (
+        check_mask_token,
         load_tokenizer,
         tokenizer_fingerprint,
         trained_tokenizer,
@@ -44,12 +50,15 @@ def prepare_text_data(cfg: DataConfig, on_cluster: bool = False) -> PreparedData
     corpus_fp = fingerprint(files)
     if cfg.tokenizer.path:
         tok = load_tokenizer(cfg.tokenizer.path)
+        if objective == "masked":
+            check_mask_token(tok, cfg.tokenizer.path)
     else:
         tok, _ = trained_tokenizer(
             track(iter_texts(files, cfg.text_field), "training the tokenizer"),
             cfg.tokenizer.vocab_size,
             corpus_fp,
             cfg.cache_dir,
+            kind="wordpiece" if objective == "masked" else "bpe",
         )
     key = f"{corpus_fp}-{tokenizer_fingerprint(tok)}"
     # Progress shows only while a cache miss tokenizes the corpus (one count per ~4 MB shard).

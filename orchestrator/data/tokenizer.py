@@ -1,4 +1,6 @@
-"""Tokenizers: load a local Hugging Face tokenizer directory, or train a byte-level BPE.
+"""Tokenizers: load a local Hugging Face tokenizer directory, or train one on the corpus: a
+byte-level BPE (causal objective) or a BERT-style WordPiece with ``[CLS] [SEP] [MASK] [PAD]``
+(masked objective).
 
 Trained tokenizers are cached by (corpus fingerprint, vocab size), so every worker and every rerun
 gets the identical tokenizer; the run saves a copy next to its export.
@@ -18,6 +20,15 @@ from orchestrator.config.loader import ConfigError
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
+BERT_SPECIALS = {
+    "pad_token": "[PAD]",
+    "unk_token": "[UNK]",
+    "cls_token": "[CLS]",
+    "sep_token": "[SEP]",
+    "mask_token": "[MASK]",
+}
+"""The WordPiece tokenizer's special tokens, ids 0-4 in this order; ``[SEP]`` also separates
+documents in the token stream (its EOS)."""
 
 
 def load_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
@@ -49,7 +60,10 @@ def load_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
 
 
 def ensure_special_tokens(tok: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
-    """Give the tokenizer an EOS (document separator) and a PAD token if it lacks them."""
+    """Give the tokenizer an EOS (document separator: its ``[SEP]`` if it has one) and a PAD
+    token if it lacks them."""
+    if tok.eos_token is None and tok.sep_token is not None:
+        tok.eos_token = tok.sep_token
     if tok.eos_token is None:
         tok.add_special_tokens({"eos_token": EOS})
     if tok.pad_token is None:
@@ -75,14 +89,45 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
     return tok
 
 
+def train_wordpiece(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Train a BERT-style WordPiece (lower-cased; ``[CLS] text [SEP]`` when special tokens are
+    added, as fine-tuning inputs are) on ``texts``."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers.trainers import WordPieceTrainer
+
+    specials = list(BERT_SPECIALS.values())
+    wp = Tokenizer(models.WordPiece(unk_token=BERT_SPECIALS["unk_token"]))
+    wp.normalizer = normalizers.BertNormalizer(lowercase=True)
+    wp.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    wp.decoder = decoders.WordPiece()
+    trainer = WordPieceTrainer(
+        vocab_size=vocab_size, min_frequency=2, special_tokens=specials, show_progress=False
+    )
+    wp.train_from_iterator(texts, trainer=trainer)
+    cls, sep = BERT_SPECIALS["cls_token"], BERT_SPECIALS["sep_token"]
+    wp.post_processor = processors.TemplateProcessing(
+        single=f"{cls} $A {sep}",
+        pair=f"{cls} $A {sep} $B:1 {sep}:1",
+        special_tokens=[(cls, wp.token_to_id(cls)), (sep, wp.token_to_id(sep))],
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=wp, eos_token=sep, **BERT_SPECIALS)
+
+
 def trained_tokenizer(
-    texts: Iterable[str], vocab_size: int, fingerprint: str, cache_dir: str | os.PathLike[str]
+    texts: Iterable[str],
+    vocab_size: int,
+    fingerprint: str,
+    cache_dir: str | os.PathLike[str],
+    kind: str = "bpe",
 ) -> tuple[PreTrainedTokenizerFast, Path]:
-    """Train (or reuse from cache) a BPE for this corpus; returns it and its cache directory."""
-    target = Path(cache_dir).expanduser() / "tokenizers" / f"bpe-{fingerprint}-v{vocab_size}"
+    """Train (or reuse from cache) a tokenizer for this corpus, ``kind`` ``bpe`` (byte-level)
+    or ``wordpiece`` (BERT specials); returns it and its cache directory."""
+    target = Path(cache_dir).expanduser() / "tokenizers" / f"{kind}-{fingerprint}-v{vocab_size}"
     if (target / "tokenizer.json").exists():
         return PreTrainedTokenizerFast.from_pretrained(str(target)), target
-    tok = train_bpe(texts, vocab_size)
+    tok = (
+        train_wordpiece(texts, vocab_size) if kind == "wordpiece" else train_bpe(texts, vocab_size)
+    )
     target.parent.mkdir(parents=True, exist_ok=True)
     # Save to a temp dir and rename, so a concurrent reader never sees half a tokenizer.
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
@@ -92,6 +137,17 @@ def trained_tokenizer(
     except OSError:  # another process won the race; use its copy
         shutil.rmtree(tmp, ignore_errors=True)
     return PreTrainedTokenizerFast.from_pretrained(str(target)), target
+
+
+def check_mask_token(tok: PreTrainedTokenizerBase, where: str) -> None:
+    """The masked objective replaces tokens by the tokenizer's mask token: it must have one."""
+    if tok.mask_token is None:
+        raise ConfigError(
+            f"data.tokenizer.path: the tokenizer at {where!r} has no mask token, which "
+            "train.objective=masked needs. Use a tokenizer with one (e.g. [MASK]), or set "
+            "data.tokenizer.path=null to train a WordPiece with [CLS] [SEP] [MASK] [PAD].",
+            "data.tokenizer.path",
+        )
 
 
 def tokenizer_fingerprint(tok: PreTrainedTokenizerBase) -> str:

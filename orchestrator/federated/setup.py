@@ -137,9 +137,17 @@ def check_pretrained_fits(job: FederatedJob, tok: PreTrainedTokenizerBase) -> No
     from transformers import AutoConfig
 
     from orchestrator.data.tokenizer import load_tokenizer
+    from orchestrator.models import is_encoder
 
     path = str(Path(job.model.path or "").expanduser())
     cfg = AutoConfig.from_pretrained(path, local_files_only=True)
+    if job.task.kind == "causal_lm" and is_encoder(cfg):
+        raise ConfigError(
+            f"task.kind=causal_lm, but model.path={job.model.path!r} is a masked-LM encoder "
+            f"({cfg.model_type}) with no next-token head. Fine-tune it with "
+            "task.kind=classification, or start from a causal LM.",
+            "task.kind",
+        )
     vocab = getattr(cfg, "vocab_size", None)
     if isinstance(vocab, int) and len(tok) > vocab:
         raise ConfigError(

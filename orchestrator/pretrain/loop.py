@@ -3,6 +3,8 @@
 Per step: the global batch for this step is fixed by (seed, step); this rank runs its
 micro-batches (gradient sync only on the last), the backend clips and steps, and rank 0 sends
 metrics to the driver's MetricsSink. Checkpoints every N steps go through ``ray.train.report``.
+The objective (:mod:`.objective`: causal or masked) turns blocks into inputs and labels; with a
+``distill`` teacher the loss is :func:`.distill.distill_loss`.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from orchestrator.data.token_blocks import TokenBlocks
 from orchestrator.models import build_model, name_default_loss
 from orchestrator.pretrain.backends.base import Backend
 from orchestrator.pretrain.checkpoint import checkpoint_dir_name, latest_complete
+from orchestrator.pretrain.distill import distill_loss
 from orchestrator.pretrain.mfu import flops_per_token, matmul_params, mfu, peak_flops
+from orchestrator.pretrain.objective import VAL_SPLIT, Objective, prediction_mask
 
 FAULT_MARKER = ".fault-injected"
 
@@ -94,7 +98,8 @@ def all_reduce_mean(values: list[float], device: torch.device) -> list[float]:
 
 def worker_model(job: PretrainJob, hf_config: dict[str, Any]) -> torch.nn.Module:
     """The model every worker builds (same init on every rank after ``seed_everything``)."""
-    model = name_default_loss(build_model(hf_config, path=job.model.path))
+    model = build_model(hf_config, path=job.model.path, objective=job.train.objective)
+    model = name_default_loss(model)
     if job.train.activation_checkpointing:
         # Non-reentrant checkpointing: works with DDP's and DeepSpeed's gradient hooks and with
         # inputs that need no grad; the KV cache is meaningless while training.
@@ -103,6 +108,19 @@ def worker_model(job: PretrainJob, hf_config: dict[str, Any]) -> torch.nn.Module
         )
         model.config.use_cache = False
     return model
+
+
+def objective_and_teacher(
+    job: PretrainJob, tokenizer: Any, device: torch.device
+) -> tuple[Objective, torch.nn.Module | None]:
+    """What turns blocks into inputs and labels, and the teacher (``distill``) if any."""
+    t = job.train
+    objective = Objective(t.objective, tokenizer, t.mlm_probability, t.seed)
+    if not job.distill.enabled:
+        return objective, None
+    from orchestrator.pretrain.distill import load_teacher
+
+    return objective, load_teacher(job.distill, t.objective, device)
 
 
 def make_backend(job: PretrainJob, model: torch.nn.Module, rank: int, world: int) -> Backend:
@@ -128,6 +146,47 @@ def autocast_context(
     return contextlib.nullcontext()
 
 
+def micro_loss(
+    model: torch.nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    job: PretrainJob,
+    teacher: torch.nn.Module | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the loss to train on, the student's own LM loss) of one micro-batch."""
+    out = model(input_ids=inputs, labels=labels)
+    if teacher is None:
+        return out.loss, out.loss
+    with torch.no_grad():  # the teacher only infers: no graph, no gradients
+        teacher_logits = teacher(input_ids=inputs).logits
+    mask = prediction_mask(labels, job.train.objective)
+    d = job.distill
+    loss = distill_loss(out.logits, teacher_logits, out.loss, mask, d.alpha, d.temperature)
+    return loss, out.loss
+
+
+def accumulate(
+    backend: Backend,
+    micro: list[tuple[torch.Tensor, torch.Tensor]],
+    job: PretrainJob,
+    teacher: torch.nn.Module | None,
+    device: torch.device,
+    amp: contextlib.AbstractContextManager[Any],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward and backward of this rank's micro-batches ``(inputs, labels)`` of one step
+    (gradients synced on the last only); the sums of their losses and of their LM losses."""
+    # Summed on the device: a float() here would stall the GPU before the optimizer step.
+    loss_sum = torch.zeros((), device=device)
+    lm_sum = torch.zeros((), device=device)
+    for a, (x, labels) in enumerate(micro):
+        with backend.no_sync(a < len(micro) - 1), amp:
+            loss, lm = micro_loss(backend.model, x.to(device), labels.to(device), job, teacher)
+        backend.backward(loss / len(micro))
+        loss_sum += loss.detach().float()
+        lm_sum += lm.detach().float()
+    return loss_sum, lm_sum
+
+
 @torch.no_grad()
 def evaluate(
     module: torch.nn.Module,
@@ -136,9 +195,13 @@ def evaluate(
     rank: int,
     world: int,
     device: torch.device,
+    objective: Objective | None = None,
 ) -> tuple[float, float]:
-    """Mean validation loss over all ranks' slices, and its perplexity. Every rank runs the same
-    number of micro-batches (padding rows are masked out of the loss): ZeRO-3 needs it."""
+    """Mean validation loss (the student's LM loss, per predicted token) over all ranks'
+    slices, and its perplexity (masked objective: of the masked tokens, the same masks at every
+    evaluation). Every rank runs the same number of micro-batches (padding rows are masked out
+    of the loss): ZeRO-3 needs it."""
+    objective = objective or Objective(job.train.objective)
     module.eval()
     batches = eval_batches_for_rank(
         len(val), rank, world, job.train.micro_batch_size, job.train.eval_batches
@@ -146,13 +209,13 @@ def evaluate(
     total, count = 0.0, 0
     with autocast_context(job, device):
         for rows, n_real in batches:
-            x = torch.from_numpy(val[rows].astype(np.int64)).to(device)
-            labels = x.clone()
+            x, labels = objective(val[rows], rows, 0, VAL_SPLIT)
             labels[n_real:] = -100  # Hugging Face's ignore index: padding adds no loss
-            loss = module(input_ids=x, labels=labels).loss
-            if n_real:  # all sequences have the same length: the token mean weights rows equally
-                total += float(loss) * n_real
-                count += n_real
+            loss = module(input_ids=x.to(device), labels=labels.to(device)).loss
+            n = int((labels != -100).sum())  # the loss is a mean over these tokens
+            if n_real and n:
+                total += float(loss) * n
+                count += n
     module.train()
     s, c = all_reduce_mean([total, float(count)], device)
     loss = s / max(c, 1e-9)
@@ -227,6 +290,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
 
     seed_everything(job.train.seed)  # identical init on every rank
     model = worker_model(job, cfg["hf_config"])
+    t = job.train
+    objective, teacher = objective_and_teacher(job, cfg.get("tokenizer"), device)
     n_matmul = matmul_params(model)  # before ZeRO-3 partitions the parameters
     backend = make_backend(job, model, rank, world)
 
@@ -246,7 +311,6 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             if rank == 0:
                 sink.event.remote(f"resumed from {info.path.name} at step {start_step}")
 
-    t = job.train
     accum = job.grad_accum_steps
     tokens_per_step = t.global_batch_size * train_blocks.shape[1]
     fpt = flops_per_token(
@@ -261,22 +325,15 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         maybe_inject_fault(job, step, rank, run_dir)
         t0 = time.perf_counter()
         batch = global_batch_indices(step, t.global_batch_size, len(train_blocks), t.seed)
-        # Summed on the device: a float() here would stall the GPU before the optimizer step.
-        loss_sum = torch.zeros((), device=device)
-        for a, idx in enumerate(
-            micro_batches_for_rank(batch, rank, world, t.micro_batch_size, accum)
-        ):
-            x = torch.from_numpy(train_blocks[idx].astype(np.int64)).to(device)
-            with backend.no_sync(a < accum - 1), amp:
-                loss = backend.model(input_ids=x, labels=x).loss
-            backend.backward(loss / accum)
-            loss_sum += loss.detach().float()
+        micro = micro_batches_for_rank(batch, rank, world, t.micro_batch_size, accum)
+        inputs = [objective(train_blocks[i], i, step) for i in micro]
+        loss_sum, lm_sum = accumulate(backend, inputs, job, teacher, device, amp)
         lr = backend.lr()
         grad_norm = backend.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         step_time = time.perf_counter() - t0
-        (loss_avg,) = all_reduce_mean([float(loss_sum) / accum], device)
+        loss_avg, lm_avg = all_reduce_mean([float(loss_sum) / accum, float(lm_sum) / accum], device)
         done = step + 1
         rec: dict[str, Any] = {
             "step": done,
@@ -288,11 +345,13 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             # Stamped here, not on receipt: the sink can fall behind and take records in bursts.
             "wall_time": time.time(),
         }
+        if teacher is not None:
+            rec["lm_loss"] = lm_avg  # the student's own LM loss; "loss" mixes in the KL
         if peak:
             rec["mfu"] = mfu(rec["tokens_per_s"], fpt, peak, world)
         if done == t.max_steps or (t.eval_every and done % t.eval_every == 0):
             rec["val_loss"], rec["val_ppl"] = evaluate(
-                backend.eval_module(), val_blocks, job, rank, world, device
+                backend.eval_module(), val_blocks, job, rank, world, device, objective
             )
         if rank == 0:
             sink.log.remote(rec)

@@ -69,6 +69,12 @@ def launch_plan(job: PretrainJob, data: PreparedData | None = None) -> dict[str,
             "max_failures": job.run.max_failures,
         },
         "backend": job.backend,
+        "objective": job.train.objective
+        + (
+            f" (mlm_probability {job.train.mlm_probability})"
+            if job.train.objective == "masked"
+            else ""
+        ),
         "batch": {
             "global_batch_size": t.global_batch_size,
             "micro_batch_size": t.micro_batch_size,
@@ -80,6 +86,10 @@ def launch_plan(job: PretrainJob, data: PreparedData | None = None) -> dict[str,
         from orchestrator.pretrain.backends.deepspeed import deepspeed_config
 
         plan["deepspeed_config"] = deepspeed_config(job)
+    if job.distill.enabled:
+        from orchestrator.pretrain.distill import teacher_summary
+
+        plan["distill"] = teacher_summary(job.distill)
     if data is not None:
         plan["data"] = {
             "files": [str(f) for f in data.files],
@@ -152,19 +162,10 @@ def _prepare_and_train(
     job: PretrainJob, console: Console, run_dir: Path, t_start: float
 ) -> PretrainResult:
     # ConfigError (bad data, a corpus too small...) before anything is launched
-    data = prepare_text_data(job.data, on_cluster=bool(job.cluster.address))
-    cfg = hf_config(
-        job.model, len(data.tokenizer), job.data.block_size, data.tokenizer.eos_token_id
+    data = prepare_text_data(
+        job.data, on_cluster=bool(job.cluster.address), objective=job.train.objective
     )
-    if job.model.path and cfg.vocab_size < len(data.tokenizer):
-        from orchestrator.config.loader import ConfigError
-
-        raise ConfigError(
-            f"data.tokenizer: {len(data.tokenizer)} tokens but model.path's vocabulary has "
-            f"{cfg.vocab_size}. Use the model's own tokenizer (data.tokenizer.path=<model dir>).",
-            "data.tokenizer.path",
-        )
-
+    cfg = checked_model_config(job, data)
     if job.backend == "deepspeed":
         from orchestrator.pretrain.backends.deepspeed import deepspeed_config
 
@@ -178,6 +179,44 @@ def _prepare_and_train(
     data.tokenizer.save_pretrained(str(run_dir / "tokenizer"))
     with console_to_run_log(run_dir, job.logging.verbose):
         return _train_and_export(job, data, cfg, run_dir, resumed_from, console, t_start)
+
+
+def checked_model_config(job: PretrainJob, data: PreparedData) -> Any:
+    """The model's transformers config, after the checks that need the tokenizer (each a
+    ``ConfigError``): the model's kind against ``train.objective``, a ``model.path`` that embeds
+    every token id, and the ``distill`` teacher."""
+    from orchestrator.config.loader import ConfigError
+
+    tok = data.tokenizer
+    cfg = hf_config(job.model, len(tok), job.data.block_size, tok.eos_token_id, tok.pad_token_id)
+    check_model_objective(job, cfg)
+    if job.model.path and cfg.vocab_size < len(tok):
+        raise ConfigError(
+            f"data.tokenizer: {len(tok)} tokens but model.path's vocabulary has "
+            f"{cfg.vocab_size}. Use the model's own tokenizer (data.tokenizer.path=<model dir>).",
+            "data.tokenizer.path",
+        )
+    if job.distill.enabled:
+        from orchestrator.pretrain.distill import check_teacher
+
+        check_teacher(job.distill, job.train.objective, tok, cfg.vocab_size)
+    return cfg
+
+
+def check_model_objective(job: PretrainJob, cfg: Any) -> None:
+    """A ``model.path`` model trains with the objective of its kind (the schema checks
+    ``model.family`` the same way): an encoder masked, a causal decoder causal."""
+    from orchestrator.config.loader import ConfigError
+    from orchestrator.models import is_encoder
+
+    if job.model.path and is_encoder(cfg) != (job.train.objective == "masked"):
+        want = "masked" if is_encoder(cfg) else "causal"
+        raise ConfigError(
+            f"train.objective={job.train.objective!r}, but model.path={job.model.path!r} is a "
+            f"{cfg.model_type} model, trained with the {want} objective. Set "
+            f"train.objective={want}, or pick a model of the other kind.",
+            "train.objective",
+        )
 
 
 def _train_and_export(
@@ -227,6 +266,7 @@ def _train_and_export(
             "train_blocks": data.packed.train,
             "val_blocks": data.packed.val,
             "sink": sink,
+            "tokenizer": data.tokenizer,  # the masked objective's [MASK] and special ids
         }
         from orchestrator.pretrain.loop import train_loop_per_worker
 
@@ -265,7 +305,7 @@ def _train_and_export(
     if info is None or info.step != job.train.max_steps:
         raise RuntimeError(f"training ended without a complete final checkpoint in {run_dir}")
     state = checkpoint_model_state(info)
-    export_dir = export_hf(state, cfg, data.tokenizer, run_dir / "export")
+    export_dir = export_hf(state, cfg, data.tokenizer, run_dir / "export", job.train.objective)
     metrics = read_metrics(run_dir / "metrics.jsonl")
     summary = {
         "final_step": info.step,

@@ -57,7 +57,7 @@ def test_every_preset_validates():
         ),
         ("train.grad_accum_steps=3", "train.global_batch_size", "x train.grad_accum_steps"),
         ("model.n_head=3", "model.d_model", "multiple of model.n_head=3"),
-        ("model.family=bert", "model.family", "'gpt2' or 'llama'"),
+        ("model.family=t5", "model.family", "'gpt2', 'llama' or 'bert'"),
         ("data.val_fraction=0.9", "data.val_fraction", "(0, 0.5)"),
         ("data.tokenizer.vocab_size=100", "data.tokenizer.vocab_size", "[257"),
         ("backend=horovod", "backend", "'ddp' or 'deepspeed'"),

@@ -18,6 +18,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 # name -> (backend, ZeRO stage if deepspeed, workers, GPU workers)
 PRESETS = {
     "pretrain-tiny": ("ddp", None, 2, False),
+    "pretrain-bert-tiny": ("ddp", None, 2, False),
     "pretrain-gpt2-124m": ("ddp", None, 8, True),
     "pretrain-llama-1b": ("deepspeed", 3, 16, True),
 }

@@ -226,7 +226,7 @@ def test_on_a_cluster_tokenization_runs_connected_after_the_shared_storage_check
     class Stop(Exception):
         pass
 
-    def fake_prepare(cfg, on_cluster=False):
+    def fake_prepare(cfg, on_cluster=False, objective="causal"):
         calls.append(("prepare", on_cluster))
         raise Stop
 
