@@ -249,3 +249,34 @@ def test_a_failure_while_running_leaves_the_previous_output(tmp_path, capsys, mo
     assert "disk on fire" in capsys.readouterr().err
     assert (out / "config.json").read_text() == "{}"
     assert not list(tmp_path.glob(".tmp-*")) and not list(tmp_path.glob(".linear-*"))
+
+
+def test_federated_classifier_export_and_report(cache_dir, tmp_path):
+    """A federated run's export (in-process LocalGrid, 4 sites, 1 round), compressed with no
+    --eval-data: measured on every site's held-out rows, shown by `fedray report RUN_DIR`."""
+    from clients.client_app import app as client_app
+    from orchestrator.config import load_config
+    from orchestrator.config.federated import FederatedJob
+    from orchestrator.federated.local_grid import LocalGrid, ensure_task_identity
+    from orchestrator.federated.rounds import run_federated
+    from orchestrator.report import build_report
+
+    ensure_task_identity()
+    run = tmp_path / "fed"
+    small = [
+        f"data.cache_dir={cache_dir}", f"run.dir={run}", "model.path=null",
+        "data.tokenizer.path=null", "model.d_model=32", "model.n_head=2", "model.n_layer=1",
+        "data.tokenizer.vocab_size=512", "task.max_length=16",
+        "partition.max_examples_per_site=21", "train.micro_batch_size=4",
+        "finetune.local_steps=null", "federation.num_rounds=1",
+    ]  # fmt: skip
+    job = load_config(FederatedJob, None, small, default_preset="simulate-demo")
+    grid = LocalGrid(client_app, [{"partition-id": i, "num-partitions": 4} for i in range(4)])
+    run_federated(grid, job, run)
+    r = compress(run / "export", "int8")
+    assert r.task == "classification" and (r.quantized_modules, r.linear_modules) == (4, 5)
+    assert "held-out rows of the run" in r.eval_source and r.eval_rows == 16  # 4 per site
+    assert {"accuracy", "macro-f1"} <= set(r.before) and {"accuracy", "macro-f1"} <= set(r.after)
+    assert abs(r.after["accuracy"] - r.before["accuracy"]) <= 1 / 16  # one row at most
+    html = build_report([run]).html.read_text()
+    assert "Compressed exports" in html and "export-int8" in html and "macro-f1" in html
