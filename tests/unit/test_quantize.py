@@ -280,3 +280,30 @@ def test_federated_classifier_export_and_report(cache_dir, tmp_path):
     assert abs(r.after["accuracy"] - r.before["accuracy"]) <= 1 / 16  # one row at most
     html = build_report([run]).html.read_text()
     assert "Compressed exports" in html and "export-int8" in html and "macro-f1" in html
+
+
+def test_pretraining_export_is_measured_on_the_runs_validation_blocks(cache_dir, tmp_path):
+    """A pretraining run's export, compressed with no --eval-data: the run's own validation
+    blocks (the fixed split its training held out) from RUN_DIR/config.yaml."""
+    from orchestrator.config.loader import load_config, to_yaml
+    from orchestrator.config.schema import PretrainJob
+    from orchestrator.data import prepare_text_data
+
+    run = tmp_path / "run"
+    run.mkdir()
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(HELD_OUT.read_text()[:20000])
+    job = load_config(
+        PretrainJob,
+        None,
+        [f"data.paths=[{corpus}]", f"data.tokenizer.path={DEMO_GPT2}", "data.block_size=16",
+         f"data.cache_dir={cache_dir}", "data.val_fraction=0.1", "data.num_proc=1"],
+        default_preset="pretrain-tiny",
+    )  # fmt: skip
+    (run / "config.yaml").write_text(to_yaml(job))
+    shutil.copytree(DEMO_GPT2, run / "export")
+    val = prepare_text_data(job.data).packed.val
+    r = compress(run / "export", "int8", max_rows=10_000)
+    assert str(run / "config.yaml") in r.eval_source
+    assert r.eval_rows == len(val) > 0
+    assert r.after["perplexity"] <= 1.01 * r.before["perplexity"]
