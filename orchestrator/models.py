@@ -65,6 +65,13 @@ def check_model_dir(path: str) -> Path:
             "or `save_pretrained`, or set model.path=null to build from model.* fields.",
             "model.path",
         )
+    if '"quantization_config"' in (p / "config.json").read_text(errors="replace"):
+        raise ConfigError(
+            f"model.path: {path!r} is a quantized export (`fedray compress`), which fedray "
+            "evaluates but does not train; set model.path to the float export it came from "
+            "(e.g. RUN_DIR/export) and compress the fine-tuned result.",
+            "model.path",
+        )
     return p
 
 

@@ -307,3 +307,13 @@ def test_pretraining_export_is_measured_on_the_runs_validation_blocks(cache_dir,
     assert str(run / "config.yaml") in r.eval_source
     assert r.eval_rows == len(val) > 0
     assert r.after["perplexity"] <= 1.01 * r.before["perplexity"]
+
+
+def test_training_from_a_quantized_export_is_a_config_error(tmp_path):
+    from orchestrator.config.loader import ConfigError
+    from orchestrator.models import check_model_dir
+
+    q = fake_export(tmp_path / "export-int8", quantization_config={"quant_method": "torchao"})
+    with pytest.raises(ConfigError, match=r"quantized export .* float export"):
+        check_model_dir(str(q))
+    assert check_model_dir(str(DEMO_GPT2)) == DEMO_GPT2
