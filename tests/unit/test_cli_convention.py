@@ -129,6 +129,7 @@ def test_config_file_then_flags_then_overrides(tmp_path: Path, capsys):
         (["server", "--resume", "MISSING"], "--resume needs the directory of a run"),
         (["site", "--server", "h:1", "--data", "MISSING"], "MISSING"),
         (["report", "MISSING"], "MISSING"),
+        (["compress", "MISSING", "--method", "int8"], "MISSING"),
         (["nonsense"], "unknown command"),
     ],
 )
