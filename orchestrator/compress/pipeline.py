@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -164,54 +164,75 @@ def compress(
     check_method(method)
     dst = check_out(info.path, Path(out) if out else default_out(info.path, method))
     quiet()
-    import torch
-    import torchao
-
     from orchestrator.compress.held_out import held_out_rows
-    from orchestrator.compress.measure import dir_bytes
-    from orchestrator.compress.quantize import check_platform, layer_bytes, load_quantized
+    from orchestrator.compress.quantize import check_platform
 
     check_platform(method)
     base, tok = load_export(info)
-    rows, source = held_out_rows(
+    held_out = held_out_rows(
         info, tok, base.config, Path(eval_data) if eval_data else None, max_rows
     )
-    num_labels = int(base.config.num_labels) if info.task == "classification" else 0
-    cls = model_class(info.task)
     with staging(dst) as tmp, tempfile.TemporaryDirectory(dir=dst.parent, prefix=".linear-") as s:
-        src = linear_source(info, base, rows.input_ids[:2], Path(s))
-        quantized = load_quantized(src, cls, method)
-        counted = layer_bytes(quantized)
-        if counted.modules == 0:
-            raise RuntimeError(f"torchao quantized no nn.Linear module of {info.path}")
-        quantized.save_pretrained(str(tmp))
-        tok.save_pretrained(str(tmp))
-        del quantized
-        saved = cls.from_pretrained(str(tmp), local_files_only=True).eval()  # what a user loads
-        before, after = measure((base, saved), rows, info.task, num_labels, batch_size)
-        result = CompressResult(
-            method=method,
-            library=f"torchao {torchao.__version__}",
-            source=str(info.path),
-            out=str(dst),
-            task=info.task,
-            model_type_before=info.model_type,
-            model_type_after=str(saved.config.model_type),
-            quantized_modules=counted.modules,
-            linear_modules=counted.linear_total,
-            quantized_layer_bytes=counted.quantized_bytes,
-            fp32_layer_bytes=counted.fp32_bytes,
-            layer_ratio=counted.ratio,
-            dir_bytes_before=dir_bytes(info.path),
-            dir_bytes_after=dir_bytes(tmp),
-            eval_source=source,
-            eval_rows=len(rows),
-            threads=torch.get_num_threads(),
-            before=before,
-            after=after,
-        )
+        result = quantize_and_measure(info, method, (base, tok), held_out, tmp, Path(s), batch_size)
+        result = replace(result, out=str(dst))
         (tmp / RESULT_FILE).write_text(result.to_json() + "\n")
     return result
 
 
-__all__ = ["RESULT_FILE", "CompressResult", "compress", "staging"]
+def quantize_and_measure(
+    info: ExportInfo,
+    method: str,
+    loaded: tuple[Any, Any],
+    held_out: tuple[Any, str],
+    tmp: Path,
+    scratch: Path,
+    batch_size: int,
+) -> CompressResult:
+    """Quantize the export into ``tmp`` (GPT-2's rewrite in ``scratch``), reload what was
+    written and measure it against the original model on the held-out rows."""
+    import torch
+    import torchao
+
+    from orchestrator.compress.measure import dir_bytes
+    from orchestrator.compress.quantize import device_for, layer_bytes, load_quantized
+
+    (base, tok), (rows, source) = loaded, held_out
+    cls = model_class(info.task)
+    quantized = load_quantized(linear_source(info, base, rows.input_ids[:2], scratch), cls, method)
+    counted = layer_bytes(quantized)
+    if counted.modules == 0:
+        raise RuntimeError(f"torchao quantized no nn.Linear module of {info.path}")
+    quantized.save_pretrained(str(tmp))
+    tok.save_pretrained(str(tmp))
+    del quantized
+    # What a user loads; int4's tensors live on the GPU (compared there with the original).
+    device = device_for(method)
+    saved = cls.from_pretrained(
+        str(tmp), local_files_only=True, **({} if device == "cpu" else {"device_map": device})
+    ).eval()
+    num_labels = int(base.config.num_labels) if info.task == "classification" else 0
+    before, after = measure((base.to(device), saved), rows, info.task, num_labels, batch_size)
+    return CompressResult(
+        method=method,
+        library=f"torchao {torchao.__version__}",
+        source=str(info.path),
+        out=str(tmp),
+        task=info.task,
+        model_type_before=info.model_type,
+        model_type_after=str(saved.config.model_type),
+        quantized_modules=counted.modules,
+        linear_modules=counted.linear_total,
+        quantized_layer_bytes=counted.quantized_bytes,
+        fp32_layer_bytes=counted.fp32_bytes,
+        layer_ratio=counted.ratio,
+        dir_bytes_before=dir_bytes(info.path),
+        dir_bytes_after=dir_bytes(tmp),
+        eval_source=source,
+        eval_rows=len(rows),
+        threads=torch.get_num_threads(),
+        before=before,
+        after=after,
+    )
+
+
+__all__ = ["RESULT_FILE", "CompressResult", "compress", "quantize_and_measure", "staging"]
