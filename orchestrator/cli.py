@@ -8,6 +8,7 @@ exit code. Each job command: parse -> validate -> build -> run -> close.
     fedray site --server HOST:PORT --data PATH [--key KEY] [--root-cert CA]
     fedray submit [CONFIG] [key=value ...] --address http://HEAD:8265 [--dry-run] [--no-wait]
     fedray jobs list | logs ID [--follow] | stop ID [--address http://HEAD:8265]
+    fedray compress EXPORT --method int8|int4 [--out DIR] [--eval-data FILE]
 
 CONFIG is a YAML file or a preset name (``fedray presets`` lists them); key=value overrides may
 come before or after the flags. Exit codes (:mod:`orchestrator.commands.common`): 0 success,
@@ -82,6 +83,10 @@ OTHER_COMMANDS.update(
         "doctor": (
             "check versions, GPUs, disk, Ray, certificates and ports",
             _handler("orchestrator.commands.doctor"),
+        ),
+        "compress": (
+            "quantized copy of an export (int8/int4), measured before and after",
+            _handler("orchestrator.commands.compress"),
         ),
     }
 )

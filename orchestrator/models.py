@@ -6,6 +6,7 @@ Nothing is fetched from a model hub: ``path`` must be a local directory.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +105,23 @@ def check_model_dir(path: str) -> Path:
             "or `save_pretrained`, or set model.path=null to build from model.* fields.",
             "model.path",
         )
+    if _quantized(p / "config.json"):
+        raise ConfigError(
+            f"model.path: {path!r} is a quantized export (`fedray compress`), which fedray "
+            "evaluates but does not train; set model.path to the float export it came from "
+            "(e.g. RUN_DIR/export) and compress the fine-tuned result.",
+            "model.path",
+        )
     return p
+
+
+def _quantized(config_file: Path) -> bool:
+    """Whether a config.json names a quantization (a `fedray compress` output)."""
+    try:
+        cfg = json.loads(config_file.read_text(errors="replace"))
+    except (OSError, json.JSONDecodeError):
+        return False  # transformers reports an unreadable config when it loads it
+    return isinstance(cfg, dict) and bool(cfg.get("quantization_config"))
 
 
 def build_model(

@@ -10,7 +10,9 @@ norm, throughput. Federated runs: per-round global and per-site accuracy / macro
 perplexity), eval and train loss, bytes up/down, rejected / dropped / clipped sites, epsilon
 when recorded. Several runs: the same curves overlaid (one line per run, labelled by directory
 name) and, for a pretraining run next to a federated causal-LM run, their held-out losses on
-shared axes (federated vs centralized).
+shared axes (federated vs centralized). A run directory holding ``fedray compress`` outputs
+(``RUN_DIR/export-int8/compression.json``) also gets a table of size, held-out quality and
+tokens/s before and after compression.
 
 Exit codes: 0 written; 2 a path is not a run directory or its metrics.jsonl is empty or garbled
 (one line naming the path); 1 the output could not be written. The library entry point is :func:`build_report`.

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from orchestrator.report.compression import compression_table
 from orchestrator.report.load import BYTES_DOWN, BYTES_UP, EPSILON, Run, finite
 from orchestrator.report.plots import Plot
 
@@ -140,6 +141,7 @@ def run_section(i: int, run: Run, plots: Sequence[tuple[Plot, str]]) -> str:
             f"{html.escape(sites)} (from the config, for analysis).</p>"
         )
     parts.append(figures(plots) if plots else "<p>No plottable metrics yet.</p>")
+    parts.append(compression_table(run.compressions))
     if run.events:
         items = "".join(f"<li>{html.escape(e)}</li>" for e in run.events)
         parts.append(

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
+from orchestrator.report.compression import load_compressions
 from orchestrator.runs import read_metrics
 
 RunKind = Literal["pretrain", "federated"]
@@ -53,6 +54,8 @@ class Run:
     warnings: list[str] = field(default_factory=list)
     wall_span: tuple[float, float] | None = None
     """First and last ``wall_time`` of any row, events included (pretraining)."""
+    compressions: list[dict[str, Any]] = field(default_factory=list)
+    """``compression.json`` of each ``fedray compress`` output in the run directory."""
 
     @property
     def x_key(self) -> str:
@@ -259,6 +262,8 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
         except (json.JSONDecodeError, OSError):
             warnings.append(f"{d / 'summary.json'}: not valid JSON; ignored")
     kind = _kind(records, config, metrics)
+    compressions, bad = load_compressions(d)
+    warnings += bad
     key = "step" if kind == "pretrain" else "round"
     events = [str(r["event"]) for r in records if "event" in r]
     rows = [r for r in records if finite(r.get(key))]
@@ -289,6 +294,7 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
         summary=summary,
         warnings=warnings,
         wall_span=(min(stamps), max(stamps)) if len(stamps) > 1 else None,
+        compressions=compressions,
     )
 
 

@@ -210,3 +210,18 @@ def test_cli_against_existing_ray_cluster(tmp_path: Path, cache_dir: Path):
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
+
+
+def test_compress_the_export_on_the_runs_validation_blocks(two_workers: PretrainResult):
+    """`fedray compress RUN_DIR/export --method int8` of a real pretraining run: measured on the
+    run's validation blocks, written beside the export, shown by `fedray report RUN_DIR`."""
+    from orchestrator.cli import main
+    from orchestrator.report import build_report
+
+    run = two_workers.run_dir
+    assert main(["compress", str(two_workers.export_dir), "--method", "int8"]) == 0
+    rec = json.loads((run / "export-int8" / "compression.json").read_text())
+    assert str(run / "config.yaml") in rec["eval_source"] and rec["eval_rows"] > 0
+    assert (rec["quantized_modules"], rec["linear_modules"]) == (8, 9)
+    assert rec["after"]["perplexity"] <= 1.01 * rec["before"]["perplexity"]
+    assert "Compressed exports" in build_report([run]).html.read_text()

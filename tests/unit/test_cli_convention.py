@@ -25,9 +25,10 @@ FAST_PATHS = [
         ([cmd, "--help"], 0)
         for cmd in (
             "pretrain", "simulate", "server", "site", "certs", "site-key", "submit", "jobs",
-            "report", "doctor",
+            "report", "doctor", "compress",
         )
     ],
+    (["compress", "RUN_DIR_MISSING", "--method", "int8"], 2),
     (["pretrain", "train.max_stepz=3"], 2),
     (["pretrain", "train.max_steps=-1"], 2),
     (["pretrain", "train.global_batch_size=7"], 2),
@@ -128,6 +129,7 @@ def test_config_file_then_flags_then_overrides(tmp_path: Path, capsys):
         (["server", "--resume", "MISSING"], "--resume needs the directory of a run"),
         (["site", "--server", "h:1", "--data", "MISSING"], "MISSING"),
         (["report", "MISSING"], "MISSING"),
+        (["compress", "MISSING", "--method", "int8"], "MISSING"),
         (["nonsense"], "unknown command"),
     ],
 )
