@@ -112,6 +112,7 @@ JOB_KINDS: dict[str, tuple[type, type, str]] = {
 """kind -> (tune schema, tuned job schema, the preset whose defaults a config without its own
 file starts from)."""
 
+
 def job_kind(top_keys: set[str]) -> str | None:
     """``pretrain`` or ``federated`` from a config's top-level keys (keys only one of the two
     schemas has), or None when the keys do not tell (only shared sections)."""

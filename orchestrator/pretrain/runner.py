@@ -183,9 +183,7 @@ def _prepare_and_train(
     (run_dir / "config.yaml").write_text(to_yaml(job))
     data.tokenizer.save_pretrained(str(run_dir / "tokenizer"))
     with console_to_run_log(run_dir, job.logging.verbose):
-        return _train_and_export(
-            job, data, cfg, run_dir, resumed_from, console, t_start, callbacks
-        )
+        return _train_and_export(job, data, cfg, run_dir, resumed_from, console, t_start, callbacks)
 
 
 def _train_and_export(

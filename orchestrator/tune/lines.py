@@ -17,7 +17,10 @@ class TrialLines(Callback):
         value = r.get(self.metric)
         shown = f"{value:.4f}" if isinstance(value, float) else "-"
         at = r.get(self.time_attr, "-")
-        print(f"[fedray] trial {trial.trial_id}: {self.metric} {shown} at {self.time_attr} {at}", flush=True)
+        print(
+            f"[fedray] trial {trial.trial_id}: {self.metric} {shown} at {self.time_attr} {at}",
+            flush=True,
+        )
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         print(f"[fedray] trial {trial.trial_id}: failed (the search goes on)", flush=True)

@@ -65,10 +65,7 @@ def trial_row(
     hist = history(records, metric, time_attr)
     used = max((int(r.get(time_attr, 0)) for r in records), default=0)
     eps = [r["epsilon"] for r in records if r.get("epsilon") is not None]
-    if error:
-        status = "error"
-    else:
-        status = "complete" if used >= max_t else "stopped"
+    status = "error" if error else "complete" if used >= max_t else "stopped"
     return TrialRow(
         trial,
         config,
@@ -155,7 +152,8 @@ def table(
 ) -> Table:
     """The console table: one line per trial, the best one marked."""
     t = Table(title=None, show_edge=False, pad_edge=False)
-    for col in ["trial", *keys, metric, unit, "status"]:
+    t.add_column("trial", no_wrap=True)
+    for col in [*keys, metric, unit, "status"]:
         t.add_column(col, overflow="fold")
     with_eps = any(r.epsilon is not None for r in rows)
     if with_eps:

@@ -8,10 +8,14 @@ with ``tune.eval_seeds``, ``eval/`` + ``eval.jsonl`` (the best configs re-run on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,8 @@ from rich.console import Console
 
 from orchestrator.cluster import ray_cluster
 from orchestrator.config.loader import to_yaml
+from orchestrator.processes.signals import STOP_SIGNALS, Interrupted
+from orchestrator.run_log import console_to_run_log
 from orchestrator.runs import read_metrics
 from orchestrator.tune import results
 from orchestrator.tune.results import TrialRow
@@ -73,8 +79,15 @@ def run_tune(
     tune_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         (tune_dir / "tune.yaml").write_text(to_yaml(setup.tune_job))
-    console.print(f"[fedray] tune {tune_dir} | {setup.kind} | {setup.metric} ({setup.mode})", markup=False)
-    with ray_cluster(setup.cluster):
+    console.print(
+        f"[fedray] tune {tune_dir} | {setup.kind} | {setup.metric} ({setup.mode})", markup=False
+    )
+    verbose = setup.tune_job.logging.verbose
+    # Trials' own output (torch, datasets, Ray worker lines) stays in Ray's worker logs, and
+    # this process's third-party lines in run.log, unless --verbose; a failed trial's error is
+    # in its row (and Tune's error.txt under ray/<trial>/).
+    logging.getLogger("ray.tune").setLevel(logging.INFO if verbose else logging.WARNING)
+    with console_to_run_log(tune_dir, verbose), ray_cluster(setup.cluster, log_to_driver=verbose):
         rows = search(setup, tune_dir, resume, console)
         best = results.best_row(rows, setup.mode)
         out = TuneResult(tune_dir, rows, best)
@@ -123,10 +136,46 @@ def search(setup: TuneSetup, tune_dir: Path, resume: bool, console: Console) -> 
                 num_samples=t.num_samples,
                 max_concurrent_trials=setup.max_concurrent(total),
                 trial_dirname_creator=trial_dirname,
+                # A trial process is reused by the next trial: torch, Flower and the demo
+                # model are not imported and loaded again for each one.
+                reuse_actors=True,
             ),
             run_config=_run_config(setup, tune_dir, STATE_DIR),
         )
-    return collect(setup, tuner.fit(), tune_dir)
+    return collect(setup, fit(tuner), tune_dir)
+
+
+def fit(tuner: Any) -> Any:
+    """``tuner.fit()``; a stop signal ends it gracefully, then raises :class:`Interrupted`."""
+    with graceful_stop() as stopped:
+        grid = tuner.fit()
+    if stopped:
+        raise Interrupted(stopped[0])  # Tune saved its state: --resume continues
+    return grid
+
+
+@contextlib.contextmanager
+def graceful_stop() -> Iterator[list[int]]:
+    """While Tune runs: SIGINT, SIGTERM and SIGHUP end the search the way Tune's own stop
+    signal (SIGUSR1) does: the loop stops, running trials are stopped, the experiment state is
+    written (so ``--resume`` knows every finished trial). The signal is yielded back, to be
+    raised as :class:`Interrupted` (exit 128+N) once Tune has returned."""
+    got: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        if not got:
+            got.append(signum)
+            signal.raise_signal(signal.SIGUSR1)  # Tune's handler: stop after this step
+
+    previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    try:
+        yield got
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _run_config(setup: TuneSetup, tune_dir: Path, name: str) -> Any:
@@ -203,10 +252,10 @@ def eval_seeds(
     tuner = tune.Tuner(
         _trainable(setup, tune_dir),
         param_space={EVAL_KEY: tune.grid_search(configs)},
-        tune_config=tune.TuneConfig(trial_dirname_creator=trial_dirname),
+        tune_config=tune.TuneConfig(trial_dirname_creator=trial_dirname, reuse_actors=True),
         run_config=_run_config(setup, tune_dir, EVAL_DIR),
     )
-    out = collect(setup, tuner.fit(), tune_dir)
+    out = collect(setup, fit(tuner), tune_dir)
     results.write_rows(tune_dir / "eval.jsonl", out)
     return out
 

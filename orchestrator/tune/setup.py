@@ -130,7 +130,9 @@ def load_tune(source: str | None, overrides: Sequence[str] = ()) -> TuneSetup:
             f"{space[cont[0]].kind}. Use search=random (or optuna), or list values with choice.",
             "tune.search",
         )
-    if tune_job.tune.search == "optuna" and (gr := [k for k, d in space.items() if d.kind == "grid"]):
+    if tune_job.tune.search == "optuna" and (
+        gr := [k for k, d in space.items() if d.kind == "grid"]
+    ):
         raise ConfigError(
             f"tune.search=optuna cannot take a grid domain (tune.space.{gr[0]}); use choice.",
             "tune.search",

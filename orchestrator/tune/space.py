@@ -91,7 +91,9 @@ def base_kind(t: Any) -> str:
 def parse_domain(key: str, spec: Any, kind: str) -> Domain:
     """One key's domain, shape- and type-checked against the key's type ``kind``."""
     if not (isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in DOMAINS):
-        raise _err(key, f"{spec!r} is not a domain; expected one of {{{': ..., '.join(DOMAINS)}: ...}}")
+        raise _err(
+            key, f"{spec!r} is not a domain; expected one of {{{': ..., '.join(DOMAINS)}: ...}}"
+        )
     name, args = next(iter(spec.items()))
     if not isinstance(args, (list, tuple)) or not args:
         raise _err(key, f"{name} needs a non-empty list, got {args!r}")
@@ -106,7 +108,10 @@ def _numeric(key: str, name: str, args: list[Any], kind: str) -> Domain:
     lo, hi = args
     if name == "randint":
         if kind not in ("int", "float") or not all(float(a).is_integer() for a in args):
-            raise _err(key, f"randint needs an integer or float key and integer bounds ({kind} key, {args!r})")
+            raise _err(
+                key,
+                f"randint needs an integer or float key and integer bounds ({kind} key, {args!r})",
+            )
         lo, hi = int(lo), int(hi)
     elif kind != "float":
         use = "randint" if kind == "int" else "choice"
