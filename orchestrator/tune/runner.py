@@ -108,7 +108,10 @@ def _trainable(setup: TuneSetup, tune_dir: Path) -> Any:
     from ray import tune
 
     fn = tune.with_parameters(TRAINABLES[setup.kind], setup=setup, tune_dir=str(tune_dir))
-    return tune.with_resources(fn, {"CPU": setup.cpus_per_trial()})
+    cpus = setup.cpus_per_trial()
+    # A pretraining trial's driver reserves no CPU (its worker group reserves its own); Ray
+    # refuses an empty request, so it asks for one byte of memory instead.
+    return tune.with_resources(fn, {"CPU": cpus} if cpus else {"CPU": 0, "memory": 1})
 
 
 def search(setup: TuneSetup, tune_dir: Path, resume: bool, console: Console) -> list[TrialRow]:
@@ -131,10 +134,9 @@ def search(setup: TuneSetup, tune_dir: Path, resume: bool, console: Console) -> 
             tune_config=tune.TuneConfig(
                 metric=setup.metric,
                 mode=setup.mode,
-                search_alg=searcher(setup),
+                search_alg=searcher(setup, setup.max_concurrent(total)),
                 scheduler=scheduler(setup),
                 num_samples=t.num_samples,
-                max_concurrent_trials=setup.max_concurrent(total),
                 trial_dirname_creator=trial_dirname,
                 # A trial process is reused by the next trial: torch, Flower and the demo
                 # model are not imported and loaded again for each one.

@@ -34,14 +34,18 @@ def param_space(setup: TuneSetup) -> dict[str, Any]:
     return {k: ray_domain(d, grid) for k, d in setup.space.items()}
 
 
-def searcher(setup: TuneSetup) -> Any:
-    """Seeded random/grid sampling, or Optuna's TPE (the ``tune-optuna`` extra)."""
+def searcher(setup: TuneSetup, max_concurrent: int | None) -> Any:
+    """Seeded random/grid sampling, or Optuna's TPE (the ``tune-optuna`` extra), starting at
+    most ``max_concurrent`` trials at once (None: as the resources allow). The limit is set on
+    the searcher: Tune ignores ``TuneConfig.max_concurrent_trials`` next to a search generator."""
     t = setup.tune
     if t.search == "optuna":
         try:
+            from ray.tune.search import ConcurrencyLimiter
             from ray.tune.search.optuna import OptunaSearch
 
-            return OptunaSearch(seed=t.seed)
+            optuna = OptunaSearch(seed=t.seed)
+            return ConcurrencyLimiter(optuna, max_concurrent) if max_concurrent else optuna
         except (ImportError, AssertionError) as e:
             raise ConfigError(
                 "tune.search=optuna needs Optuna: pip install 'fedray[tune-optuna]' "
@@ -50,7 +54,7 @@ def searcher(setup: TuneSetup) -> Any:
             ) from e
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=t.seed)
+    return BasicVariantGenerator(random_state=t.seed, max_concurrent=max_concurrent or 0)
 
 
 def scheduler(setup: TuneSetup) -> Any:
