@@ -208,3 +208,43 @@ def test_best_yaml_round_trips_through_the_loader(tmp_path: Path):
     best.config = {"train.lr": 0.005}
     job = load_config(PretrainJob, str(write_best(pre, best, tmp_path)))
     assert job.train.lr == 0.005 and job.train.max_steps == 10
+
+
+def test_submit_takes_a_tune_config(tmp_path: Path, capsys):
+    from orchestrator.cli import main
+    from orchestrator.submit import build_submission, prepare_job
+
+    assert main(["submit", "tune-demo", "tune.num_samples=3", "--print-config"]) == 0
+    assert "num_samples: 3" in capsys.readouterr().out
+    assert main(["submit", "tune-demo", "tune.space.train.nope.choice=[1]", "--print-config"]) == 2
+    job = load_tune("tune-demo", ["run.root=/shared/runs", "data.cache_dir=/shared/c"]).tune_job
+    sub = build_submission(prepare_job(job, "tune"), tmp_path, ship_code=False, command="tune")
+    assert sub.entrypoint == "python -m orchestrator.cli tune config.yaml"
+    assert sub.metadata["fedray_run_dir"].startswith("/shared/runs/tune-")
+    assert "tune:" in (tmp_path / "config.yaml").read_text() and job.cluster.address == "auto"
+
+
+def test_report_on_a_tune_directory(tmp_path: Path):
+    from orchestrator.report import build_report
+
+    d = tmp_path / "tune-x"
+    d.mkdir()
+    (d / "tune.yaml").write_text("tune: {}\n")
+    rows = [
+        results.TrialRow("a", {"train.lr": 0.001, "strategy.name": "fedavg"}, 0.5, 2, "complete",
+                         history=[(1, 0.4), (2, 0.5)]),
+        results.TrialRow("b", {"train.lr": 0.05, "strategy.name": "fedadam"}, 0.3, 1, "stopped",
+                         history=[(1, 0.3)]),
+        results.TrialRow("c", {"train.lr": 0.01, "strategy.name": "fedadam"}, None, 0, "error",
+                         error="boom"),
+    ]  # fmt: skip
+    results.write_rows(d / "trials.jsonl", rows)
+    (d / "summary.json").write_text(
+        '{"job": "federated", "metric": "macro-f1", "best": {"trial": "a"}}'
+    )
+    rep = build_report([d])
+    names = sorted(p.name for p in rep.pngs)
+    assert names == ["key-strategy_name.png", "key-train_lr.png", "trials.png"]
+    page = rep.html.read_text()
+    assert rep.html == d / "report" / "report.html" and "boom" in page
+    assert '<tr style="font-weight:bold"><td>a</td>' in page
