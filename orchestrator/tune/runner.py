@@ -31,14 +31,12 @@ from orchestrator.tune import results
 from orchestrator.tune.results import TrialRow
 from orchestrator.tune.search import param_space, scheduler, searcher
 from orchestrator.tune.setup import TuneSetup
-from orchestrator.tune.trials import TRAINABLES, TRIALS_DIR
+from orchestrator.tune.trials import EVAL_KEY, TRAINABLES, TRIALS_DIR
 
 log = logging.getLogger(__name__)
 
 STATE_DIR = "ray"
 EVAL_DIR = "eval"
-EVAL_KEY = "values"
-"""An eval-seed trial's config: ``{EVAL_KEY: {key: value, ..., "train.seed": s}}``."""
 RERUN = {"federated": "fedray simulate", "pretrain": "fedray pretrain"}
 
 
@@ -293,6 +291,9 @@ def print_result(setup: TuneSetup, out: TuneResult, console: Console) -> None:
         markup=False,
     )
     for e in s["eval_seeds"]:
+        if e["mean"] is None:
+            console.print(f"[fedray] eval seeds {e['seeds']}: every re-run failed", markup=False)
+            continue
         console.print(
             f"[fedray] eval seeds {e['seeds']}: {setup.metric} {e['mean']:.4f} +- {e['stdev']:.4f}"
             f" for {e['config']}",

@@ -22,13 +22,16 @@ from typing import Any
 from orchestrator.tune.setup import TuneSetup
 
 TRIALS_DIR = "trials"
+EVAL_KEY = "values"
+"""An eval-seed trial's config is ``{EVAL_KEY: {key: value, ..., "train.seed": s}}`` (one grid
+point per config and seed); a search trial's is the drawn values themselves."""
 
 
 def trial_job(setup: TuneSetup, config: dict[str, Any], tune_dir: str) -> Any:
     """The tuned job with this trial's values, running in its own directory."""
     from ray import tune
 
-    job = setup.job(config)
+    job = setup.job(config.get(EVAL_KEY, config))
     job.run.dir = str(Path(tune_dir) / TRIALS_DIR / tune.get_context().get_trial_id())
     return job
 
@@ -85,4 +88,11 @@ def pretrain_trial(config: dict[str, Any], setup: TuneSetup, tune_dir: str) -> N
 
 TRAINABLES = {"federated": federated_trial, "pretrain": pretrain_trial}
 
-__all__ = ["TRAINABLES", "TRIALS_DIR", "federated_trial", "pretrain_trial", "round_metrics"]
+__all__ = [
+    "EVAL_KEY",
+    "TRAINABLES",
+    "TRIALS_DIR",
+    "federated_trial",
+    "pretrain_trial",
+    "round_metrics",
+]

@@ -1,6 +1,6 @@
 """``fedray tune`` end to end, as a user runs it (the CLI in a subprocess, its own embedded Ray on
-2 CPUs): a 4-trial ASHA tune of a 2-round federation with one trial made to fail, the best config
-re-run to the trial's metric, a short pretraining tune, and resume after SIGTERM."""
+2 CPUs): a 4-trial ASHA tune of a 2-round federation with one trial made to fail, stopped by
+SIGTERM and resumed; the best config re-run to the trial's metric; a short pretraining tune."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -49,21 +48,41 @@ def rows(tune_dir: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def federated_tune(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
-    """4 ASHA trials of a 2-round federation; the 4th points at a model that does not exist."""
+def federated_tune(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> tuple[Path, dict]:
+    """4 ASHA trials of a 2-round federation, the 4th pointing at a model that does not exist;
+    SIGTERM once a trial has finished, then ``--resume``. Returns the tune directory and the
+    metrics.jsonl bytes of the trials finished before the signal."""
     d = tmp_path_factory.mktemp("tune") / "fed"
     bad = "[demo:tweets-gpt2,demo:tweets-gpt2,demo:tweets-gpt2,/no/such/model]"
     p = fedray(
         "tune-demo", *FED, "tune.num_samples=1", "tune.grace_period=1",
         f"tune.space.model.path.grid={bad}", f"run.dir={d}", cache=cache_dir,
     )  # fmt: skip
-    code, out = finish(p)
+    seen, finished = [], set()
+    assert p.stdout is not None
+    for line in p.stdout:  # stop once a trial has finished
+        seen.append(line)
+        if line.startswith("[fedray] trial ") and "macro-f1" in line:
+            finished.add(line.split()[2].rstrip(":"))
+            break
+    p.send_signal(signal.SIGTERM)
+    code, out = finish(p, timeout=120)
+    text = "".join(seen) + out
+    assert code == 143 and "fedray tune --resume" in out, text
+    finished |= {
+        ln.split()[2].rstrip(":")
+        for ln in out.splitlines()
+        if ln.startswith("[fedray] trial ") and "macro-f1" in ln
+    }
+    before = {t: (d / "trials" / t / "metrics.jsonl").read_bytes() for t in finished}
+    code, out = finish(fedray("--resume", str(d), cache=cache_dir))
     assert code == 0, out
-    return d
+    return d, before
 
 
-def test_federated_asha_tune_runs_and_records_the_failure(federated_tune: Path):
-    r = rows(federated_tune)
+def test_federated_asha_tune_records_the_failure(federated_tune: tuple[Path, dict]):
+    d, _ = federated_tune
+    r = rows(d)
     assert len(r) == 4
     failed = [x for x in r if x["status"] == "error"]
     assert len(failed) == 1 and "/no/such/model" in failed[0]["error"]
@@ -71,12 +90,19 @@ def test_federated_asha_tune_runs_and_records_the_failure(federated_tune: Path):
     ok = [x for x in r if x["status"] != "error"]
     assert all(x["metric"] is not None and 1 <= x["used"] <= 2 for x in ok)
     assert {"train.lr", "strategy.name", "strategy.server_lr"} <= set(ok[0]["config"])
-    summary = json.loads((federated_tune / "summary.json").read_text())
+    summary = json.loads((d / "summary.json").read_text())
     assert summary["best"]["trial"] in {x["trial"] for x in ok}
     assert summary["status"]["error"] == 1 and summary["privacy"] is None
 
 
-def test_best_yaml_reruns_to_the_trials_metric(federated_tune: Path, cache_dir: Path):
+def test_resume_after_sigterm_runs_no_finished_trial_again(federated_tune: tuple[Path, dict]):
+    d, before = federated_tune
+    assert before
+    for name, data in before.items():
+        assert (d / "trials" / name / "metrics.jsonl").read_bytes() == data
+
+
+def test_best_yaml_reruns_to_the_trials_metric(federated_tune: tuple[Path, dict]):
     """best.yaml through the loader, on the same round loop and ClientApp, same seed: the same
     macro-F1 as the trial."""
     import io
@@ -90,11 +116,12 @@ def test_best_yaml_reruns_to_the_trials_metric(federated_tune: Path, cache_dir: 
     from orchestrator.federated.report import RoundTable
     from orchestrator.federated.rounds import run_federated
 
-    best = json.loads((federated_tune / "summary.json").read_text())["best"]
-    job = load_config(FederatedJob, str(federated_tune / "best.yaml"))
+    d, _ = federated_tune
+    best = json.loads((d / "summary.json").read_text())["best"]
+    job = load_config(FederatedJob, str(d / "best.yaml"))
     grid = LocalGrid.simulated(app, job.federation.num_sites)
     quiet = RoundTable(job.task.kind, Console(file=io.StringIO()))
-    res = run_federated(grid, job, federated_tune / "rerun", table=quiet)
+    res = run_federated(grid, job, d / "rerun", table=quiet)
     assert res.metric("macro-f1")[best["used"]] == pytest.approx(best["metric"], abs=1e-9)
 
 
@@ -126,34 +153,3 @@ def test_pretraining_tune(tmp_path: Path, cache_dir: Path):
     assert all(x["history"] and x["history"][0][0] == 2 for x in r)  # reported at every eval
     assert any(x["status"] == "complete" for x in r)
     assert (tmp_path / "t" / "best.yaml").exists()
-
-
-def test_resume_after_sigterm_keeps_finished_trials(tmp_path: Path, cache_dir: Path):
-    d = tmp_path / "t"
-    args = [
-        "tune-demo", *FED, "tune.num_samples=3", "tune.scheduler=fifo",
-        "tune.max_concurrent_trials=1", f"run.dir={d}",
-    ]  # fmt: skip
-    p = fedray(*args, cache=cache_dir)
-    seen = []
-    assert p.stdout is not None
-    for line in p.stdout:  # stop once a trial has finished
-        seen.append(line)
-        if line.startswith("[fedray] trial ") and "macro-f1" in line:
-            break
-    time.sleep(2)
-    p.send_signal(signal.SIGTERM)
-    code, out = finish(p, timeout=120)
-    assert code == 143 and "fedray tune --resume" in out, "".join(seen) + out
-    done = {
-        t.name: (t / "metrics.jsonl").read_bytes()
-        for t in (d / "trials").iterdir()
-        if (t / "metrics.jsonl").exists() and b'"round": 2' in (t / "metrics.jsonl").read_bytes()
-    }
-    assert done
-    code, out = finish(fedray("--resume", str(d), cache=cache_dir))
-    assert code == 0, out
-    r = rows(d)
-    assert len(r) == 3 and all(x["status"] == "complete" for x in r), r
-    for name, before in done.items():  # no finished trial ran a round again
-        assert (d / "trials" / name / "metrics.jsonl").read_bytes() == before
