@@ -82,22 +82,34 @@ def main() -> None:
     p.add_argument("--eval-seeds", type=int, nargs="*", default=[1, 2])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", nargs="*", default=[], help="more key=value overrides")
+    p.add_argument(
+        "--asha-only",
+        action="store_true",
+        help="run only the ASHA search and compare with the random search already in --out "
+        "(the same seed draws the same trials: another grace period / reduction factor)",
+    )
+    p.add_argument("--tag", default="asha", help="name of the ASHA search's results folder")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tune_asha_vs_random")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    previous = args.out / "comparison.json"
     with tempfile.TemporaryDirectory(prefix="fedray-bench-tune-") as tmp:
-        runs = [
-            search("asha", "asha", args, Path(tmp)),
-            search("random", "fifo", args, Path(tmp)),
-        ]
-    asha, rnd = runs
+        asha = search(args.tag, "asha", args, Path(tmp))
+        if args.asha_only:
+            rnd = next(
+                r for r in json.loads(previous.read_text())["runs"] if r["search"] == "random"
+            )
+        else:
+            rnd = search("random", "fifo", args, Path(tmp))
+    runs = [asha, rnd]
     cmp = {
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "runs": runs,
         "asha_minus_random_points": round(100 * (asha["best_macro_f1"] - rnd["best_macro_f1"]), 2),
         "asha_rounds_fraction": round(asha["rounds_computed"] / rnd["rounds_computed"], 3),
     }
-    (args.out / "comparison.json").write_text(json.dumps(cmp, indent=1))
+    name = "comparison.json" if args.tag == "asha" else f"comparison-{args.tag}.json"
+    (args.out / name).write_text(json.dumps(cmp, indent=1))
     for r in runs:
         print(
             f"{r['search']:7s} best macro-F1 {r['best_macro_f1']:.4f} | rounds "
