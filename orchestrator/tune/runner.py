@@ -62,6 +62,15 @@ def tune_env() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 
+def reuse_actors(setup: TuneSetup) -> bool:
+    """A federated trial's process is reused by the next trial (torch, Flower and the model are
+    not imported and loaded again): its thread waits in ``tune.report`` whenever it could be
+    stopped. A pretraining trial's thread is inside ``trainer.fit()`` when Tune stops it (the
+    reports come from Ray Train's callback), so Tune cannot take its process over in time and
+    would fail the next trial: each pretraining trial gets a fresh process."""
+    return setup.kind == "federated"
+
+
 def trial_dirname(trial: Any) -> str:
     return str(trial.trial_id)
 
@@ -136,9 +145,7 @@ def search(setup: TuneSetup, tune_dir: Path, resume: bool, console: Console) -> 
                 scheduler=scheduler(setup),
                 num_samples=t.num_samples,
                 trial_dirname_creator=trial_dirname,
-                # A trial process is reused by the next trial: torch, Flower and the demo
-                # model are not imported and loaded again for each one.
-                reuse_actors=True,
+                reuse_actors=reuse_actors(setup),
             ),
             run_config=_run_config(setup, tune_dir, STATE_DIR),
         )
@@ -159,16 +166,18 @@ def graceful_stop() -> Iterator[list[int]]:
     """While Tune runs: SIGINT, SIGTERM and SIGHUP end the search the way Tune's own stop
     signal (SIGUSR1) does: the loop stops, running trials are stopped, the experiment state is
     written (so ``--resume`` knows every finished trial). The signal is yielded back, to be
-    raised as :class:`Interrupted` (exit 128+N) once Tune has returned."""
+    raised as :class:`Interrupted` (exit 128+N) once Tune has returned; a second signal raises
+    it at once (``--resume`` then starts from Tune's last periodic snapshot)."""
     got: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield got
         return
 
     def stop(signum: int, frame: object) -> None:
-        if not got:
-            got.append(signum)
-            signal.raise_signal(signal.SIGUSR1)  # Tune's handler: stop after this step
+        if got:  # a second signal: stop now, without waiting for Tune's last snapshot
+            raise Interrupted(signum)
+        got.append(signum)
+        signal.raise_signal(signal.SIGUSR1)  # Tune's handler: stop after this step
 
     previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
     try:
@@ -252,7 +261,9 @@ def eval_seeds(
     tuner = tune.Tuner(
         _trainable(setup, tune_dir),
         param_space={EVAL_KEY: tune.grid_search(configs)},
-        tune_config=tune.TuneConfig(trial_dirname_creator=trial_dirname, reuse_actors=True),
+        tune_config=tune.TuneConfig(
+            trial_dirname_creator=trial_dirname, reuse_actors=reuse_actors(setup)
+        ),
         run_config=_run_config(setup, tune_dir, EVAL_DIR),
     )
     out = collect(setup, fit(tuner), tune_dir)
