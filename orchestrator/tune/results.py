@@ -40,14 +40,20 @@ class TrialRow:
 
 def history(records: list[dict[str, Any]], metric: str, time_attr: str) -> list[tuple[int, float]]:
     """(round/step, value) of every record holding ``metric`` (federated rows keep it under
-    ``eval``; round 0, the common starting model, is left out)."""
+    ``eval``; round 0, the common starting model, is left out; a pretraining trial's records
+    are its reports to Tune)."""
     out = []
     for r in records:
         value = r.get("eval", {}).get(metric) if "eval" in r else r.get(metric)
         t = r.get(time_attr, 0)
-        if value is not None and t >= 1:
+        if _number(value) and t >= 1:
             out.append((int(t), float(value)))
     return out
+
+
+def _number(v: Any) -> bool:
+    """A finite number (Tune's result tables hold NaN where a report lacked the column)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def trial_row(
@@ -63,8 +69,8 @@ def trial_row(
 ) -> TrialRow:
     """A trial's row from its run directory's records and Tune's verdict (``error``)."""
     hist = history(records, metric, time_attr)
-    used = max((int(r.get(time_attr, 0)) for r in records), default=0)
-    eps = [r["epsilon"] for r in records if r.get("epsilon") is not None]
+    used = max((int(r[time_attr]) for r in records if _number(r.get(time_attr))), default=0)
+    eps = [float(r["epsilon"]) for r in records if _number(r.get("epsilon"))]
     status = "error" if error else "complete" if used >= max_t else "stopped"
     return TrialRow(
         trial,

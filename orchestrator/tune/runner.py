@@ -212,7 +212,7 @@ def collect(setup: TuneSetup, grid: Any, tune_dir: Path) -> list[TrialRow]:
             results.trial_row(
                 trial,
                 dict(config),
-                read_metrics(run_dir / "metrics.jsonl"),
+                trial_records(setup, res, run_dir),
                 metric=setup.metric,
                 time_attr=setup.time_attr,
                 max_t=setup.max_t,
@@ -221,6 +221,16 @@ def collect(setup: TuneSetup, grid: Any, tune_dir: Path) -> list[TrialRow]:
             )
         )
     return sorted(rows, key=lambda r: r.trial)
+
+
+def trial_records(setup: TuneSetup, res: Any, run_dir: Path) -> list[dict[str, Any]]:
+    """A trial's records: a federation's own ``metrics.jsonl`` (written before each report, and
+    kept across a resume); for pretraining, what the trial reported to Tune (its metrics sink
+    writes ``metrics.jsonl`` asynchronously and may not have flushed when Tune stopped it)."""
+    if setup.kind == "federated":
+        return read_metrics(run_dir / "metrics.jsonl")
+    df = res.metrics_dataframe
+    return [] if df is None else df.to_dict("records")
 
 
 def error_text(e: BaseException) -> str:

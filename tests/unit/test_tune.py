@@ -138,7 +138,11 @@ def test_trial_row_from_records():
     )
     err = results.trial_row("t2", {}, [], metric="x", time_attr="step", max_t=3, error="boom")
     assert (err.status, err.metric, err.used) == ("error", None, 0)
-    steps = [{"step": 2, "loss": 3.0, "val_loss": 2.5}, {"step": 4, "loss": 2.0, "val_loss": 2.0}]
+    steps = [
+        {"step": 2, "loss": 3.0, "val_loss": 2.5},
+        {"step": 3, "loss": 2.5, "val_loss": float("nan")},  # a checkpoint-only report
+        {"step": 4, "loss": 2.0, "val_loss": 2.0},
+    ]
     p = results.trial_row("t3", {}, steps, metric="val_loss", time_attr="step", max_t=4)
     assert (p.metric, p.status, p.history) == (2.0, "complete", [(2, 2.5), (4, 2.0)])
 
