@@ -38,7 +38,7 @@ def fedray(*args: str, cache: Path) -> subprocess.Popen:
     )
 
 
-def finish(p: subprocess.Popen, timeout: float = 480) -> tuple[int, str]:
+def finish(p: subprocess.Popen, timeout: float = 900) -> tuple[int, str]:
     out, _ = p.communicate(timeout=timeout)
     return p.returncode, out
 
