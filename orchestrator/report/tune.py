@@ -9,18 +9,14 @@ eval-seed summary and the privacy line of ``summary.json``, and ``tune.yaml``.
 from __future__ import annotations
 
 import html
-import io
 import json
 import time
 from pathlib import Path
 from typing import Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
 from orchestrator.report.html import STYLE, figures
 from orchestrator.report.load import ReportError
-from orchestrator.report.plots import Plot
+from orchestrator.report.plots import Plot, finish_plot, new_figure
 
 
 def is_tune_dir(path: Path) -> bool:
@@ -40,24 +36,8 @@ def load(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     return rows, summary
 
 
-def _figure() -> tuple[Figure, Any]:
-    fig = Figure(figsize=(6.4, 3.6), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    ax.grid(True, alpha=0.3)
-    return fig, ax
-
-
-def _plot(name: str, title: str, fig: Figure, caption: str = "") -> Plot:
-    fig.suptitle(title, fontsize=11)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
-    return Plot(name, title, buf.getvalue(), caption)
-
-
 def curves(rows: list[dict[str, Any]], metric: str, unit: str, best: str | None) -> Plot:
-    fig, ax = _figure()
+    fig, (ax,) = new_figure()
     for r in rows:
         if not r["history"]:
             continue
@@ -71,11 +51,11 @@ def curves(rows: list[dict[str, Any]], metric: str, unit: str, best: str | None)
         ax.legend(fontsize=8)
     failed = [r["trial"] for r in rows if r["status"] == "error"]
     caption = f"{len(rows)} trials; failed (no curve): {', '.join(failed)}" if failed else ""
-    return _plot("trials", f"{metric} per trial", fig, caption)
+    return finish_plot("trials", f"{metric} per trial", fig, caption)
 
 
 def key_plot(rows: list[dict[str, Any]], key: str, metric: str, best: str | None) -> Plot:
-    fig, ax = _figure()
+    fig, (ax,) = new_figure()
     pts = [
         (r["config"].get(key), r["metric"], r["trial"] == best)
         for r in rows
@@ -97,7 +77,7 @@ def key_plot(rows: list[dict[str, Any]], key: str, metric: str, best: str | None
     )
     ax.set_xlabel(key)
     ax.set_ylabel(metric)
-    return _plot(
+    return finish_plot(
         f"key-{key.replace('.', '_')}", f"{key} against {metric}", fig, "red: the best trial"
     )
 
