@@ -9,6 +9,7 @@ exit code. Each job command: parse -> validate -> build -> run -> close.
     fedray submit [CONFIG] [key=value ...] --address http://HEAD:8265 [--dry-run] [--no-wait]
     fedray jobs list | logs ID [--follow] | stop ID [--address http://HEAD:8265]
     fedray compress EXPORT --method int8|int4 [--out DIR] [--eval-data FILE]
+    fedray tune CONFIG [key=value ...] [--print-config] [--dry-run] [--resume RUN_DIR]
 
 CONFIG is a YAML file or a preset name (``fedray presets`` lists them); key=value overrides may
 come before or after the flags. Exit codes (:mod:`orchestrator.commands.common`): 0 success,
@@ -75,6 +76,10 @@ OTHER_COMMANDS.update(
         "jobs": (
             "list | logs ID | stop ID: jobs on a Ray cluster",
             _handler("orchestrator.commands.jobs"),
+        ),
+        "tune": (
+            "hyperparameter search over a pretraining job or a federation (Ray Tune)",
+            _handler("orchestrator.commands.tune"),
         ),
         "report": (
             "plots and an HTML report of one or more run directories",

@@ -22,10 +22,13 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def ray_cluster(cfg: ClusterConfig, runtime_env: dict | None = None) -> Iterator[None]:
+def ray_cluster(
+    cfg: ClusterConfig, runtime_env: dict | None = None, **init_kwargs: Any
+) -> Iterator[None]:
     """Connect to ``cfg.address`` and leave that cluster running, or start (and stop) a local Ray.
 
     If Ray is already initialised in this process (tests, notebooks), it is used as is.
+    ``init_kwargs`` go to ``ray.init`` (e.g. ``log_to_driver``).
     """
     import ray
 
@@ -36,7 +39,7 @@ def ray_cluster(cfg: ClusterConfig, runtime_env: dict | None = None) -> Iterator
     if cfg.address:
         check_reachable(cfg)  # a dead address fails in seconds, not after Ray's long retries
         try:
-            ray.init(address=cfg.address, runtime_env=env, log_to_driver=True)
+            ray.init(address=cfg.address, runtime_env=env, **{"log_to_driver": True, **init_kwargs})
         except ConnectionError as e:
             raise ConfigError(
                 f"cluster.address={cfg.address!r}: could not join a Ray cluster there ({e}). "
@@ -49,7 +52,7 @@ def ray_cluster(cfg: ClusterConfig, runtime_env: dict | None = None) -> Iterator
         finally:
             ray.shutdown()  # disconnects this driver; the cluster keeps running
         return
-    with local_ray(cfg.num_cpus, env):
+    with local_ray(cfg.num_cpus, env, **init_kwargs):
         yield
 
 

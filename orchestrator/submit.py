@@ -115,7 +115,7 @@ def check_cluster_paths(job: PretrainJob) -> None:
         if key == "run.root" and job.run.dir:
             continue
         for p in value if isinstance(value, list) else [value]:
-            if p is None or p.startswith(("/", "~")):
+            if p is None or p.startswith(("/", "~", "demo:")):  # demo: assets ship with fedray
                 continue
             raise ConfigError(
                 f"{key}={p!r} is relative; a submitted job runs in a temporary directory on the "
@@ -125,7 +125,7 @@ def check_cluster_paths(job: PretrainJob) -> None:
             )
 
 
-def prepare_job(job: PretrainJob) -> PretrainJob:
+def prepare_job(job: PretrainJob, command: str = "pretrain") -> PretrainJob:
     """The job as the cluster runs it: it joins the cluster it runs on (``cluster.address=auto``)
     and gets a run name now, so that the run directory can be printed here."""
     if job.cluster.address not in (None, "auto"):
@@ -137,7 +137,7 @@ def prepare_job(job: PretrainJob) -> PretrainJob:
     check_cluster_paths(job)
     job.cluster.address = "auto"
     if not job.run.dir and not job.run.name:
-        job.run.name = f"pretrain-{time.strftime('%Y%m%d-%H%M%S')}"
+        job.run.name = f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
     return job
 
 
@@ -186,8 +186,10 @@ def build_submission(
     ship_code: bool = True,
     pip: Sequence[str] = (),
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    command: str = "pretrain",
 ) -> Submission:
-    """Write ``config.yaml`` into ``working_dir`` and describe the job for the Job Submission API."""
+    """Write ``config.yaml`` into ``working_dir`` and describe the job for the Job Submission API
+    (``command``: ``pretrain``, or ``tune`` for a tune config: the search runs on the cluster)."""
     (working_dir / CONFIG_NAME).write_text(to_yaml(job))
     dirs = {"working_dir": working_dir}
     runtime_env: dict[str, Any] = {
@@ -207,9 +209,9 @@ def build_submission(
     return Submission(
         # `python -m` rather than the `fedray` script: the shipped py_modules come first on
         # sys.path, the script would be whatever the image installed.
-        entrypoint=f"python -m orchestrator.cli pretrain {CONFIG_NAME}",
+        entrypoint=f"python -m orchestrator.cli {command} {CONFIG_NAME}",
         runtime_env=runtime_env,
-        metadata={"fedray_run_dir": run_dir_on_cluster(job), "fedray_command": "pretrain"},
+        metadata={"fedray_run_dir": run_dir_on_cluster(job), "fedray_command": command},
         upload=upload,
     )
 

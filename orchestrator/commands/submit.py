@@ -1,6 +1,7 @@
 """``fedray submit [CONFIG] [key=value ...] --address http://HEAD:8265``: submit a pretraining job
 to a Ray cluster through its Job Submission API (:mod:`orchestrator.submit`), then follow its
-logs (``--no-wait``: print the job id and return).
+logs (``--no-wait``: print the job id and return). A config with a ``tune`` section submits the
+search instead (``fedray tune`` runs on the cluster, its trials spread over the nodes).
 
 The job's config is validated here exactly as ``fedray pretrain`` does (exit 2, nothing
 uploaded); exit code after following: the job's own (0 succeeded, 1 failed or stopped); 130
@@ -44,28 +45,43 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str]) -> int:
-    from orchestrator.config.loader import load_dictconfig, to_job, to_yaml
-    from orchestrator.config.schema import PretrainJob
+    from orchestrator.config.loader import to_yaml
     from orchestrator.jobs import dashboard_address
     from orchestrator.submit import prepare_job
 
     ns = parse(parser(), argv)
     source, overrides = split_config_args(ns.args)
-    merged = load_dictconfig(PretrainJob, source, overrides, default_preset="pretrain-tiny")
-    job = to_job(PretrainJob, merged)  # the same validation as `fedray pretrain` (exit 2)
+    command, job = _load(source, overrides)  # the same validation as the command (exit 2)
     if ns.print_config:
         print(to_yaml(job), end="")
         return EXIT_OK
-    job = prepare_job(job)
+    job = prepare_job(job, command)
     address = dashboard_address(ns.address)
     with tempfile.TemporaryDirectory(prefix="fedray-submit-") as tmp:
-        submitted = _submit(ns, job, address, Path(tmp))
+        submitted = _submit(ns, job, address, Path(tmp), command)
     if submitted is None or ns.no_wait:
         return EXIT_OK
     return _follow(*submitted)
 
 
-def _submit(ns: argparse.Namespace, job: Any, address: str, tmp: Path) -> tuple[Any, str] | None:
+def _load(source: str | None, overrides: list[str]) -> tuple[str, Any]:
+    """(command, validated config): a config with a ``tune`` section is a search (``fedray
+    tune`` runs on the cluster), anything else a pretraining job."""
+    from orchestrator.config.loader import load_dictconfig, source_keys, to_job
+    from orchestrator.config.schema import PretrainJob
+
+    keys = {o.split("=", 1)[0].split(".")[0] for o in overrides}
+    if "tune" in keys | (source_keys(source) if source else set()):
+        from orchestrator.tune.setup import load_tune
+
+        return "tune", load_tune(source, overrides).tune_job
+    merged = load_dictconfig(PretrainJob, source, overrides, default_preset="pretrain-tiny")
+    return "pretrain", to_job(PretrainJob, merged)
+
+
+def _submit(
+    ns: argparse.Namespace, job: Any, address: str, tmp: Path, command: str
+) -> tuple[Any, str] | None:
     """Build the submission in ``tmp``; print it (``--dry-run``: None) or submit it (the client
     and the job's id)."""
     from orchestrator.commands.plan import print_dry_run
@@ -73,8 +89,9 @@ def _submit(ns: argparse.Namespace, job: Any, address: str, tmp: Path) -> tuple[
     from orchestrator.submit import build_submission
 
     sub = build_submission(
-        job, tmp, ship_code=ns.ship_code, pip=ns.pip, max_upload_mb=ns.max_upload_mb
-    )
+        job, tmp, ship_code=ns.ship_code, pip=ns.pip, max_upload_mb=ns.max_upload_mb,
+        command=command,
+    )  # fmt: skip
     if ns.dry_run:
         print_dry_run(job, {"submission": sub.plan(address)})
         return None

@@ -60,6 +60,11 @@ def _read_source(source: str) -> dict[str, Any]:
     return data
 
 
+def source_keys(source: str) -> set[str]:
+    """The top-level keys of a YAML file or preset (``fedray tune`` tells a job's kind by them)."""
+    return set(_read_source(source))
+
+
 def _type_paths(schema: type, prefix: str = "") -> dict[type, str]:
     """Map each section dataclass to its key path (to name the key in __post_init__ errors)."""
     out: dict[type, str] = {schema: prefix}

@@ -357,6 +357,15 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             sink.log.remote(rec)
         if done == t.max_steps or done % job.checkpoint.every_steps == 0:
             save_and_report(backend, job, done, rank, world, rec)
+        elif "val_loss" in rec:
+            # Every eval reaches Ray Train's report callbacks (Tune's early stopping acts on
+            # them); all ranks evaluate, so all ranks report, as Ray Train requires.
+            ray.train.report(numeric(rec))
+
+
+def numeric(rec: dict[str, Any]) -> dict[str, Any]:
+    """The numbers of a step record (what ``ray.train.report`` is given)."""
+    return {k: v for k, v in rec.items() if isinstance(v, (int, float))}
 
 
 def save_and_report(
@@ -371,7 +380,7 @@ def save_and_report(
         has_files = any(d.iterdir())
         checkpoint = ray.train.Checkpoint.from_directory(tmp) if has_files else None
         ray.train.report(
-            {k: v for k, v in rec.items() if isinstance(v, (int, float))},
+            numeric(rec),
             checkpoint=checkpoint,
             checkpoint_dir_name=checkpoint_dir_name(step),
         )

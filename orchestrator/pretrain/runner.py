@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,8 +128,13 @@ def check_resumable(job: PretrainJob, info: CheckpointInfo | None) -> None:
         )
 
 
-def pretrain(job: PretrainJob, console: Console | None = None) -> PretrainResult:
+def pretrain(
+    job: PretrainJob, console: Console | None = None, callbacks: Sequence[Any] = ()
+) -> PretrainResult:
     """Run (or resume) a pretraining job and export the final model; returns its run directory.
+
+    ``callbacks``: Ray Train callbacks for the trainer's ``RunConfig`` (``fedray tune`` passes
+    Ray Tune's report callback, which forwards every ``ray.train.report`` to the trial).
 
     The console shows fedray's lines and progress; Ray, DeepSpeed and transformers start-up
     lines go to ``RUN_DIR/run.log`` only, unless ``logging.verbose`` (see
@@ -148,7 +154,7 @@ def pretrain(job: PretrainJob, console: Console | None = None) -> PretrainResult
             connected.enter_context(ray_cluster(job.cluster))
             check_capacity(job.scaling, job.cluster)  # exit 2 now, not after tokenizing
             check_shared_storage(cache_root(job.data.cache_dir), "data.cache_dir")
-        return _prepare_and_train(job, console, run_dir, t_start)
+        return _prepare_and_train(job, console, run_dir, t_start, callbacks)
 
 
 def cache_root(cache_dir: str) -> Path:
@@ -159,7 +165,7 @@ def cache_root(cache_dir: str) -> Path:
 
 
 def _prepare_and_train(
-    job: PretrainJob, console: Console, run_dir: Path, t_start: float
+    job: PretrainJob, console: Console, run_dir: Path, t_start: float, callbacks: Sequence[Any]
 ) -> PretrainResult:
     # ConfigError (bad data, a corpus too small...) before anything is launched
     data = prepare_text_data(
@@ -178,7 +184,7 @@ def _prepare_and_train(
     (run_dir / "config.yaml").write_text(to_yaml(job))
     data.tokenizer.save_pretrained(str(run_dir / "tokenizer"))
     with console_to_run_log(run_dir, job.logging.verbose):
-        return _train_and_export(job, data, cfg, run_dir, resumed_from, console, t_start)
+        return _train_and_export(job, data, cfg, run_dir, resumed_from, console, t_start, callbacks)
 
 
 def checked_model_config(job: PretrainJob, data: PreparedData) -> Any:
@@ -227,6 +233,7 @@ def _train_and_export(
     resumed_from: CheckpointInfo | None,
     console: Console,
     t_start: float,
+    callbacks: Sequence[Any] = (),
 ) -> PretrainResult:
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -287,6 +294,7 @@ def _train_and_export(
                 storage_path=str(run_dir.parent),
                 failure_config=FailureConfig(max_failures=job.run.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=job.checkpoint.keep_last),
+                callbacks=list(callbacks),
             ),
         )
         try:

@@ -14,6 +14,10 @@ shared axes (federated vs centralized). A run directory holding ``fedray compres
 (``RUN_DIR/export-int8/compression.json``) also gets a table of size, held-out quality and
 tokens/s before and after compression.
 
+A ``fedray tune`` directory (``fedray report runs/tune-...``): the metric of every trial over
+rounds or steps with the best trial highlighted, each tuned key against the metric, the trial
+table (:mod:`orchestrator.report.tune`).
+
 Exit codes: 0 written; 2 a path is not a run directory or its metrics.jsonl is empty or garbled
 (one line naming the path); 1 the output could not be written. The library entry point is :func:`build_report`.
 """
@@ -61,9 +65,14 @@ def build_report(paths: Sequence[str | Path], out: str | Path | None = None) -> 
     (before anything is written)."""
     from orchestrator.report import html, plots
     from orchestrator.report.load import labels_for, load_run, run_dir_of
+    from orchestrator.report.tune import is_tune_dir, tune_report
 
     if not paths:
         raise ValueError("give at least one run directory")
+    if len(paths) == 1 and is_tune_dir(Path(paths[0])):  # a `fedray tune` directory
+        tune_dir = Path(paths[0])
+        page, pngs = tune_report(tune_dir, Path(out).expanduser() if out else tune_dir / "report")
+        return Report(page, pngs)
     dirs = [run_dir_of(Path(p)) for p in paths]
     runs = [load_run(d, label) for d, label in zip(dirs, labels_for(dirs), strict=True)]
     out_dir = Path(out).expanduser() if out is not None else default_out(dirs)

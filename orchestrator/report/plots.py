@@ -32,7 +32,7 @@ class Plot:
     caption: str = ""
 
 
-def _figure(ncols: int = 1) -> tuple[Figure, list]:
+def new_figure(ncols: int = 1) -> tuple[Figure, list]:
     fig = Figure(figsize=(SIZE[0] * (1 if ncols == 1 else 0.8 * ncols), SIZE[1]), dpi=DPI)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, ncols, squeeze=False)[0]
@@ -48,7 +48,7 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def _plot(name: str, title: str, fig: Figure, caption: str = "") -> Plot:
+def finish_plot(name: str, title: str, fig: Figure, caption: str = "") -> Plot:
     fig.suptitle(title, fontsize=11)
     return Plot(name, title, _png(fig), caption)
 
@@ -76,7 +76,7 @@ def pretrain_plots(run: Run) -> list[Plot]:
     xs, loss = run.series("loss")
     vx, vloss = run.series("val_loss")
     if loss or vloss:
-        fig, (ax,) = _figure()
+        fig, (ax,) = new_figure()
         if loss:
             ax.plot(xs, loss, lw=1.2, label="train loss")
         if vloss:
@@ -84,10 +84,10 @@ def pretrain_plots(run: Run) -> list[Plot]:
         ax.set(xlabel="step", ylabel="loss (nats/token)")
         _integer_x(ax)
         _legend(ax, 2)
-        plots.append(_plot("loss", "Loss", fig))
+        plots.append(finish_plot("loss", "Loss", fig))
     px, ppl = run.series("val_ppl")
     if ppl or loss:
-        fig, (ax,) = _figure()
+        fig, (ax,) = new_figure()
         if loss:
             ax.plot(
                 xs,
@@ -102,21 +102,21 @@ def pretrain_plots(run: Run) -> list[Plot]:
         ax.set(xlabel="step", ylabel="perplexity", yscale="log")
         _integer_x(ax)
         _legend(ax, 2)
-        plots.append(_plot("perplexity", "Perplexity", fig))
+        plots.append(finish_plot("perplexity", "Perplexity", fig))
     for key, name, title, ylabel in (
         ("lr", "lr", "Learning rate", "learning rate"),
         ("grad_norm", "grad-norm", "Gradient norm (before clipping)", "global L2 norm"),
     ):
         gx, gy = run.series(key)
         if gy:
-            fig, (ax,) = _figure()
+            fig, (ax,) = new_figure()
             ax.plot(gx, gy, lw=1.2)
             ax.set(xlabel="step", ylabel=ylabel)
             _integer_x(ax)
-            plots.append(_plot(name, title, fig))
+            plots.append(finish_plot(name, title, fig))
     tx, tps = run.series("tokens_per_s")
     if tps:
-        fig, (ax,) = _figure()
+        fig, (ax,) = new_figure()
         ax.plot(tx, tps, lw=1.2, label="tokens/s")
         ax.set(xlabel="step", ylabel="tokens / s (all workers)")
         _integer_x(ax)
@@ -126,7 +126,7 @@ def pretrain_plots(run: Run) -> list[Plot]:
             ax2.plot(mx, [v * 100 for v in mfu], lw=1, color="tab:orange", label="MFU %")
             ax2.set_ylabel("MFU (%)")
             ax2.legend(fontsize=7, loc="lower right")
-        plots.append(_plot("throughput", "Throughput", fig))
+        plots.append(finish_plot("throughput", "Throughput", fig))
     return plots
 
 
@@ -170,36 +170,38 @@ def federated_plots(run: Run) -> list[Plot]:
     n_sites = len(run.sites())
     evaluated = "round 0 = the starting model"
     for key, name in [*metric_names(run), ("eval-loss", "eval loss")]:
-        fig, (ax,) = _figure()
+        fig, (ax,) = new_figure()
         if _global_and_sites(run, ax, "eval", key, f"global ({name} over all sites' eval data)"):
             ax.set(xlabel="round", ylabel=name)
             if key == "perplexity" and _positive(run.series("eval", key)[1]):
                 ax.set_yscale("log")
             _integer_x(ax)
             _legend(ax, n_sites + 1)
-            plots.append(_plot(key, f"{name[0].upper()}{name[1:]} per round", fig, evaluated))
-    fig, (ax,) = _figure()
+            plots.append(finish_plot(key, f"{name[0].upper()}{name[1:]} per round", fig, evaluated))
+    fig, (ax,) = new_figure()
     if _global_and_sites(run, ax, "train", "train-loss", "mean over accepted sites"):
         ax.set(xlabel="round", ylabel="local training loss")
         _integer_x(ax)
         _legend(ax, n_sites + 1)
-        plots.append(_plot("train-loss", "Local training loss per round", fig))
+        plots.append(finish_plot("train-loss", "Local training loss per round", fig))
     ux, up = run.series(*run.key_of(*BYTES_UP))
     dx, down = run.series(*run.key_of(*BYTES_DOWN))
     if up or down:
-        fig, (ax,) = _figure()
+        fig, (ax,) = new_figure()
         w = 0.4
         ax.bar([x - w / 2 for x in ux], [v / 1e6 for v in up], w, label="up (sites -> server)")
         ax.bar([x + w / 2 for x in dx], [v / 1e6 for v in down], w, label="down (server -> sites)")
         ax.set(xlabel="round", ylabel="MB")
         _integer_x(ax)
         _legend(ax, 2)
-        plots.append(_plot("bytes", "Bytes per round", fig, "down includes evaluation rounds"))
+        plots.append(
+            finish_plot("bytes", "Bytes per round", fig, "down includes evaluation rounds")
+        )
     counts = run.note_counts()
     always = ("accepted", "rejected")
     shown = {k: v for k, v in counts.items() if k in always or any(n for _, n in v)}
     if counts:
-        fig, (ax,) = _figure()
+        fig, (ax,) = new_figure()
         kinds = [k for k in ("accepted", "rejected", "dropped", *NOTE_KINDS) if k in shown]
         colors = {"accepted": "tab:green", "rejected": "tab:red", "dropped": "tab:gray"}
         w = 0.8 / len(kinds)
@@ -219,15 +221,17 @@ def federated_plots(run: Run) -> list[Plot]:
             sites = ", ".join(map(str, attack.get("sites") or [])) or "-"
             caption += f". Simulated attack {attack.get('kind')} by {sites}"
         plots.append(
-            _plot("sites", "Sites per round: accepted, rejected, dropped, clipped", fig, caption)
+            finish_plot(
+                "sites", "Sites per round: accepted, rejected, dropped, clipped", fig, caption
+            )
         )
     ex, eps = run.series(*run.key_of(*EPSILON))
     if eps:
-        fig, (ax,) = _figure()
+        fig, (ax,) = new_figure()
         ax.plot(ex, eps, "o-", lw=1.5, ms=4)
         ax.set(xlabel="round", ylabel="epsilon (cumulative)")
         _integer_x(ax)
-        plots.append(_plot("epsilon", "Privacy budget spent", fig))
+        plots.append(finish_plot("epsilon", "Privacy budget spent", fig))
     return plots
 
 
@@ -244,7 +248,7 @@ def _overlay(
     log: bool = False,
     marker: str = "-",
 ) -> Plot | None:
-    fig, (ax,) = _figure()
+    fig, (ax,) = new_figure()
     drew = []
     for i, run in enumerate(runs):
         xs, ys = run.series(*keys)
@@ -258,7 +262,7 @@ def _overlay(
         ax.set_yscale("log")
     _integer_x(ax)
     _legend(ax, len(runs))
-    return _plot(name, title, fig)
+    return finish_plot(name, title, fig)
 
 
 def compare_plots(runs: Sequence[Run]) -> list[Plot]:
@@ -355,7 +359,7 @@ def federated_vs_centralized(runs: Sequence[Run]) -> Plot | None:
     ]
     if not pre or not fed:
         return None
-    fig, (ax1, ax2) = _figure(2)
+    fig, (ax1, ax2) = new_figure(2)
     for i, run in enumerate([*pre, *fed]):
         keys = ("val_loss",) if run.kind == "pretrain" else ("eval", "eval-loss")
         kind = "centralized" if run.kind == "pretrain" else "federated"
@@ -369,7 +373,7 @@ def federated_vs_centralized(runs: Sequence[Run]) -> Plot | None:
     ax1.set(xlabel="fraction of planned steps / rounds", ylabel="held-out loss (nats/token)")
     ax2.set(xlabel="seconds since the run started", ylabel="held-out loss (nats/token)")
     _legend(ax1, len(pre) + len(fed))
-    return _plot(
+    return finish_plot(
         "federated-vs-centralized",
         "Federated vs centralized: held-out next-token loss",
         fig,

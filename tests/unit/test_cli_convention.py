@@ -25,7 +25,7 @@ FAST_PATHS = [
         ([cmd, "--help"], 0)
         for cmd in (
             "pretrain", "simulate", "server", "site", "certs", "site-key", "submit", "jobs",
-            "report", "doctor", "compress",
+            "report", "doctor", "compress", "tune",
         )
     ],
     (["compress", "RUN_DIR_MISSING", "--method", "int8"], 2),
@@ -44,6 +44,11 @@ FAST_PATHS = [
     (["simulate", "--centralized", "--print-config"], 0),
     (["server", "--print-config"], 0),
     (["submit", "--print-config"], 0),
+    (["tune", "tune-demo", "tune.space.train.lr.uniform=[0.1,0.01]"], 2),
+    (["tune", "tune-demo", "tune.space.train.nope.choice=[1]", "--dry-run"], 2),
+    (["tune", "--resume", "RUN_DIR_MISSING"], 2),
+    (["tune", "tune-demo", "--print-config"], 0),
+    (["tune", "tune-demo", "--dry-run"], 0),
 ]  # fmt: skip
 
 PROBE = textwrap.dedent(
