@@ -18,7 +18,6 @@ from typing import Any, Literal, get_args
 
 from orchestrator.config.federated import FederatedJob
 from orchestrator.config.fields import require
-from orchestrator.config.run import ClusterConfig
 from orchestrator.config.schema import PretrainJob
 
 Scheduler = Literal["fifo", "asha"]
@@ -98,11 +97,10 @@ class PretrainTune(PretrainJob):
 
 @dataclass
 class FederatedTune(FederatedJob):
-    """``fedray tune`` of a federation: the job's sections plus ``tune`` and ``cluster`` (where
-    the trials run: the embedded Ray by default, a cluster with ``cluster.address``)."""
+    """``fedray tune`` of a federation: the job's sections plus ``tune`` (the job's ``cluster``
+    says where the trials run: the embedded Ray by default, a cluster with ``cluster.address``)."""
 
     tune: TuneConfig = field(default_factory=TuneConfig)
-    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
 JOB_KINDS: dict[str, tuple[type, type, str]] = {

@@ -1,7 +1,7 @@
 """`fedray simulate cluster.address=...` on a head + 2 worker nodes (``ray.cluster_utils.Cluster``
 on one machine, driven by tests/integration/sim_multinode.py in its own interpreter): the sites
 run on both nodes, the federation's final model equals the embedded one-node run's, bit for
-bit, for the same seed, and a worker node removed mid-run is survived."""
+bit, for the same seed; and what a worker node lost mid-run does to the rounds after it."""
 
 from __future__ import annotations
 
@@ -53,15 +53,25 @@ def test_the_cluster_run_equals_the_one_node_run_bit_for_bit(report: dict[str, A
     assert report["cluster"]["weights"] == report["local"]["weights"]
 
 
-def test_a_node_lost_mid_run_is_survived_like_a_dropped_site(report: dict[str, Any]) -> None:
-    """Flower's engine fails the message of the site whose actor died (the round loop records
-    it like a site that dropped out), drops the dead actor from its pool, and the other node's
-    actor serves every later message: each round completes with the sites that answered."""
+def test_a_node_lost_mid_run_fails_its_sites_and_the_run_still_finishes(
+    report: dict[str, Any],
+) -> None:
+    """What happens today (Flower 1.41's engine), pinned so a change shows: the run finishes and
+    every round is recorded, but the engine keeps sending messages to the ClientApp actor that
+    died with its node, so in every later round the sites routed to it fail (each recorded
+    with the ActorDiedError) and a round with fewer than ``min_sites`` answers is skipped, not
+    crashed. docs/federated.md says so and how to go on (re-run: it resumes from the last
+    checkpoint on the nodes left)."""
     run = report["node_loss"]
     assert run["rc"] == 0, run["out"]
     assert run["removed"] is not None and run["removed"]["rounds_done"] >= 1, run["removed"]
     rows = run["rows"]
     assert [r["round"] for r in rows] == [0, 1, 2, 3, 4]
-    after = rows[run["removed"]["rounds_done"] + 1 :]
-    assert after and all(r["train"]["sites-accepted"] >= 2 for r in after), after
-    assert all(not r["skipped"] for r in rows[1:])
+    done = run["removed"]["rounds_done"]
+    for r in rows[1 : done + 1]:  # before the loss: every site answered
+        assert r["train"]["sites-accepted"] == 4, r
+    after = rows[done + 1 :]
+    assert after, rows
+    for r in after:
+        errors = [v.get("rejected", "") for v in r["sites"].values()]
+        assert any("ActorDiedError" in e for e in errors), r["sites"]
