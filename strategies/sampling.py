@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -74,6 +75,7 @@ class SiteSampler:
     population: int | None
     assigned: dict[int, str]
     _federation_seen: bool
+    suspects: set[int]
     num_nodes: int
     downlink: Downlink
     update_keys: set[str] | None
@@ -90,6 +92,8 @@ class SiteSampler:
         self.wait_for_sites_s = s.wait_for_sites_s
         self.rejoin_wait_s = s.rejoin_wait_s
         self._federation_seen = False
+        self.suspects = set()
+        """Nodes that sent no reply in the last train round (:meth:`note_dropped`)."""
         self.num_nodes = 0
         """Sites in the federation when the last train round was configured (connected nodes;
         with a site pool, the population)."""
@@ -104,6 +108,15 @@ class SiteSampler:
         nodes) and send each sampled site's message to a distinct node of the grid, naming the
         site in a ``sim-site`` record (orchestrator/contract/site_pool.py). Simulation only."""
         self.population = num_sites
+
+    def note_dropped(self, nodes: Iterable[int]) -> None:
+        """The nodes that sent no reply in the train round just done. A site that crashed keeps
+        its old node listed as online until the SuperLink misses its heartbeats (about a
+        minute), while its restart is refused: during the rejoin grace period these nodes do
+        not count as connected, so the next round waits for the restarted site's new node
+        instead of sending to the dead one. Once the grace period is over they count again (a
+        straggler that only timed out is alive)."""
+        self.suspects = set(nodes)
 
     def sample(self, grid: Grid, k: int | None, rng: random.Random | None = None) -> list[int]:
         """Wait for enough connected sites, then draw ``k`` of them (all when ``k`` is None)
@@ -121,9 +134,11 @@ class SiteSampler:
         deadline = start + self.wait_for_sites_s
         # Later rounds first give a crashed-and-restarted site a short grace period to rejoin.
         grace_until = start + self.rejoin_wait_s if self._federation_seen else start
-        while len(nodes := sorted(grid.get_node_ids())) < need or (
-            len(nodes) < self.min_available_sites and time.monotonic() < grace_until
-        ):
+        while True:
+            in_grace = time.monotonic() < grace_until
+            nodes = sorted(n for n in grid.get_node_ids() if not in_grace or n not in self.suspects)
+            if len(nodes) >= need and not (in_grace and len(nodes) < self.min_available_sites):
+                break
             if time.monotonic() > deadline:
                 raise TimeoutError(
                     f"only {len(nodes)} site(s) connected after {self.wait_for_sites_s:.0f} s; "

@@ -276,6 +276,7 @@ class FederatedRun:
         sites = outcome.report.sites
         replied = {r.node_id for r in sites}
         names = self.names(plan, sites)
+        self.strategy.note_dropped(n for n in sampled if n not in replied)
         dropped = [names.get(n, f"node-{n}") for n in sampled if n not in replied]
         # The SuperLink answers for a site it lost ("Node Unavailable") under its own node id.
         lost = [r for r in sites if r.node_id not in sampled]

@@ -487,6 +487,41 @@ def test_later_rounds_wait_for_a_rejoining_site_then_go_on_without_it(
     assert impatient.sample(_RejoiningGrid(back_after=2), None) == [1, 2]  # min_sites suffice
 
 
+class _RestartedSiteGrid:
+    """Site 3 crashed (node 3 still listed: its heartbeat has not expired) and its restart
+    connects as node 4 after ``back_after`` calls."""
+
+    def __init__(self, back_after: int) -> None:
+        self.calls = 0
+        self.back_after = back_after
+
+    def get_node_ids(self) -> list[int]:
+        self.calls += 1
+        return [1, 2, 3, 4] if self.calls > self.back_after else [1, 2, 3]
+
+
+def test_a_node_that_dropped_out_is_not_sent_to_while_its_site_may_rejoin(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import strategies.sampling
+    from strategies import FedAvg
+
+    slept: list[float] = []
+    monkeypatch.setattr(strategies.sampling.time, "sleep", slept.append)
+    sampling = Sampling(min_sites=2, min_available_sites=3, rejoin_wait_s=5.0)
+    s = FedAvg(sampling=sampling)
+    s._federation_seen = True
+    s.note_dropped([3])  # node 3 sent nothing last round
+    assert s.sample(_RestartedSiteGrid(back_after=2), None) == [1, 2, 4]  # waited for node 4
+    assert slept == [1.0, 1.0]
+    # Without a restart, once the grace period is over node 3 counts again (a straggler).
+    monkeypatch.setattr(strategies.sampling.time, "sleep", lambda _: None)
+    late = FedAvg(sampling=Sampling(min_sites=2, min_available_sites=3, rejoin_wait_s=0.0))
+    late._federation_seen = True
+    late.note_dropped([3])
+    assert late.sample(_RestartedSiteGrid(back_after=10**6), None) == [1, 2, 3]
+
+
 def test_each_strategy_builds_itself_from_its_config_sections():
     from orchestrator.config.federated import FederatedJob
     from orchestrator.config.loader import load_config
