@@ -293,21 +293,13 @@ class FederatedJob:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
-    """``fedray simulate`` only: ``cluster.address`` runs the simulation engine on that Ray
-    cluster (its nodes' resources place the sites) instead of an embedded local Ray."""
+    """``cluster.address`` runs ``fedray simulate`` (and ``fedray tune``'s trials) on that Ray
+    cluster instead of an embedded local Ray. ``cluster.num_cpus`` sizes ``fedray tune``'s
+    embedded Ray; ``fedray simulate`` refuses it (its embedded Ray takes federation.num_cpus)."""
     run: RunConfig = field(default_factory=RunConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def __post_init__(self) -> None:
-        if self.cluster.num_cpus is not None:
-            raise FieldError(
-                self.cluster,
-                "num_cpus",
-                self.cluster.num_cpus,
-                "null in a federated job",
-                "The simulation's embedded Ray takes federation.num_cpus; on a cluster "
-                "(cluster.address) the nodes' own CPUs count.",
-            )
         check_task_model(self.task, self.model)
         if len(self.data.paths) > 1:
             raise FieldError(

@@ -84,6 +84,13 @@ def federation_config(job: FederatedJob) -> dict[str, Any]:
     site, or a pool the sites take turns on: ``federation.simulation_nodes``), the resources
     each one reserves, and the CPUs of the embedded Ray."""
     fed = job.federation
+    if job.cluster.num_cpus is not None:
+        raise ConfigError(
+            f"cluster.num_cpus={job.cluster.num_cpus} is not used by fedray simulate: its "
+            "embedded Ray takes federation.num_cpus, and on a cluster (cluster.address) the "
+            "nodes' own CPUs count. Set federation.num_cpus instead.",
+            "cluster.num_cpus",
+        )
     if float(fed.cpus_per_site) != int(fed.cpus_per_site):
         raise ConfigError(
             f"federation.cpus_per_site={fed.cpus_per_site} is not allowed: Flower's simulation "

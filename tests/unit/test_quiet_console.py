@@ -16,6 +16,7 @@ import warnings
 
 import pytest
 
+from orchestrator import quiet_imports
 from orchestrator.run_log import (
     RUN_LOG,
     ConsoleFilter,
@@ -400,7 +401,12 @@ print("warnings:", [str(w.message) for w in caught])
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "warnings: []"
-    assert proc.stderr.strip() == ""
+    # With torchao installed (the compress extra) plain transformers imports it, which logs
+    # notices about its optional CUDA kernels for any model: not this export's doing (fedray's
+    # own processes drop them, orchestrator/quiet_imports.py). Everything else must be silent.
+    fragments = [f for group in quiet_imports.NOISE.values() for f in group]
+    rest = [ln for ln in proc.stderr.splitlines() if not any(f in ln for f in fragments)]
+    assert rest == [], proc.stderr
 
 
 # ---- fedray server / fedray site ------------------------------------------------------------

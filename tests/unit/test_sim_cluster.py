@@ -36,9 +36,11 @@ def test_embedded_by_default_the_cluster_when_given() -> None:
     assert "init-args-num-cpus" not in federation_config(remote)  # Ray refuses it on a cluster
 
 
-def test_cluster_num_cpus_is_refused_in_a_federated_job() -> None:
+def test_cluster_num_cpus_is_refused_by_simulate() -> None:
+    from orchestrator.federated.simulate import federation_config
+
     with pytest.raises(ConfigError, match=r"federation\.num_cpus") as e:
-        job("cluster.num_cpus=4")
+        federation_config(job("cluster.num_cpus=4"))
     assert e.value.key == "cluster.num_cpus"
 
 
