@@ -139,7 +139,8 @@ class SiteSampler:
             nodes = sorted(n for n in grid.get_node_ids() if not in_grace or n not in self.suspects)
             if len(nodes) >= need and not (in_grace and len(nodes) < self.min_available_sites):
                 break
-            if time.monotonic() > deadline:
+            # wait_for_sites_s bounds the wait for min_sites; the rejoin grace has its own end.
+            if len(nodes) < need and time.monotonic() > deadline:
                 raise TimeoutError(
                     f"only {len(nodes)} site(s) connected after {self.wait_for_sites_s:.0f} s; "
                     f"need {need}"

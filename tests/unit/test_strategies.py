@@ -516,6 +516,12 @@ def test_a_node_that_dropped_out_is_not_sent_to_while_its_site_may_rejoin(
     assert slept == [1.0, 1.0]
     # Without a restart, once the grace period is over node 3 counts again (a straggler).
     monkeypatch.setattr(strategies.sampling.time, "sleep", lambda _: None)
+    # The grace period may outlast wait_for_sites_s (which bounds only the wait for min_sites).
+    slow = FedAvg(sampling=Sampling(min_sites=2, min_available_sites=3, rejoin_wait_s=1e9,
+                                    wait_for_sites_s=0.0))  # fmt: skip
+    slow._federation_seen = True
+    slow.note_dropped([3])
+    assert slow.sample(_RestartedSiteGrid(back_after=5), None) == [1, 2, 4]
     late = FedAvg(sampling=Sampling(min_sites=2, min_available_sites=3, rejoin_wait_s=0.0))
     late._federation_seen = True
     late.note_dropped([3])
