@@ -57,12 +57,12 @@ def job_for(rounds: int, run_dir: Path) -> FederatedJob:
 
 def write_site_files(job: FederatedJob, out: Path) -> list[Path]:
     """The simulation's partitions as one CSV per site (same rows as the simulated sites)."""
-    from clients.site_data import read_table
     from orchestrator.contract.partition import partition
-    from orchestrator.federated.server_app import server_data_path
+    from orchestrator.data.sources import read_columns
+    from orchestrator.federated.setup import server_data_path
 
     p = job.partition
-    texts, labels, column = read_table(
+    texts, labels, column = read_columns(
         str(server_data_path(job)), job.data.text_field, job.data.label_field, p.column
     )
     parts = partition(
