@@ -103,32 +103,66 @@ class Watcher(threading.Thread):
             self.error = repr(e)
 
 
-def main(out: Path, runs: Path, cache: Path) -> None:
-    import ray
+def local_cluster(workers: int) -> Any:
+    """A head with no CPUs (nothing runs there, as on a real cluster) and its dashboard, plus
+    ``workers`` 1-CPU nodes, all on this machine. Ray Train's placement-group cleaner asks the
+    state API with no address (see orchestrator.cluster.local_ray): every process of this
+    cluster is pointed at its own dashboard."""
     from ray.cluster_utils import Cluster
 
-    from orchestrator.pretrain import pretrain
     from orchestrator.processes.network import free_port
 
     port = free_port()
-    # Ray Train's placement-group cleaner asks the state API with no address (see
-    # orchestrator.cluster.local_ray): point every process of this cluster at its own dashboard.
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     os.environ.pop("RAY_ADDRESS", None)
     cluster = Cluster(
         initialize_head=True,
         head_node_args={
-            "num_cpus": 0,  # nothing trains on the head, as on a real cluster
+            "num_cpus": 0,
             "include_dashboard": True,
             "dashboard_host": "127.0.0.1",
             "dashboard_port": port,
         },
     )
-    report: dict[str, Any] = {}
     try:
-        for _ in range(3):
+        for _ in range(workers):
             cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
+    except BaseException:
+        cluster.shutdown()
+        raise
+    return cluster
+
+
+def run_driver(module: str, out: Path, cache: Path, timeout: float) -> dict[str, Any]:
+    """``python -m MODULE OUT.json RUNS_DIR CACHE_DIR`` in its own interpreter with a private,
+    short ``RAY_TMPDIR`` (Ray's socket paths are bounded); its report."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    ray_tmp = tempfile.mkdtemp(prefix="mn", dir="/tmp")
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_ADDRESS": ""}
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", module, str(out / "report.json"), str(out / "runs"),
+             str(cache)],
+            capture_output=True, text=True, env=env, timeout=timeout,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    return json.loads((out / "report.json").read_text())
+
+
+def main(out: Path, runs: Path, cache: Path) -> None:
+    import ray
+
+    from orchestrator.pretrain import pretrain
+
+    report: dict[str, Any] = {}
+    cluster = local_cluster(3)
+    try:
         ray.init(address=cluster.address, log_to_driver=False)
         report["worker_nodes"] = sorted(n.node_id for n in cluster.worker_nodes)
         report["head_node"] = cluster.head_node.node_id

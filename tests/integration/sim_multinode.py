@@ -94,27 +94,12 @@ class NodeRemover(threading.Thread):
 
 def main(out: Path, runs: Path, cache: Path) -> None:
     import ray
-    from ray.cluster_utils import Cluster
 
-    from orchestrator.processes.network import free_port
+    from tests.integration.multinode import local_cluster
 
-    port = free_port()
-    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-    os.environ.pop("RAY_ADDRESS", None)
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 0,  # sites run on the worker nodes, as on a real cluster
-            "include_dashboard": True,
-            "dashboard_host": "127.0.0.1",
-            "dashboard_port": port,
-        },
-    )
     report: dict[str, Any] = {}
+    cluster = local_cluster(2)  # sites run on the worker nodes
     try:
-        for _ in range(2):
-            cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
         report["worker_nodes"] = sorted(n.node_id for n in cluster.worker_nodes)
         report["cluster"] = simulate(runs / "cluster", cache, f"cluster.address={cluster.address}")
         ray.init(address=cluster.address, log_to_driver=False)

@@ -4,18 +4,12 @@ node removed mid-run costs a restart from the last complete checkpoint, not the 
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.multinode import CHECKPOINT_EVERY, STEPS
+from tests.integration.multinode import CHECKPOINT_EVERY, STEPS, run_driver
 
 pytestmark = pytest.mark.integration
 
@@ -23,18 +17,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("multinode")
-    ray_tmp = tempfile.mkdtemp(prefix="mn", dir="/tmp")  # short: Ray socket paths are bounded
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_ADDRESS": ""}
-    try:
-        r = subprocess.run(
-            [sys.executable, "-m", "tests.integration.multinode", str(out / "report.json"),
-             str(out / "runs"), str(cache_dir)],
-            capture_output=True, text=True, env=env, timeout=400,
-        )  # fmt: skip
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
-    return json.loads((out / "report.json").read_text())
+    return run_driver("tests.integration.multinode", out, cache_dir, timeout=400)
 
 
 def test_workers_on_different_nodes_train(report: dict[str, Any]):

@@ -5,16 +5,12 @@ bit, for the same seed; and what a worker node lost mid-run does to the rounds a
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.integration.multinode import run_driver
 
 pytestmark = pytest.mark.integration
 
@@ -22,18 +18,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("simcluster")
-    ray_tmp = tempfile.mkdtemp(prefix="sc", dir="/tmp")  # short: Ray socket paths are bounded
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_ADDRESS": ""}
-    try:
-        r = subprocess.run(
-            [sys.executable, "-m", "tests.integration.sim_multinode", str(out / "report.json"),
-             str(out / "runs"), str(cache_dir)],
-            capture_output=True, text=True, env=env, timeout=1200,
-        )  # fmt: skip
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
-    return json.loads((out / "report.json").read_text())
+    return run_driver("tests.integration.sim_multinode", out, cache_dir, timeout=1200)
 
 
 def test_sites_run_on_more_than_one_node(report: dict[str, Any]) -> None:
