@@ -61,13 +61,11 @@ def site_slots(job: FederatedJob, nodes: list[tuple[float, float]]) -> int:
 
 
 def check_cluster(job: FederatedJob, run_dir: Path, data_file: Path) -> dict[str, Any]:
-    """The checks above (ConfigError on a problem); returns what ``--dry-run``-style lines and
-    the run's header report: the nodes and how many sites run at once."""
+    """Checks 2 and 3 above (ConfigError on a problem; ``simulate`` made check 1 before
+    anything loaded); returns what the run's header reports: the nodes and how many sites run
+    at once."""
     import ray
 
-    from orchestrator.cluster import check_reachable
-
-    check_reachable(job.cluster)
     ray.init(address=job.cluster.address, logging_level="WARNING", log_to_driver=False)
     try:
         alive = [n for n in ray.nodes() if n.get("Alive")]
