@@ -6,6 +6,11 @@ and improves the model, a fourth site with an unregistered key is refused, and i
 is what a server killed after round 1 and resumed must reproduce. The one-machine quickstart of
 docs/sites.md runs as written (its code blocks are read from the file), and a site whose replies
 are malformed is rejected with a reason while the rounds complete.
+
+The module's federations run two at a time in the background (:class:`Federations`), started
+when the module's first test asks for one: each is bound by process start-ups, polls and
+heartbeats (a rejoining site waits about a minute for its dead session to expire) more than by
+the two cores, and each test waits for its own and checks it.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,8 +146,7 @@ class Reference:
     superlink_log: str
 
 
-@pytest.fixture(scope="module")
-def reference(fed: Fed) -> Iterator[Reference]:
+def run_reference(fed: Fed) -> Reference:
     """An uninterrupted 2-round run: 3 registered sites + 1 site whose key is not registered."""
     run_dir = fed.root / "reference"
     opts = server_session.ServerOptions(port=free_port(), certs=fed.pki.ca_cert.parent)
@@ -156,43 +162,12 @@ def reference(fed: Fed) -> Iterator[Reference]:
             superlink_log = session.superlink.proc.log_path.read_text()  # type: ignore[union-attr]
         finally:
             stop_all(procs)
-    yield Reference(run, intruder, superlink_log)
+    return Reference(run, intruder, superlink_log)
 
 
-def test_tls_auth_three_sites_complete_two_rounds_and_improve(reference: Reference) -> None:
-    run = reference.run
-    assert run.ok, run.status
-    assert [r["round"] for r in run.metrics] == [0, 1, 2]
-    for r in run.metrics[1:]:
-        assert r["train"]["sites-accepted"] == 3, r
-        assert r["dropped"] == []
-        assert set(r["sites"]) == set(SITES)
-    # Each site reports what each message cost it before its handler ran. Its warm worker
-    # imported torch and transformers once, so a message's own process stays cheap (without
-    # the worker, about 5-7 CPU-s each: bench/bench_deploy_vs_sim.py).
-    for r in run.metrics[1:]:
-        for name in SITES:
-            row = r["sites"][name]
-            assert 0 < row["overhead-s"] < 120 and 0 < row["overhead-cpu-s"] < 4, row
-    assert all("eval-overhead-s" in run.metrics[-1]["sites"][n] for n in SITES)
-    first, last = run.metrics[0]["eval"], run.metrics[-1]["eval"]
-    # The tiny model's loss is noisy over 2 rounds; accuracy and macro-F1 must both improve.
-    assert last["accuracy"] > first["accuracy"], (first, last)
-    assert last["macro-f1"] > first["macro-f1"], (first, last)
-    assert (run.run_dir / "export" / "config.json").is_file()
-    assert (run.run_dir / "checkpoints" / "round-0002" / "state.json").is_file()
-
-
-def test_unregistered_site_is_refused_and_run_completes(reference: Reference) -> None:
-    intruder = reference.intruder
-    assert intruder.returncode not in (None, 0)
-    assert "Failed to activate SuperNode" in intruder.log_tail(80)
-    assert "No SuperNode found with the given public key" in reference.superlink_log
-    assert reference.run.ok
-    assert all("intruder" not in r["sites"] for r in reference.run.metrics)
-
-
-def test_site_killed_mid_round_round_completes_and_site_rejoins(fed: Fed) -> None:
+def run_rejoin(fed: Fed) -> server_session.ServerRun:
+    """s2 is killed (SuperNode and its ClientApp) as soon as its round-1 training starts, and
+    comes back at once as `fedray site`; the server refuses it until the dead session expires."""
     run_dir = fed.root / "dropout"
     opts = server_session.ServerOptions(port=free_port(), certs=fed.pki.ca_cert.parent)
     procs: list[ManagedProcess] = []
@@ -203,16 +178,12 @@ def test_site_killed_mid_round_round_completes_and_site_rejoins(fed: Fed) -> Non
             procs += [start_site(fed, n, session.address, run_dir / "sites") for n in SITES[:2]]
             victim = start_site(fed, "s2", session.address, run_dir / "sites")
             procs.append(victim)
-
-            import threading
-
             box: dict[str, server_session.ServerRun] = {}
             # Round 2 follows round 1's training at once (no evaluation between them) and waits
             # for s2 to rejoin: give that wait room (it ends as soon as all three are online).
             cfg = to_yaml(job(fed, "federation.round_timeout_s=60", "federation.rejoin_wait_s=120"))
             server = threading.Thread(target=lambda: box.update(run=session.run(cfg, run_dir)))
             server.start()
-            # Kill s2 (SuperNode and its ClientApp) as soon as its round-1 training starts.
             wait_until(
                 lambda: "Receiving: train message" in victim.log_path.read_text(),
                 300,
@@ -220,29 +191,17 @@ def test_site_killed_mid_round_round_completes_and_site_rejoins(fed: Fed) -> Non
                 watch=[victim],
             )
             victim.kill_tree()
-            # It comes back at once; the server refuses it until the dead session times out.
             procs.append(fedray_site(fed, "s2", session.address, run_dir / "sites"))
             server.join(timeout=540)
             assert not server.is_alive(), "server run did not finish"
         finally:
             stop_all(procs)
-    run = box["run"]
-    assert run.ok, run.status
-    r1, r2 = run.metrics[1], run.metrics[2]
-    assert r1["train"]["sites-accepted"] == 2, r1
-    assert r1["dropped"] == ["s2"], r1
-    assert not r1["skipped"]
-    assert r2["train"]["sites-accepted"] == 3, r2  # s2 rejoined
-    assert "s2" in r2["sites"]
-    table = (run_dir / "server" / "logs" / "run.log").read_text()
-    assert "no update from: s2" in table
-    assert "dropped" in r1["sites"]["s2"]
-    assert set(r1["sites"]) == set(SITES)  # no row for the SuperLink's own error reply
+    return box["run"]
 
 
-def crash_after_round_1_and_resume(fed: Fed, run_dir: Path, *overrides: str) -> None:
+def crash_after_round_1_and_resume(fed: Fed, run_dir: Path, *overrides: str) -> Path:
     """`fedray server` with 3 real sites; the whole server process tree is killed once round 1's
-    checkpoint exists, then `fedray server --resume` finishes the run (exit 0)."""
+    checkpoint exists, then `fedray server --resume` finishes the run (exit 0). The run dir."""
     port = free_port()
     fedray = str(Path(sys.executable).parent / "fedray")
     common = [
@@ -293,6 +252,169 @@ def crash_after_round_1_and_resume(fed: Fed, run_dir: Path, *overrides: str) -> 
         assert resumed.returncode == 0, resumed.log_tail(60)
     finally:
         stop_all(procs)
+    return run_dir
+
+
+DP_Z, DP_DELTA = 1.5, 1e-2
+
+
+def run_dp_resumed(fed: Fed) -> Path:
+    """DP-FedAvg (central) with real sites, crashed after round 1 and resumed."""
+    return crash_after_round_1_and_resume(
+        fed,
+        fed.root / "dp-resumed",
+        "privacy.mode=central",
+        f"privacy.noise_multiplier={DP_Z}",
+        "privacy.clip_norm=0.5",
+        f"privacy.delta={DP_DELTA}",
+        "strategy.weighting=uniform",
+    )
+
+
+def run_malformed(fed: Fed) -> server_session.ServerRun:
+    """Sites s0, s1 run fedray's ClientApp; the third, named mallory, replaces one array's payload
+    with garbage bytes (tests/integration/malformed_site_app.py, sent to every site as the app's
+    ClientApp component)."""
+    run_dir = fed.root / "malformed"
+    opts = server_session.ServerOptions(port=free_port(), certs=fed.pki.ca_cert.parent)
+    procs: list[ManagedProcess] = []
+    with server_session.ServerSession(opts, run_dir / "server", run_dir / "tls") as session:
+        session.open()
+        session.register([fed.keys[n].public for n in SITES])
+        try:
+            procs += [start_site(fed, n, session.address, run_dir / "sites") for n in SITES[:2]]
+            mallory = site.SiteOptions(
+                server=session.address,
+                data=fed.data["s2"],
+                name=MALFORMED_SITE,
+                key=fed.keys["s2"].private,
+                root_cert=fed.pki.ca_cert,
+                num_threads=1,
+            )
+            log_dir = run_dir / "sites"
+            procs.append(
+                site.site_process(mallory, log_dir / "mallory.log", log_dir / "mallory").start()
+            )
+            return session.run(
+                to_yaml(job(fed, "finetune.local_steps=2")),
+                run_dir,
+                clientapp="tests.integration.malformed_site_app:app",
+            )
+        finally:
+            stop_all(procs)
+
+
+RUNS: dict[str, Callable[[Fed], object]] = {
+    # Started in this order, two at a time: the rejoin (mostly a wait for a heartbeat to lapse)
+    # beside the reference, then each crash + resume, then the malformed-replies run.
+    "reference": run_reference,
+    "rejoin": run_rejoin,
+    "resumed": lambda fed: crash_after_round_1_and_resume(fed, fed.root / "resumed"),
+    "dp-resumed": run_dp_resumed,
+    "malformed": run_malformed,
+}
+NEEDS = {
+    "test_tls_auth_three_sites_complete_two_rounds_and_improve": ["reference"],
+    "test_unregistered_site_is_refused_and_run_completes": ["reference"],
+    "test_site_killed_mid_round_round_completes_and_site_rejoins": ["rejoin"],
+    "test_server_killed_after_round_1_resumes_to_the_same_model": ["reference", "resumed"],
+    "test_central_dp_across_real_sites_ledger_continues_exactly_after_a_server_crash": [
+        "dp-resumed"
+    ],
+    "test_malformed_replies_are_rejected_and_rounds_complete": ["malformed"],
+}
+AT_ONCE = 2
+
+
+class Federations:
+    """The runs this session's selected tests need, started at once in the background, at most
+    ``AT_ONCE`` at a time; :meth:`result` waits for one (and re-raises its failure)."""
+
+    def __init__(self, fed: Fed, wanted: set[str]) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=AT_ONCE, thread_name_prefix="federation")
+        self.runs: dict[str, Future] = {
+            name: self.pool.submit(run, fed) for name, run in RUNS.items() if name in wanted
+        }
+
+    def result(self, name: str) -> object:
+        return self.runs[name].result(timeout=1200)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture(scope="module")
+def federations(fed: Fed, request: pytest.FixtureRequest) -> Iterator[Federations]:
+    here = request.node.path
+    wanted = {
+        run
+        for item in request.session.items
+        if item.path == here
+        for run in NEEDS.get(item.originalname, [])
+    }
+    runs = Federations(fed, wanted)
+    try:
+        yield runs
+    finally:
+        runs.close()
+
+
+@pytest.fixture(scope="module")
+def reference(federations: Federations) -> Reference:
+    ref = federations.result("reference")
+    assert isinstance(ref, Reference)
+    return ref
+
+
+def test_tls_auth_three_sites_complete_two_rounds_and_improve(reference: Reference) -> None:
+    run = reference.run
+    assert run.ok, run.status
+    assert [r["round"] for r in run.metrics] == [0, 1, 2]
+    for r in run.metrics[1:]:
+        assert r["train"]["sites-accepted"] == 3, r
+        assert r["dropped"] == []
+        assert set(r["sites"]) == set(SITES)
+    # Each site reports what each message cost it before its handler ran. Its warm worker
+    # imported torch and transformers once, so a message's own process stays cheap (without
+    # the worker, about 5-7 CPU-s each: bench/bench_deploy_vs_sim.py).
+    for r in run.metrics[1:]:
+        for name in SITES:
+            row = r["sites"][name]
+            assert 0 < row["overhead-s"] < 120 and 0 < row["overhead-cpu-s"] < 4, row
+    assert all("eval-overhead-s" in run.metrics[-1]["sites"][n] for n in SITES)
+    first, last = run.metrics[0]["eval"], run.metrics[-1]["eval"]
+    # The tiny model's loss is noisy over 2 rounds; accuracy and macro-F1 must both improve.
+    assert last["accuracy"] > first["accuracy"], (first, last)
+    assert last["macro-f1"] > first["macro-f1"], (first, last)
+    assert (run.run_dir / "export" / "config.json").is_file()
+    assert (run.run_dir / "checkpoints" / "round-0002" / "state.json").is_file()
+
+
+def test_unregistered_site_is_refused_and_run_completes(reference: Reference) -> None:
+    intruder = reference.intruder
+    assert intruder.returncode not in (None, 0)
+    assert "Failed to activate SuperNode" in intruder.log_tail(80)
+    assert "No SuperNode found with the given public key" in reference.superlink_log
+    assert reference.run.ok
+    assert all("intruder" not in r["sites"] for r in reference.run.metrics)
+
+
+def test_site_killed_mid_round_round_completes_and_site_rejoins(
+    fed: Fed, federations: Federations
+) -> None:
+    run = federations.result("rejoin")
+    assert isinstance(run, server_session.ServerRun)
+    assert run.ok, run.status
+    r1, r2 = run.metrics[1], run.metrics[2]
+    assert r1["train"]["sites-accepted"] == 2, r1
+    assert r1["dropped"] == ["s2"], r1
+    assert not r1["skipped"]
+    assert r2["train"]["sites-accepted"] == 3, r2  # s2 rejoined
+    assert "s2" in r2["sites"]
+    table = (fed.root / "dropout" / "server" / "logs" / "run.log").read_text()
+    assert "no update from: s2" in table
+    assert "dropped" in r1["sites"]["s2"]
+    assert set(r1["sites"]) == set(SITES)  # no row for the SuperLink's own error reply
 
 
 def metrics_rows(run_dir: Path) -> list[dict]:
@@ -300,10 +422,10 @@ def metrics_rows(run_dir: Path) -> list[dict]:
 
 
 def test_server_killed_after_round_1_resumes_to_the_same_model(
-    fed: Fed, reference: Reference
+    reference: Reference, federations: Federations
 ) -> None:
-    run_dir = fed.root / "resumed"
-    crash_after_round_1_and_resume(fed, run_dir)
+    run_dir = federations.result("resumed")
+    assert isinstance(run_dir, Path)
     assert [r["round"] for r in metrics_rows(run_dir)] == [0, 1, 2]
     got, want = final_weights(run_dir), final_weights(reference.run.run_dir)
     assert set(got) == set(want)
@@ -314,24 +436,15 @@ def test_server_killed_after_round_1_resumes_to_the_same_model(
 
 
 def test_central_dp_across_real_sites_ledger_continues_exactly_after_a_server_crash(
-    fed: Fed,
+    federations: Federations,
 ) -> None:
     """DP-FedAvg (central) with real sites: the server crashes after round 1, and the resumed run
     charges round 2 on top of round 1's epsilon, no round charged twice or forgotten."""
     from orchestrator.federated import checkpoint
     from orchestrator.federated.ledger import central_epsilon
 
-    z, delta = 1.5, 1e-2
-    run_dir = fed.root / "dp-resumed"
-    crash_after_round_1_and_resume(
-        fed,
-        run_dir,
-        "privacy.mode=central",
-        f"privacy.noise_multiplier={z}",
-        "privacy.clip_norm=0.5",
-        f"privacy.delta={delta}",
-        "strategy.weighting=uniform",
-    )
+    run_dir = federations.result("dp-resumed")
+    assert isinstance(run_dir, Path)
     rows = metrics_rows(run_dir)
     assert [r["round"] for r in rows] == [0, 1, 2]
     ledger = checkpoint.latest(run_dir).state["privacy_ledger"]["rounds"]
@@ -339,8 +452,8 @@ def test_central_dp_across_real_sites_ledger_continues_exactly_after_a_server_cr
     pairs = [(int(r["sampled"]), int(r["population"])) for r in ledger]
     assert all(n == len(SITES) and 2 <= k <= n for k, n in pairs), pairs
     # Each round's epsilon is the accountant's for every round so far, round 1 included.
-    assert rows[1]["epsilon"] == pytest.approx(central_epsilon(z, pairs[:1], delta), rel=1e-9)
-    assert rows[2]["epsilon"] == pytest.approx(central_epsilon(z, pairs, delta), rel=1e-9)
+    assert rows[1]["epsilon"] == pytest.approx(central_epsilon(DP_Z, pairs[:1], DP_DELTA), rel=1e-9)
+    assert rows[2]["epsilon"] == pytest.approx(central_epsilon(DP_Z, pairs, DP_DELTA), rel=1e-9)
     assert rows[2]["epsilon"] > rows[1]["epsilon"]
     assert rows[2]["privacy"]["rounds_charged"] == 2
     assert (run_dir / "export" / "model.safetensors").is_file()
@@ -449,38 +562,11 @@ def test_quickstart_runs_as_written(tmp_path: Path) -> None:
 # ---- a site that sends malformed replies ----------------------------------------------------------
 
 
-def test_malformed_replies_are_rejected_and_rounds_complete(fed: Fed) -> None:
-    """Sites s0, s1 run fedray's ClientApp; the third, named mallory, replaces one array's payload
-    with garbage bytes (tests/integration/malformed_site_app.py, sent to every site as the app's
-    ClientApp component). The server rejects mallory's update with a reason each round and
-    completes the run with the other two."""
-    run_dir = fed.root / "malformed"
-    opts = server_session.ServerOptions(port=free_port(), certs=fed.pki.ca_cert.parent)
-    procs: list[ManagedProcess] = []
-    with server_session.ServerSession(opts, run_dir / "server", run_dir / "tls") as session:
-        session.open()
-        session.register([fed.keys[n].public for n in SITES])
-        try:
-            procs += [start_site(fed, n, session.address, run_dir / "sites") for n in SITES[:2]]
-            mallory = site.SiteOptions(
-                server=session.address,
-                data=fed.data["s2"],
-                name=MALFORMED_SITE,
-                key=fed.keys["s2"].private,
-                root_cert=fed.pki.ca_cert,
-                num_threads=1,
-            )
-            log_dir = run_dir / "sites"
-            procs.append(
-                site.site_process(mallory, log_dir / "mallory.log", log_dir / "mallory").start()
-            )
-            run = session.run(
-                to_yaml(job(fed, "finetune.local_steps=2")),
-                run_dir,
-                clientapp="tests.integration.malformed_site_app:app",
-            )
-        finally:
-            stop_all(procs)
+def test_malformed_replies_are_rejected_and_rounds_complete(federations: Federations) -> None:
+    """The server rejects mallory's update with a reason each round and completes the run with
+    the other two sites (:func:`run_malformed`)."""
+    run = federations.result("malformed")
+    assert isinstance(run, server_session.ServerRun)
     assert run.ok, run.status
     assert [r["round"] for r in run.metrics] == [0, 1, 2]
     for r in run.metrics[1:]:

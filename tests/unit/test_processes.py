@@ -296,3 +296,27 @@ def test_port_checks() -> None:
 )
 def test_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+def test_flower_env_shortens_the_superexec_poll_unless_the_user_set_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator.processes.launch import SUPEREXEC_POLL_ENV, SUPEREXEC_POLL_S, flower_env
+
+    monkeypatch.delenv(SUPEREXEC_POLL_ENV, raising=False)
+    assert flower_env(tmp_path)[SUPEREXEC_POLL_ENV] == SUPEREXEC_POLL_S
+    monkeypatch.setenv(SUPEREXEC_POLL_ENV, "2.5")
+    assert flower_env(tmp_path)[SUPEREXEC_POLL_ENV] == "2.5"
+
+
+def test_flower_reads_the_superexec_poll_interval_from_that_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pins the upstream behaviour flower_env relies on: Flower 1.41 has no flag for it, only
+    this environment variable, read by a private function (called here, in a test only)."""
+    from flwr.supercore.superexec import run_superexec
+
+    from orchestrator.processes.launch import SUPEREXEC_POLL_ENV, SUPEREXEC_POLL_S
+
+    monkeypatch.setenv(SUPEREXEC_POLL_ENV, SUPEREXEC_POLL_S)
+    assert run_superexec._get_task_poll_interval() == float(SUPEREXEC_POLL_S)
