@@ -166,7 +166,6 @@ SLOW_FIRST = {
     "test_sites": 0,
     "test_kill_safety": 1,
     "test_deepspeed": 1,
-    "test_secagg_sites": 2,
     "test_multinode": 2,
     "test_pretrain": 2,
     "test_site_processes": 3,

@@ -1,7 +1,8 @@
 """A test run that is killed leaves no process behind: a pytest running a real federation
 (tests/integration/killable_run.py: embedded Ray, `fedray server`, `fedray site`) is killed
 mid-round, by SIGKILL (with and without xdist workers) or by Ctrl-C twice, and every process
-that descended from it, seen by PID before the kill, must be gone within a bounded time.
+that descended from it, seen by PID before the kill, must be gone within a bounded time. The
+three kills run side by side, each on its own run (tests/integration/side_by_side.py).
 
 What makes it so: tests/conftest.py's reaper (tests/reaper.py), which SIGKILLs every process
 carrying the run's token once the controller is gone, and ``ManagedProcess``'s parent-death
@@ -16,10 +17,13 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import psutil
 import pytest
+
+from tests.integration.side_by_side import side_by_side
 
 pytestmark = pytest.mark.integration
 
@@ -49,12 +53,25 @@ def _cmdline(p: psutil.Process) -> str:
     return "?"
 
 
-@pytest.mark.parametrize(
-    ("how", "workers"),
-    [("sigkill", "0"), ("sigkill", "1"), ("ctrl-c-twice", "0")],
-    ids=["sigkill", "sigkill-xdist-controller", "ctrl-c-twice"],
-)
-def test_killed_test_run_leaves_no_process(tmp_path: Path, how: str, workers: str) -> None:
+CASES = {
+    "sigkill": ("sigkill", "0"),
+    "sigkill-xdist-controller": ("sigkill", "1"),
+    "ctrl-c-twice": ("ctrl-c-twice", "0"),
+}
+
+
+def test_killed_test_run_leaves_no_process(tmp_path: Path) -> None:
+    """Each way of killing a run, on its own run, side by side (most of each is a wait)."""
+    side_by_side(
+        {
+            name: partial(_kill_mid_round_and_check, tmp_path / name, how, workers)
+            for name, (how, workers) in CASES.items()
+        }
+    )
+
+
+def _kill_mid_round_and_check(tmp_path: Path, how: str, workers: str) -> None:
+    tmp_path.mkdir(parents=True)
     log_path = tmp_path / "pytest.log"
     argv = [sys.executable, "-m", "pytest", TARGET, "-q", "-p", "no:cacheprovider"]
     argv += ["-n", workers, "--basetemp", str(tmp_path / "bt"), "-o", "addopts="]
