@@ -5,7 +5,9 @@ own process or, at a real site, in the site's warm worker (clients/site_worker.p
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -49,6 +51,17 @@ def _encode(task: SiteTask, texts: list[str], labels: list[str] | None) -> Encod
     return encode(task.tokenizer, texts, task.max_length, labels, task.labels)
 
 
+@contextmanager
+def _phase(phases: dict[str, float] | None, name: str) -> Iterator[None]:
+    """Adds the block's wall time to ``phases[name]`` (seconds), when timing was asked for."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        if phases is not None:
+            phases[name] = phases.get(name, 0.0) + time.perf_counter() - start
+
+
 def honest_update(
     msg: Message,
     task: SiteTask,
@@ -56,15 +69,20 @@ def honest_update(
     flip: bool = False,
     control: scaffold.SiteControl | None = None,
     context: Context | None = None,
+    phases: dict[str, float] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, float], int, str]:
     """Local training from the received weights: ``(update, metrics, num-examples, site)``.
     ``task`` is the message's decoded ``config`` record (decoded once per message, by the caller).
 
     ``flip``: a simulated label-flipping attacker trains on labels ``i -> C-1-i``.
     ``control``: SCAFFOLD's control variates; local steps are corrected by ``c - c_i``.
+    ``phases``: filled with the wall seconds of each step (``setup``: data and model load,
+    ``tokenize``, ``train``: local steps and the update).
     """
-    data, model = _setup(msg, task, node_config, context)
-    examples = _encode(task, data.train_texts, data.train_labels)
+    with _phase(phases, "setup"):
+        data, model = _setup(msg, task, node_config, context)
+    with _phase(phases, "tokenize"):
+        examples = _encode(task, data.train_texts, data.train_labels)
     if flip and examples.labels is not None:
         examples.labels = torch.from_numpy(flip_labels(examples.labels.numpy(), len(task.labels)))
     keys = set(trainable_names(model))
@@ -72,19 +90,29 @@ def honest_update(
     received = {k: p.detach().clone() for k, p in params.items()}
     trainable = {k: v.cpu().numpy() for k, v in received.items()}
     corr = control.correction(trainable) if control else None
-    metrics = local_train(model, examples, task, corr)
-    update = {k: (p.detach() - received[k]).cpu().numpy() for k, p in params.items()}
+    with _phase(phases, "train"):
+        metrics = local_train(model, examples, task, corr)
+        update = {k: (p.detach() - received[k]).cpu().numpy() for k, p in params.items()}
     return update, metrics, len(examples), data.name
 
 
 def timing_metrics(
-    overhead: Mapping[str, float] | None, task: SiteTask, prefix: str
+    overhead: Mapping[str, float] | None,
+    task: SiteTask,
+    prefix: str,
+    phases: Mapping[str, float] | None = None,
 ) -> dict[str, float]:
-    """The message's overhead as reply metrics; none under local DP, where nothing but the
-    noised update leaves the site."""
+    """The message's cost as reply metrics (real sites): its overhead before the handler ran and
+    the handler's steps, ``{prefix}{step}-s``. None under local DP, where nothing but the noised
+    update leaves the site."""
     if not overhead or task.privacy.mode == "local":
         return {}
-    return {f"{prefix}overhead-s": overhead["s"], f"{prefix}overhead-cpu-s": overhead["cpu-s"]}
+    steps = {f"{prefix}{name}-s": round(s, 4) for name, s in (phases or {}).items()}
+    return {
+        f"{prefix}overhead-s": overhead["s"],
+        f"{prefix}overhead-cpu-s": overhead["cpu-s"],
+        **steps,
+    }
 
 
 def _threads(msg: Message, context: Context) -> dict[str, Any]:
@@ -105,7 +133,8 @@ def train(msg: Message, context: Context, overhead: Mapping[str, float] | None =
     flip = attacker and task.attack.kind == "label_flip"
     store = site_store(context, task.state_key, task.server_round, node_config, task.sim_state_dir)
     control = scaffold.SiteControl(msg.content, store) if task.scaffold else None
-    update, metrics, n, site = honest_update(msg, task, node_config, flip, control, context)
+    phases: dict[str, float] | None = {} if overhead else None
+    update, metrics, n, site = honest_update(msg, task, node_config, flip, control, context, phases)
     extra: dict[str, dict[str, np.ndarray]] = {}
     if control is not None:
         steps = int(metrics["train-steps"])
@@ -123,7 +152,7 @@ def train(msg: Message, context: Context, overhead: Mapping[str, float] | None =
         # Local DP covers the update only: nothing else computed from the data leaves either.
         metrics, n = {}, 1
     resets = {"site-state-reset": float(len(store.resets))} if store.resets else {}
-    timing = timing_metrics(overhead, task, "")
+    timing = timing_metrics(overhead, task, "", phases)
     reply_metrics = {**metrics, **ctx.metrics, **resets, **timing, NUM_EXAMPLES: n}
     if task.privacy.secure_aggregation:  # the update stays here; only masked, later
         return secagg.begin(msg, context, task, update, reply_metrics, site)
@@ -147,12 +176,17 @@ def evaluate_(
 ) -> Message:
     node_config = _threads(msg, context)
     task = SiteTask.from_record(msg.content[CONFIG])
-    data, model = _setup(msg, task, node_config, context)
-    examples = _encode(task, data.eval_texts, data.eval_labels)
-    metrics = evaluate(
-        model, examples, task.spec.task, task.train.micro_batch_size, len(task.labels)
-    )
-    metrics = {**metrics, **timing_metrics(overhead, task, "eval-"), NUM_EXAMPLES: len(examples)}
+    phases: dict[str, float] | None = {} if overhead else None
+    with _phase(phases, "setup"):
+        data, model = _setup(msg, task, node_config, context)
+    with _phase(phases, "tokenize"):
+        examples = _encode(task, data.eval_texts, data.eval_labels)
+    with _phase(phases, "evaluate"):
+        metrics = evaluate(
+            model, examples, task.spec.task, task.train.micro_batch_size, len(task.labels)
+        )
+    timing = timing_metrics(overhead, task, "eval-", phases)
+    metrics = {**metrics, **timing, NUM_EXAMPLES: len(examples)}
     return evaluate_reply(msg, metrics, data.name, base_hash=task.base_hash)
 
 

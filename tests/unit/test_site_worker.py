@@ -139,7 +139,7 @@ def test_overhead_is_measured_only_in_a_per_message_process(
     assert decode_request(encode_request(req)).overhead == cost
 
 
-def test_overhead_metrics_are_left_out_under_local_dp() -> None:
+def test_message_cost_metrics_are_left_out_under_local_dp() -> None:
     from clients.site_handlers import timing_metrics
 
     task = type("T", (), {"privacy": type("P", (), {"mode": "off"})()})()
@@ -148,8 +148,15 @@ def test_overhead_metrics_are_left_out_under_local_dp() -> None:
         "eval-overhead-s": 2.0,
         "eval-overhead-cpu-s": 0.5,
     }
+    steps = {"setup": 0.123456, "train": 2.5}
+    assert timing_metrics(cost, task, "", steps) == {  # type: ignore[arg-type]
+        "overhead-s": 2.0,
+        "overhead-cpu-s": 0.5,
+        "setup-s": 0.1235,
+        "train-s": 2.5,
+    }
     task.privacy.mode = "local"
-    assert timing_metrics(cost, task, "") == {}  # type: ignore[arg-type]
+    assert timing_metrics(cost, task, "", steps) == {}  # type: ignore[arg-type]
     assert timing_metrics(None, task, "") == {}  # type: ignore[arg-type]
 
 
@@ -214,9 +221,12 @@ def test_a_worker_answers_as_the_clientapp_does_and_leaves_with_its_owner(
         assert set(got) == set(want)
         for k in want:
             np.testing.assert_array_equal(got[k], want[k], err_msg=k)
-        # The same metrics, plus what the message cost before the worker ran it.
+        # The same metrics, plus what the message cost before the worker ran it and the time
+        # of each of the handler's steps.
         relayed = dict(first.content["metrics"])
         assert relayed.pop("overhead-s") >= 0 and relayed.pop("overhead-cpu-s") > 0
+        steps = {k: relayed.pop(f"{k}-s") for k in ("setup", "tokenize", "train")}
+        assert all(v >= 0 for v in steps.values()) and steps["train"] > 0, steps
         assert relayed == dict(local.content["metrics"])
 
         t0 = time.monotonic()
