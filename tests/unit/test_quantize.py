@@ -253,7 +253,8 @@ def test_a_failure_while_running_leaves_the_previous_output(tmp_path, capsys, mo
 
 def test_federated_classifier_export_and_report(cache_dir, tmp_path):
     """A federated run's export (in-process LocalGrid, 4 sites, 1 round), compressed with no
-    --eval-data: measured on every site's held-out rows, shown by `fedray report RUN_DIR`."""
+    --eval-data: measured on every site's held-out rows, shown by `fedray report RUN_DIR`, and
+    fine-tuned again from the int8 copy."""
     from clients.client_app import app as client_app
     from orchestrator.config import load_config
     from orchestrator.config.federated import FederatedJob
@@ -280,6 +281,17 @@ def test_federated_classifier_export_and_report(cache_dir, tmp_path):
     assert abs(r.after["accuracy"] - r.before["accuracy"]) <= 1 / 16  # one row at most
     html = build_report([run]).html.read_text()
     assert "Compressed exports" in html and "export-int8" in html and "macro-f1" in html
+
+    # The compressed classifier as the start of another federation (LoRA on its int8 base):
+    # round 0 evaluates it on the same sites' held-out rows that compress measured it on.
+    again = tmp_path / "again"
+    more = [f"run.dir={again}", f"model.path={run / 'export-int8'}", "finetune.mode=lora"]
+    kept = [o for o in small if not o.startswith(("run.", "model.", "data.tokenizer.vocab"))]
+    job2 = load_config(FederatedJob, None, [*kept, *more], default_preset="simulate-demo")
+    rounds = run_federated(grid, job2, again).rounds
+    assert rounds[0]["eval"]["accuracy"] == pytest.approx(r.after["accuracy"])
+    assert rounds[0]["eval"]["num-examples"] == r.eval_rows
+    assert rounds[1]["train"]["sites-accepted"] == 4
 
 
 def test_pretraining_export_is_measured_on_the_runs_validation_blocks(cache_dir, tmp_path):
