@@ -152,6 +152,23 @@ def fake_export(d: Path, model_type: str = "gpt2", **extra) -> Path:
     cfg = {"model_type": model_type, "architectures": ["GPT2LMHeadModel"], **extra}
     (d / "config.json").write_text(json.dumps(cfg))
     (d / "model.safetensors").write_bytes(b"")
+    (d / "tokenizer.json").write_text("{}")
+    return d
+
+
+def no_weights(d: Path) -> Path:
+    (d / "model.safetensors").unlink()
+    return d
+
+
+def bad_json(d: Path) -> Path:
+    (d / "config.json").write_text('{"model_type": "gpt2", ')  # cut short
+    return d
+
+
+def no_tokenizer(d: Path) -> Path:
+    """A real GPT-2 export whose tokenizer files are missing."""
+    shutil.copytree(DEMO_GPT2, d, ignore=shutil.ignore_patterns("tokenizer*"))
     return d
 
 
@@ -175,6 +192,9 @@ def nothing_written(parent: Path, out: Path) -> bool:
             lambda d: fake_export(d / "q", quantization_config={"quant_method": "torchao"}),
             "already quantized",
         ),
+        (lambda d: no_weights(fake_export(d / "w")), "no weights"),
+        (lambda d: bad_json(fake_export(d / "j")), "not readable JSON"),
+        (lambda d: no_tokenizer(d / "t"), "has no tokenizer"),
     ],
 )
 def test_bad_exports_are_config_errors_and_write_nothing(make, wording, tmp_path, capsys):
@@ -211,11 +231,13 @@ def test_missing_torchao_says_how_to_install(tmp_path, capsys, monkeypatch):
     assert "pip install 'fedray[compress]'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("gpu", [None, (7, 5)])  # no GPU; a GPU older than compute 8.0
 def test_int4_without_a_capable_gpu_is_refused_before_anything_is_written(
-    tmp_path, capsys, monkeypatch
+    tmp_path, capsys, monkeypatch, gpu
 ):
     shutil.copytree(DEMO_GPT2, tmp_path / "export")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu is not None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: gpu)
     out = tmp_path / "q4"
     argv = ["compress", str(tmp_path / "export"), "--method", "int4", "--out", str(out)]
     assert main([*argv, "--eval-data", str(HELD_OUT)]) == 2
