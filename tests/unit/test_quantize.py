@@ -128,6 +128,13 @@ def test_int8_export_loads_in_plain_transformers_without_fedray(demo_int8, tmp_p
     assert got["logits"] == pytest.approx(expected.tolist(), abs=1e-5)
 
 
+def test_report_of_a_compressed_export_outside_a_run_says_so(demo_int8, capsys):
+    d, _ = demo_int8  # d/export has no metrics.jsonl: not a run's export
+    assert main(["report", str(d / "export-int8")]) == 2
+    err = capsys.readouterr().err
+    assert "config error:" in err and "not a run's export" in err and "compression.json" in err
+
+
 def test_llama_export_is_quantized_as_it_is(tmp_path):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -303,6 +310,12 @@ def test_federated_classifier_export_and_report(cache_dir, tmp_path):
     assert abs(r.after["accuracy"] - r.before["accuracy"]) <= 1 / 16  # one row at most
     html = build_report([run]).html.read_text()
     assert "Compressed exports" in html and "export-int8" in html and "macro-f1" in html
+    # `fedray report` named the compressed export (written elsewhere with --out): its run.
+    elsewhere = tmp_path / "elsewhere" / "fed-int8"
+    shutil.copytree(run / "export-int8", elsewhere)
+    assert main(["report", str(elsewhere), "--out", str(tmp_path / "rep")]) == 0
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert str(elsewhere) in html and "export-int8" in html and "Compressed exports" in html
 
     # The compressed classifier as the start of another federation (LoRA on its int8 base):
     # round 0 evaluates it on the same sites' held-out rows that compress measured it on.
