@@ -1,7 +1,7 @@
 """Federated LoRA fine-tuning from an int8 export vs from the float export it came from.
 
     python bench/bench_quantized_finetune.py [--rounds N] [--seeds 1 2 3] \
-        [--out bench/results/quantized_finetune.json]
+        [--max-examples-per-site N] [--out bench/results/quantized_finetune.json]
 
 The bundled pretrained GPT-2 (``demo:tweets-gpt2``) and its ``fedray compress --method int8``
 copy each start the default demo federation (``simulate-demo``: 4 sites split by topic, FedAvg,
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import tempfile
@@ -28,7 +29,9 @@ from orchestrator.compress.pipeline import compress, quiet
 from orchestrator.data.sources import DEMO_LABELLED, demo_path
 
 
-def federation(tmp: Path, base: Path, seed: int, rounds: int, name: str) -> dict[str, Any]:
+def federation(
+    tmp: Path, base: Path, seed: int, a: argparse.Namespace, name: str
+) -> dict[str, Any]:
     from clients.client_app import app as client_app
     from orchestrator.config import load_config
     from orchestrator.config.federated import FederatedJob
@@ -37,15 +40,16 @@ def federation(tmp: Path, base: Path, seed: int, rounds: int, name: str) -> dict
 
     ensure_task_identity()
     run = tmp / f"{name}-{seed}"
+    t0 = time.perf_counter()
     overrides = [
         f"run.dir={run}", f"model.path={base}", "data.tokenizer.path=null",
         f"data.cache_dir={tmp}/cache", "finetune.mode=lora", f"train.seed={seed}",
-        f"federation.num_rounds={rounds}",
+        f"federation.num_rounds={a.rounds}",
+        f"partition.max_examples_per_site={a.max_examples_per_site}",
     ]  # fmt: skip
     job = load_config(FederatedJob, None, overrides, default_preset="simulate-demo")
     n = job.federation.num_sites
     grid = LocalGrid(client_app, [{"partition-id": i, "num-partitions": n} for i in range(n)])
-    t0 = time.perf_counter()
     rows = run_federated(grid, job, run).rounds
     wall = time.perf_counter() - t0
     first, last = rows[0], rows[-1]
@@ -74,18 +78,21 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument(
+        "--max-examples-per-site", type=int, default=1200, help="rows per site (the preset: 1200)"
+    )
     p.add_argument("--out", default="bench/results/quantized_finetune.json")
     a = p.parse_args()
     quiet()
     t0 = time.perf_counter()
-    res: dict[str, Any] = {"rounds": a.rounds, "seeds": a.seeds}
+    res: dict[str, Any] = {**vars(a), "load_avg_start": os.getloadavg()}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         shutil.copytree(demo_path("tweets-gpt2"), tmp / "export")
         held_out = demo_path(DEMO_LABELLED)
         compress(tmp / "export", "int8", eval_data=held_out, max_rows=64)
         for name, base in (("float", tmp / "export"), ("int8", tmp / "export-int8")):
-            runs = [federation(tmp, base, s, a.rounds, name) for s in a.seeds]
+            runs = [federation(tmp, base, s, a, name) for s in a.seeds]
             res[name] = {"runs": runs, **summary(runs)}
     diffs = [
         i["final"]["macro-f1"] - f["final"]["macro-f1"]
@@ -93,6 +100,7 @@ def main() -> None:
     ]
     res["int8_minus_float_macro_f1"] = {"per_seed": diffs, "mean": statistics.mean(diffs)}
     res["wall_s"] = time.perf_counter() - t0
+    res["load_avg_end"] = os.getloadavg()
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res, indent=2))
