@@ -68,7 +68,13 @@ def quantize_like(model: torch.nn.Module, hf_config: dict[str, Any], names: Sequ
     config did (their values are replaced by the server's right after)."""
     if not names:
         return
-    from torchao.quantization import quantize_
+    try:
+        from torchao.quantization import quantize_
+    except ImportError as e:  # a site without the compress extra
+        raise RuntimeError(
+            "the federation fine-tunes an int8 base, which needs torchao at every site: "
+            "pip install 'fedray[compress]'"
+        ) from e
 
     wanted = set(names)
     config = quantization_config(hf_config)
