@@ -24,11 +24,17 @@ from orchestrator.config.schema import ModelConfig
 
 
 def hf_config(
-    cfg: ModelConfig, vocab_size: int, block_size: int, eos_id: int, pad_id: int | None = None
+    cfg: ModelConfig,
+    vocab_size: int,
+    block_size: int,
+    eos_id: int,
+    pad_id: int | None = None,
+    allow_quantized: bool = False,
 ) -> PretrainedConfig:
     """The transformers config for a model built from scratch (or loaded from ``cfg.path``)."""
     if cfg.path:
-        return AutoConfig.from_pretrained(str(check_model_dir(cfg.path)), local_files_only=True)
+        path = check_model_dir(cfg.path, allow_quantized)
+        return AutoConfig.from_pretrained(str(path), local_files_only=True)
     n_pos = cfg.max_position or block_size
     if cfg.family == "bert":
         return bert_config(cfg, vocab_size, n_pos, pad_id)
@@ -95,8 +101,10 @@ def is_encoder(config: PretrainedConfig) -> bool:
     return type(config) in MODEL_FOR_MASKED_LM_MAPPING and not getattr(config, "is_decoder", False)
 
 
-def check_model_dir(path: str) -> Path:
-    """A local HF model directory, or a ConfigError saying how to provide one."""
+def check_model_dir(path: str, allow_quantized: bool = False) -> Path:
+    """A local HF model directory, or a ConfigError saying how to provide one. A quantized
+    export (``fedray compress``) is refused unless ``allow_quantized`` (a federation's LoRA
+    fine-tuning, which checks it itself)."""
     p = Path(path).expanduser()
     if not (p / "config.json").is_file():
         raise ConfigError(
@@ -105,23 +113,26 @@ def check_model_dir(path: str) -> Path:
             "or `save_pretrained`, or set model.path=null to build from model.* fields.",
             "model.path",
         )
-    if _quantized(p / "config.json"):
+    if not allow_quantized and quantization_of(p):
         raise ConfigError(
-            f"model.path: {path!r} is a quantized export (`fedray compress`), which fedray "
-            "evaluates but does not train; set model.path to the float export it came from "
-            "(e.g. RUN_DIR/export) and compress the fine-tuned result.",
+            f"model.path: {path!r} is a quantized export (`fedray compress`), which pretraining "
+            "cannot train (its int8 weights take no gradient step); set model.path to the float "
+            "export it came from (e.g. RUN_DIR/export). A federation can fine-tune it with "
+            "finetune.mode=lora.",
             "model.path",
         )
     return p
 
 
-def _quantized(config_file: Path) -> bool:
-    """Whether a config.json names a quantization (a `fedray compress` output)."""
+def quantization_of(model_dir: str | Path) -> dict[str, Any] | None:
+    """The ``quantization_config`` a model directory's config.json names (a `fedray compress`
+    output), or None."""
     try:
-        cfg = json.loads(config_file.read_text(errors="replace"))
+        cfg = json.loads((Path(model_dir) / "config.json").read_text(errors="replace"))
     except (OSError, json.JSONDecodeError):
-        return False  # transformers reports an unreadable config when it loads it
-    return isinstance(cfg, dict) and bool(cfg.get("quantization_config"))
+        return None  # transformers reports an unreadable config when it loads it
+    qc = cfg.get("quantization_config") if isinstance(cfg, dict) else None
+    return qc if isinstance(qc, dict) and qc else None
 
 
 def build_model(

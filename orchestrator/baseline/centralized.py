@@ -212,7 +212,7 @@ class CentralizedRun:
             t0 = time.monotonic()
             train = self.train_round(opt, stream)
             self.emit(self.record(server_round, t0, train))
-        export(model, self.setup.tokenizer, self.result.export_dir)
+        export(model, self.setup.tokenizer, self.result.export_dir, self.setup.spec)
         return self.result
 
 

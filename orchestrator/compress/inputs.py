@@ -24,6 +24,9 @@ CONV1D_TYPES = ("gpt2",)
 the equivalent ``nn.Linear`` model (:mod:`orchestrator.compress.gpt2`) before quantizing."""
 SUPPORTED_TYPES = CONV1D_TYPES + LINEAR_TYPES
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+"""One of these makes a directory's tokenizer loadable (fast, slow BPE, sentencepiece)."""
+
 TASKS = {"ForCausalLM": "causal_lm", "LMHeadModel": "causal_lm"}
 CLASSIFICATION = "ForSequenceClassification"
 
@@ -57,6 +60,12 @@ def read_export(path: str | Path) -> ExportInfo:
         )
     if not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
         raise CompressError(f"{str(p)!r} has a config.json but no weights (*.safetensors)")
+    # Without these transformers builds an empty tokenizer silently (every text -> no tokens).
+    if not any((p / f).is_file() for f in TOKENIZER_FILES):
+        raise CompressError(
+            f"{str(p)!r} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save the "
+            "tokenizer the model was trained with into it (tokenizer.save_pretrained(dir))"
+        )
     try:
         cfg = json.loads(cfg_file.read_text())
     except (OSError, json.JSONDecodeError) as e:

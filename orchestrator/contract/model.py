@@ -13,7 +13,7 @@ import json
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from orchestrator.contract.quantized import components, float_config, is_quantized, quantize_like
 from orchestrator.export import save_hf_dir
 from orchestrator.models import name_default_loss
 
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 # LoRA targets by architecture when finetune.lora_target_modules is empty.
 DEFAULT_LORA_TARGETS = {
     "gpt2": ["c_attn"],
+    "gpt_bigcode": ["c_attn"],  # GPT-2 rewritten with nn.Linear by `fedray compress`
     "llama": ["q_proj", "v_proj"],
     "bert": ["query", "key", "value", "dense"],  # attention, its output and the MLP
 }
@@ -56,6 +58,9 @@ class ModelSpec:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     lora_targets: list[str] = field(default_factory=list)
+    quantized_modules: list[str] = field(default_factory=list)
+    """Modules whose weights are int8 (a ``fedray compress`` export as the base; LoRA only):
+    a site quantizes exactly these (orchestrator/contract/quantized.py)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -82,15 +87,31 @@ def classification_config(
 
 def build(spec: ModelSpec, weights_dir: str | None = None) -> torch.nn.Module:
     """The task model (random init, or weights from a local HF dir), LoRA-wrapped if asked."""
+    return with_adapters(spec, base_model(spec, weights_dir))
+
+
+def base_model(spec: ModelSpec, weights_dir: str | None = None) -> torch.nn.Module:
+    """The task model before LoRA: loaded from ``weights_dir`` (a quantized export loads
+    quantized), or built from the config with ``spec.quantized_modules`` quantized."""
     auto = (
         AutoModelForSequenceClassification
         if spec.task == "classification"
         else AutoModelForCausalLM
     )
     config = spec.config()
-    model = load_pretrained(auto, weights_dir, config) if weights_dir else auto.from_config(config)
+    if weights_dir:
+        model = load_pretrained(auto, weights_dir, config)
+    else:
+        model = auto.from_config(config)
+        quantize_like(model, spec.hf_config, spec.quantized_modules)
     if spec.task == "causal_lm":
         name_default_loss(model)
+    return model
+
+
+def with_adapters(spec: ModelSpec, model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` wrapped with LoRA adapters (``finetune=lora``), else as it is."""
+    config = model.config
     if spec.finetune == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -121,6 +142,10 @@ def build(spec: ModelSpec, weights_dir: str | None = None) -> torch.nn.Module:
             warnings.filterwarnings(
                 "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
             )
+            # A site's int8 base (quantized from the config, no transformers quantizer) cannot
+            # merge, which peft warns about; sites never merge, the server (loaded by
+            # transformers) exports through a float copy (export()).
+            warnings.filterwarnings("ignore", message=".*get_apply_tensor_subclass.*")
             model = get_peft_model(model, lora)
     return model
 
@@ -168,9 +193,18 @@ def load_pretrained(auto: Any, weights_dir: str, config: PretrainedConfig) -> to
     return model
 
 
-def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Every parameter (tied ones once) and persistent buffer, by name, detached."""
-    state = {n: p.detach() for n, p in model.named_parameters()}
+def model_state(model: torch.nn.Module, dequantize: bool = False) -> dict[str, torch.Tensor]:
+    """Every parameter (tied ones once) and persistent buffer, by name, detached. A torchao
+    int8 weight is its plain components (``name:qdata``, ``name:scale``: what travels), or with
+    ``dequantize`` its float32 values under its own name."""
+    state: dict[str, torch.Tensor] = {}
+    for n, p in model.named_parameters():
+        if not is_quantized(p):
+            state[n] = p.detach()
+        elif dequantize:
+            state[n] = p.dequantize().float().detach()
+        else:
+            state.update(components(n, p))
     persistent = model.state_dict(keep_vars=True)
     for n, b in model.named_buffers():
         if n in persistent:
@@ -209,10 +243,29 @@ def merged_for_export(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def export(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase | None, out: Path) -> Path:
+def float_copy(model: torch.nn.Module, spec: ModelSpec) -> torch.nn.Module:
+    """The float32 model ``model`` computes (an int8 base dequantized, adapters kept), so its
+    adapters merge exactly (merging into int8 would round them away)."""
+    plain = replace(spec, hf_config=float_config(spec.hf_config), quantized_modules=[])
+    copy = build(plain)
+    load_state(copy, model_state(model, dequantize=True))
+    return copy
+
+
+def export(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase | None,
+    out: Path,
+    spec: ModelSpec | None = None,
+) -> Path:
     """Write the model (LoRA merged) + tokenizer as a HF directory, atomically (temp + rename).
+    A model on an int8 base (``spec.quantized_modules``) is written in float32.
 
     ``AutoModelForSequenceClassification`` / ``AutoModelForCausalLM.from_pretrained(out)`` load it
     with plain transformers.
     """
+    if spec is not None and spec.quantized_modules:
+        model = float_copy(model, spec)
+    elif any(is_quantized(p) for p in model.parameters()):
+        raise RuntimeError("a model on a quantized base is exported with its ModelSpec")
     return save_hf_dir(merged_for_export(model), tokenizer, out)

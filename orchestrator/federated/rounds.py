@@ -328,7 +328,7 @@ class FederatedRun:
             self.save(server_round, arrays, rec.to_json())
             self.emit(rec)
         load_state(self.setup.model, to_numpy(arrays))
-        export(self.setup.model, self.setup.tokenizer, self.result.export_dir)
+        export(self.setup.model, self.setup.tokenizer, self.result.export_dir, self.setup.spec)
         log.info("exported %s", self.result.export_dir)
         return self.result
 

@@ -14,8 +14,15 @@ from transformers import PreTrainedTokenizerBase
 
 from orchestrator.config.federated import FederatedJob
 from orchestrator.config.loader import ConfigError
-from orchestrator.contract.model import ModelSpec, build, classification_config, trainable_names
+from orchestrator.contract.model import (
+    ModelSpec,
+    base_model,
+    classification_config,
+    trainable_names,
+    with_adapters,
+)
 from orchestrator.contract.partition import Partition, site_indices, site_sizes
+from orchestrator.contract.quantized import quantized_modules
 from orchestrator.contract.task import SiteTask, site_task
 from orchestrator.data.sources import (
     DEMO_LABELLED,
@@ -120,15 +127,53 @@ def check_inputs(job: FederatedJob) -> None:
     """What the server reads from this machine's files before round 0 (``model.path``, the
     tokenizer, the class names), checked before anything starts: a :class:`ConfigError` here is
     exit code 2 of ``fedray simulate`` / ``fedray server``, not a failed run."""
-    from orchestrator.models import check_model_dir
-
     job = with_bundled_paths(job)
     if job.model.path:
-        check_model_dir(job.model.path)
+        check_quantized_base(job)
     tok = resolve_tokenizer(job)
     resolve_labels(job)
     if job.model.path:
         check_pretrained_fits(job, tok)
+
+
+INT8_CONFIG = "Int8WeightOnlyConfig"
+"""The torchao config of a ``fedray compress --method int8`` export (peft's torchao LoRA layer
+trains on int8 weights only)."""
+
+
+def check_quantized_base(job: FederatedJob) -> None:
+    """``model.path`` is a local HF dir; a quantized one (``fedray compress``) must be int8 and
+    fine-tuned with LoRA: its int8 weights take no gradient step, adapters on top of them do."""
+    import importlib.util
+
+    from orchestrator.models import check_model_dir, quantization_of
+
+    path = job.model.path or ""
+    qc = quantization_of(check_model_dir(path, allow_quantized=True))
+    if qc is None:
+        return
+    kind = str(((qc.get("quant_type") or {}).get("default") or {}).get("_type", qc))
+    if qc.get("quant_method") != "torchao" or kind != INT8_CONFIG:
+        raise ConfigError(
+            f"model.path={path!r} is quantized with {qc.get('quant_method')} {kind}; fedray "
+            "fine-tunes int8 exports only (`fedray compress EXPORT --method int8`), or the float "
+            "export it came from.",
+            "model.path",
+        )
+    if job.finetune.mode != "lora":
+        raise ConfigError(
+            f"finetune.mode={job.finetune.mode}, but model.path={path!r} is an int8 export "
+            "(`fedray compress`): its int8 weights cannot take a gradient step. Set "
+            "finetune.mode=lora (adapters train on the frozen int8 base), or fine-tune the float "
+            "export it came from.",
+            "finetune.mode",
+        )
+    if importlib.util.find_spec("torchao") is None:
+        raise ConfigError(
+            f"model.path={path!r} is an int8 export, which needs torchao: "
+            "pip install 'fedray[compress]'",
+            "model.path",
+        )
 
 
 def check_pretrained_fits(job: FederatedJob, tok: PreTrainedTokenizerBase) -> None:
@@ -177,15 +222,17 @@ def check_pretrained_fits(job: FederatedJob, tok: PreTrainedTokenizerBase) -> No
 
 def prepare(job: FederatedJob) -> ServerSetup:
     """Tokenizer, labels, model spec and the starting model (seeded by ``train.seed``)."""
-    from orchestrator.models import check_model_dir, hf_config
+    from orchestrator.models import hf_config
 
     job = with_bundled_paths(job)
     tok = resolve_tokenizer(job)
     labels = resolve_labels(job)
     if job.model.path:
-        check_model_dir(job.model.path)
+        check_quantized_base(job)
         check_pretrained_fits(job, tok)
-    config = hf_config(job.model, len(tok), job.task.max_length, tok.eos_token_id)
+    config = hf_config(
+        job.model, len(tok), job.task.max_length, tok.eos_token_id, allow_quantized=True
+    )
     if job.task.kind == "classification":
         config = classification_config(config, labels, tok.pad_token_id)
     f = job.finetune
@@ -199,9 +246,12 @@ def prepare(job: FederatedJob) -> ServerSetup:
         lora_targets=list(f.lora_target_modules),
     )
     torch.manual_seed(job.train.seed)
-    model = build(
+    base = base_model(
         spec, weights_dir=str(Path(job.model.path).expanduser()) if job.model.path else None
     )
+    # An int8 export stays int8 here; sites quantize the same modules (contract/quantized.py).
+    spec = dataclasses.replace(spec, quantized_modules=quantized_modules(base))
+    model = with_adapters(spec, base)
     return ServerSetup(
         job=job,
         spec=spec,

@@ -74,7 +74,8 @@ def build_report(paths: Sequence[str | Path], out: str | Path | None = None) -> 
         page, pngs = tune_report(tune_dir, Path(out).expanduser() if out else tune_dir / "report")
         return Report(page, pngs)
     dirs = [run_dir_of(Path(p)) for p in paths]
-    runs = [load_run(d, label) for d, label in zip(dirs, labels_for(dirs), strict=True)]
+    # load_run gets the path as given: a compressed export named there joins its run's table.
+    runs = [load_run(p, label) for p, label in zip(paths, labels_for(dirs), strict=True)]
     out_dir = Path(out).expanduser() if out is not None else default_out(dirs)
     single = len(runs) == 1
 

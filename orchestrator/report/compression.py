@@ -1,6 +1,8 @@
 """The compressed exports of a run in ``fedray report``: each ``RUN_DIR/*/compression.json``
 that ``fedray compress`` wrote (by default ``RUN_DIR/export-int8`` beside ``RUN_DIR/export``),
-as one table of size, held-out quality and tokens/s before and after."""
+as one table of size, held-out quality and tokens/s before and after. A compressed export
+named instead of its run (``fedray report /tmp/fed-int8``, written with ``--out``) is reported
+with the run its export came from."""
 
 from __future__ import annotations
 
@@ -25,10 +27,33 @@ def load_compressions(run_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
             warnings.append(f"{f}: not readable JSON ({e}); ignored")
             continue
         if isinstance(rec, dict) and isinstance(rec.get("before"), dict):
-            found.append({**rec, "dir": f.parent.name})
+            found.append({**rec, "dir": f.parent.name, "path": str(f.parent.resolve())})
         else:
             warnings.append(f"{f}: not a fedray compress record; ignored")
     return found, warnings
+
+
+def compressed_export(path: Path) -> tuple[Path | None, dict[str, Any]] | None:
+    """For a ``fedray compress`` output named on the command line (``compression.json``, no
+    ``metrics.jsonl``): the run directory of the export it came from (None if that export is
+    not in one) and its record; None for any other path."""
+    f = path / RESULT_FILE
+    if not f.is_file() or (path / "metrics.jsonl").exists():
+        return None
+    try:
+        rec = json.loads(f.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # reported as "not a run directory"
+    if not isinstance(rec, dict) or not isinstance(rec.get("before"), dict):
+        return None
+    run = Path(str(rec.get("source", ""))).parent
+    found = run if rec.get("source") and (run / "metrics.jsonl").is_file() else None
+    return found, {**rec, "dir": str(path), "path": str(path.resolve())}
+
+
+def with_record(records: list[dict[str, Any]], rec: dict[str, Any]) -> list[dict[str, Any]]:
+    """``records`` plus ``rec`` unless it is already there (the same directory)."""
+    return records if any(r["path"] == rec["path"] for r in records) else [*records, rec]
 
 
 def _mib(n: Any) -> str:
@@ -71,4 +96,4 @@ def compression_table(records: Sequence[dict[str, Any]]) -> str:
     )
 
 
-__all__ = ["compression_table", "load_compressions"]
+__all__ = ["compressed_export", "compression_table", "load_compressions", "with_record"]

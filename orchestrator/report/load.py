@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
-from orchestrator.report.compression import load_compressions
+from orchestrator.report.compression import compressed_export, load_compressions, with_record
 from orchestrator.runs import read_metrics
 
 RunKind = Literal["pretrain", "federated"]
@@ -178,6 +178,15 @@ def run_dir_of(path: Path) -> Path:
         raise ReportError(
             f"{path}: not a directory; give a run directory (config.yaml + metrics.jsonl)"
         )
+    compressed = compressed_export(p)
+    if compressed is not None:
+        if compressed[0] is None:
+            raise ReportError(
+                f"{path}: a `fedray compress` output of {compressed[1].get('source')}, which is "
+                "not a run's export (no metrics.jsonl beside it); its before/after numbers are "
+                f"in {p / 'compression.json'}. Report a run: compress RUN_DIR/export."
+            )
+        return compressed[0]
     if not (p / "metrics.jsonl").is_file():
         raise ReportError(
             f"{path}: not a run directory (no metrics.jsonl); give a directory written by "
@@ -264,6 +273,8 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
     kind = _kind(records, config, metrics)
     compressions, bad = load_compressions(d)
     warnings += bad
+    if (named := compressed_export(Path(path).expanduser())) is not None:
+        compressions = with_record(compressions, named[1])  # it may live outside the run
     key = "step" if kind == "pretrain" else "round"
     events = [str(r["event"]) for r in records if "event" in r]
     rows = [r for r in records if finite(r.get(key))]

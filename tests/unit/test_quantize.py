@@ -128,6 +128,13 @@ def test_int8_export_loads_in_plain_transformers_without_fedray(demo_int8, tmp_p
     assert got["logits"] == pytest.approx(expected.tolist(), abs=1e-5)
 
 
+def test_report_of_a_compressed_export_outside_a_run_says_so(demo_int8, capsys):
+    d, _ = demo_int8  # d/export has no metrics.jsonl: not a run's export
+    assert main(["report", str(d / "export-int8")]) == 2
+    err = capsys.readouterr().err
+    assert "config error:" in err and "not a run's export" in err and "compression.json" in err
+
+
 def test_llama_export_is_quantized_as_it_is(tmp_path):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -152,6 +159,23 @@ def fake_export(d: Path, model_type: str = "gpt2", **extra) -> Path:
     cfg = {"model_type": model_type, "architectures": ["GPT2LMHeadModel"], **extra}
     (d / "config.json").write_text(json.dumps(cfg))
     (d / "model.safetensors").write_bytes(b"")
+    (d / "tokenizer.json").write_text("{}")
+    return d
+
+
+def no_weights(d: Path) -> Path:
+    (d / "model.safetensors").unlink()
+    return d
+
+
+def bad_json(d: Path) -> Path:
+    (d / "config.json").write_text('{"model_type": "gpt2", ')  # cut short
+    return d
+
+
+def no_tokenizer(d: Path) -> Path:
+    """A real GPT-2 export whose tokenizer files are missing."""
+    shutil.copytree(DEMO_GPT2, d, ignore=shutil.ignore_patterns("tokenizer*"))
     return d
 
 
@@ -175,6 +199,9 @@ def nothing_written(parent: Path, out: Path) -> bool:
             lambda d: fake_export(d / "q", quantization_config={"quant_method": "torchao"}),
             "already quantized",
         ),
+        (lambda d: no_weights(fake_export(d / "w")), "no weights"),
+        (lambda d: bad_json(fake_export(d / "j")), "not readable JSON"),
+        (lambda d: no_tokenizer(d / "t"), "has no tokenizer"),
     ],
 )
 def test_bad_exports_are_config_errors_and_write_nothing(make, wording, tmp_path, capsys):
@@ -211,11 +238,13 @@ def test_missing_torchao_says_how_to_install(tmp_path, capsys, monkeypatch):
     assert "pip install 'fedray[compress]'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("gpu", [None, (7, 5)])  # no GPU; a GPU older than compute 8.0
 def test_int4_without_a_capable_gpu_is_refused_before_anything_is_written(
-    tmp_path, capsys, monkeypatch
+    tmp_path, capsys, monkeypatch, gpu
 ):
     shutil.copytree(DEMO_GPT2, tmp_path / "export")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu is not None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: gpu)
     out = tmp_path / "q4"
     argv = ["compress", str(tmp_path / "export"), "--method", "int4", "--out", str(out)]
     assert main([*argv, "--eval-data", str(HELD_OUT)]) == 2
@@ -253,7 +282,8 @@ def test_a_failure_while_running_leaves_the_previous_output(tmp_path, capsys, mo
 
 def test_federated_classifier_export_and_report(cache_dir, tmp_path):
     """A federated run's export (in-process LocalGrid, 4 sites, 1 round), compressed with no
-    --eval-data: measured on every site's held-out rows, shown by `fedray report RUN_DIR`."""
+    --eval-data: measured on every site's held-out rows, shown by `fedray report RUN_DIR`, and
+    fine-tuned again from the int8 copy."""
     from clients.client_app import app as client_app
     from orchestrator.config import load_config
     from orchestrator.config.federated import FederatedJob
@@ -280,6 +310,23 @@ def test_federated_classifier_export_and_report(cache_dir, tmp_path):
     assert abs(r.after["accuracy"] - r.before["accuracy"]) <= 1 / 16  # one row at most
     html = build_report([run]).html.read_text()
     assert "Compressed exports" in html and "export-int8" in html and "macro-f1" in html
+    # `fedray report` named the compressed export (written elsewhere with --out): its run.
+    elsewhere = tmp_path / "elsewhere" / "fed-int8"
+    shutil.copytree(run / "export-int8", elsewhere)
+    assert main(["report", str(elsewhere), "--out", str(tmp_path / "rep")]) == 0
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert str(elsewhere) in html and "export-int8" in html and "Compressed exports" in html
+
+    # The compressed classifier as the start of another federation (LoRA on its int8 base):
+    # round 0 evaluates it on the same sites' held-out rows that compress measured it on.
+    again = tmp_path / "again"
+    more = [f"run.dir={again}", f"model.path={run / 'export-int8'}", "finetune.mode=lora"]
+    kept = [o for o in small if not o.startswith(("run.", "model.", "data.tokenizer.vocab"))]
+    job2 = load_config(FederatedJob, None, [*kept, *more], default_preset="simulate-demo")
+    rounds = run_federated(grid, job2, again).rounds
+    assert rounds[0]["eval"]["accuracy"] == pytest.approx(r.after["accuracy"])
+    assert rounds[0]["eval"]["num-examples"] == r.eval_rows
+    assert rounds[1]["train"]["sites-accepted"] == 4
 
 
 def test_pretraining_export_is_measured_on_the_runs_validation_blocks(cache_dir, tmp_path):
