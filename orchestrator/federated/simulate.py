@@ -201,8 +201,9 @@ def simulate(job: FederatedJob) -> FederatedResult:
     check_inputs(job)
     if job.cluster.address:
         on = check_cluster(job, run_dir.absolute(), server_data_path(job).absolute())
+        where = simulation_ray_address(job)  # `auto` in a Ray Job: the address it was given
         print(
-            f"simulation on the Ray cluster at {job.cluster.address}: {on['nodes']} node(s), "
+            f"simulation on the Ray cluster at {where}: {on['nodes']} node(s), "
             f"{on['sites_at_once']} site(s) at once"
         )
     log.info("federation config: %s", format_node_config(fed_config))
