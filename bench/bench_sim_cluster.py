@@ -13,7 +13,8 @@ all rounds do the same work.
   with no CPUs (nothing runs there, as on a real cluster) and 2 worker nodes of 1 CPU each, so
   the same 2 CPUs in all and each site's actor on a worker node. The cluster is started once
   (its own start-up is reported apart: a user's cluster is already running) and the runs
-  alternate local, cluster, local, ...
+  alternate local, cluster, local, ... (``--first cluster``: cluster, local, ...; on a shared
+  machine whose load drifts, run both orders)
 
 Per run: ``round_s``, the median ``round_time_s`` of rounds >= 1 (metrics.jsonl, measured in
 the ServerApp: train + evaluate at every site); ``round0_s``, round 0 (every ClientApp actor
@@ -164,6 +165,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--timeout", type=float, default=900)
+    p.add_argument(
+        "--first", choices=("local", "cluster"), default="local", help="which mode opens each pair"
+    )
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "sim_cluster")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -175,7 +179,7 @@ def main() -> None:
     runs: list[dict[str, Any]] = []
     try:
         for i in range(args.repeats):
-            for mode in ("local", "cluster"):
+            for mode in sorted(("local", "cluster"), key=lambda m: m != args.first):
                 runs.append(run_once(mode, i, args, cluster.address if mode == "cluster" else None))
                 print(json.dumps(runs[-1]), flush=True)
     finally:
