@@ -173,7 +173,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     # A private, short Ray temp dir: the cluster's ray_current_cluster must not land in /tmp/ray
     # (it would redirect other Ray users here), and socket paths are bounded.
-    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="bscr", dir="/tmp")
+    ray_tmp = os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="bscr", dir="/tmp")
     args.runs = Path(tempfile.mkdtemp(prefix="bsc-runs-", dir="/tmp"))
     cluster, cluster_start_s = start_cluster()
     runs: list[dict[str, Any]] = []
@@ -185,6 +185,7 @@ def main() -> None:
     finally:
         cluster.shutdown()
         shutil.rmtree(args.runs, ignore_errors=True)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "argv": sys.argv,
