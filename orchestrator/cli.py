@@ -70,7 +70,7 @@ OTHER_COMMANDS.update(
             _handler("orchestrator.commands.certs", "site_key_main"),
         ),
         "submit": (
-            "submit a pretraining job to a Ray cluster (from a laptop)",
+            "submit a pretraining job or a federated simulation to a Ray cluster (from a laptop)",
             _handler("orchestrator.commands.submit"),
         ),
         "jobs": (

@@ -130,11 +130,19 @@ class ConsoleFilter(io.TextIOBase):
     unless they are noise (and not ``verbose``), to ``console``. Thread-safe; partial lines wait
     for their newline. An indented line right after a hidden warning (its source line, as
     ``warnings`` prints it) and blank lines right after a hidden line are hidden with it. After
-    :meth:`detach_log` it passes everything through."""
+    :meth:`detach_log` it passes everything through. ``plain_console``: console lines go out as
+    :func:`plain` text too (a console that is no terminal: a pipe, CI, a Ray Job's log)."""
 
-    def __init__(self, console: IO[str], log: IO[str] | None, verbose: bool = False) -> None:
+    def __init__(
+        self,
+        console: IO[str],
+        log: IO[str] | None,
+        verbose: bool = False,
+        plain_console: bool = False,
+    ) -> None:
         super().__init__()
         self.console, self.log, self.verbose = console, log, verbose
+        self.plain_console = plain_console
         self._buf = ""
         self._lock = threading.RLock()
         self._hide_indented = False
@@ -180,8 +188,9 @@ class ConsoleFilter(io.TextIOBase):
     def _line(self, line: str) -> None:
         assert self.log is not None
         self.log.write(plain(line))
+        shown = plain(line) if self.plain_console else line
         if self.verbose:
-            self.console.write(line)
+            self.console.write(shown)
             return
         text = _RAY_PREFIX.sub("", _ANSI.sub("", line))
         if not text.strip():  # a blank line after a hidden one belongs to it (progress bars)
@@ -191,7 +200,7 @@ class ConsoleFilter(io.TextIOBase):
         self._hide_indented = hidden and bool(_WARNING_LINE.search(text))
         self._prev_hidden = hidden
         if not hidden:
-            self.console.write(line)
+            self.console.write(shown)
             self.console.flush()
 
     def redirect_console(self, stream: IO[str]) -> IO[str]:
@@ -224,6 +233,13 @@ def quiet_env() -> dict[str, str]:
     if "DS_ACCELERATOR" in os.environ or torch.cuda.is_available():
         return {}
     return {"DS_ACCELERATOR": "cpu"}
+
+
+def _is_terminal(stream: IO[str]) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):  # closed or exotic streams
+        return False
 
 
 def _console_handlers(streams: tuple[Any, ...]) -> list[logging.StreamHandler]:
@@ -265,8 +281,9 @@ def console_to_run_log(run_dir: Path, verbose: bool = False) -> Iterator[Path]:
         logf.write(
             f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} fedray {' '.join(sys.argv[1:])} ====\n"
         )
-        out = ConsoleFilter(old_out, logf, verbose)
-        err = ConsoleFilter(old_err, logf, verbose)
+        # Colour codes from Flower's logger and redraws only make sense on a terminal.
+        out = ConsoleFilter(old_out, logf, verbose, plain_console=not _is_terminal(old_out))
+        err = ConsoleFilter(old_err, logf, verbose, plain_console=not _is_terminal(old_err))
         handlers = _console_handlers((old_out, old_err, sys.__stdout__, sys.__stderr__))
         saved_streams = [(h, h.stream) for h in handlers]
         for h, stream in saved_streams:

@@ -1,28 +1,37 @@
-"""``fedray submit``: run a pretraining job on a remote Ray cluster from a laptop.
+"""``fedray submit``: run a pretraining job or a federated simulation on a remote Ray cluster
+from a laptop.
 
     fedray submit pretrain-gpt2-124m scaling.num_workers=16 scaling.use_gpu=true \\
         run.root=/shared/runs data.paths=[/shared/corpus] --address http://HEAD:8265
+    fedray submit simulate-demo federation.num_sites=16 run.root=/shared/runs
     fedray submit my.yaml --dry-run            # validate + print what would be uploaded, exit
     fedray submit my.yaml --no-wait            # print the job id and return
     fedray jobs list | logs ID [--follow] | stop ID
 
-The job is validated here exactly as ``fedray pretrain`` validates it (same schema, same exit 2),
-then submitted through Ray's Job Submission API (:class:`ray.job_submission.JobSubmissionClient`):
+Which command the cluster runs is told by the config's top-level sections
+(:func:`submit_command`): ``fedray simulate`` for a federated job, ``fedray pretrain`` for a
+pretraining job, ``fedray tune`` for a config with a ``tune`` section. The job is validated here
+exactly as that command validates it (same schema, same exit 2), then submitted through Ray's
+Job Submission API (:class:`ray.job_submission.JobSubmissionClient`):
 
 - ``working_dir``: a fresh directory holding only the resolved ``config.yaml`` (the entrypoint
-  runs ``python -m orchestrator.cli pretrain config.yaml cluster.address=auto`` in it).
+  runs ``python -m orchestrator.cli COMMAND config.yaml``; the config says
+  ``cluster.address: auto``, and a Ray Job's driver gets the cluster's GCS address in
+  ``RAY_ADDRESS``, which Ray lets win over ``auto``).
 - The project is pinned by shipping this checkout's ``orchestrator``, ``clients`` and
   ``strategies`` packages as ``py_modules`` (a few MB; ``__pycache__`` etc. excluded): the
-  cluster runs exactly the code that was validated here. Its dependencies (torch, ray, ...) come
-  from the cluster's image (``cluster-configs/``'s Dockerfiles install the pinned stack);
-  ``--pip SPEC`` adds pip packages to the job's runtime env, ``--no-ship-code`` runs the fedray
-  the image has instead.
+  cluster runs exactly the code that was validated here, and the bundled demo assets
+  (``demo:`` paths, the demo data an empty ``data.paths`` means) travel with it. Its
+  dependencies (torch, ray, ...) come from the cluster's image (``cluster-configs/``'s
+  Dockerfiles install the pinned stack); ``--pip SPEC`` adds pip packages to the job's runtime
+  env, ``--no-ship-code`` runs the fedray the image has instead.
 - Paths in the config are paths *on the cluster*: run and data paths must be absolute (or
   ``~/...``), since the working_dir is a temporary directory that disappears after the job.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 import time
@@ -31,14 +40,59 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.config.federated import FederatedJob
 from orchestrator.config.loader import ConfigError, to_yaml
 from orchestrator.config.schema import PretrainJob
+
+Job = PretrainJob | FederatedJob
 
 # Never uploaded: caches, VCS and build debris, local run outputs.
 EXCLUDES = ["__pycache__", "*.pyc", "*.pyo", ".git", "*.egg-info", ".pytest_cache", "runs"]
 SHIPPED_PACKAGES = ("orchestrator", "clients", "strategies")
 DEFAULT_MAX_UPLOAD_MB = 100  # Ray's own hard limit is 512 MiB (one gRPC message)
 CONFIG_NAME = "config.yaml"
+
+JOB_SCHEMAS: dict[str, tuple[type, str]] = {
+    "pretrain": (PretrainJob, "pretrain-tiny"),
+    "simulate": (FederatedJob, "simulate-demo"),
+}
+"""command -> (its schema, the preset a config without a file starts from)."""
+
+
+def _only_in(schema: type, other: type) -> list[str]:
+    names = {f.name for f in dataclasses.fields(other)}
+    return sorted(f.name for f in dataclasses.fields(schema) if f.name not in names)
+
+
+def submit_command(top_keys: set[str], source: str | None) -> str:
+    """The command a submitted config runs, told by its top-level keys (the file's and the
+    overrides'): ``tune`` with a ``tune`` section, ``simulate`` with a section only a federated
+    job has (``federation``, ``strategy``, ...), ``pretrain`` with one only pretraining has
+    (``scaling``, ``backend``, ...). No config file and only shared keys: ``pretrain`` (its
+    default preset, as ``fedray pretrain``). A ConfigError for sections of both kinds, or a
+    file whose sections do not tell."""
+    if "tune" in top_keys:
+        return "tune"
+    fed = [k for k in _only_in(FederatedJob, PretrainJob) if k in top_keys]
+    pre = [k for k in _only_in(PretrainJob, FederatedJob) if k in top_keys]
+    if fed and pre:
+        raise ConfigError(
+            f"the config has sections only a pretraining job has ({', '.join(pre)}) and "
+            f"sections only a federated job has ({', '.join(fed)}); fedray submit runs one "
+            "job. Drop one kind: the former for `fedray simulate`, the latter for "
+            "`fedray pretrain`.",
+            pre[0],
+        )
+    if fed:
+        return "simulate"
+    if pre or source is None:
+        return "pretrain"
+    raise ConfigError(
+        f"config {source!r}: its sections ({', '.join(sorted(top_keys)) or 'none'}) are shared "
+        "by pretraining and federated jobs, so fedray submit cannot tell which to run. Add a "
+        "section only one of them has: `scaling: {}` to pretrain (fedray pretrain), "
+        "`federation: {}` to simulate a federation (fedray simulate).",
+    )
 
 
 @dataclass
@@ -100,14 +154,14 @@ PATH_KEYS = (
 )
 
 
-def _get(job: PretrainJob, key: str) -> Any:
+def _get(job: Job, key: str) -> Any:
     value: Any = job
     for part in key.split("."):
         value = getattr(value, part)
     return value
 
 
-def check_cluster_paths(job: PretrainJob) -> None:
+def check_cluster_paths(job: Job) -> None:
     """Relative paths would resolve inside the job's temporary working_dir on the cluster: the
     run would vanish with it and data would not be found. Ask for absolute paths up front."""
     for key in PATH_KEYS:
@@ -125,7 +179,7 @@ def check_cluster_paths(job: PretrainJob) -> None:
             )
 
 
-def prepare_job(job: PretrainJob, command: str = "pretrain") -> PretrainJob:
+def prepare_job(job: Job, command: str = "pretrain") -> Job:
     """The job as the cluster runs it: it joins the cluster it runs on (``cluster.address=auto``)
     and gets a run name now, so that the run directory can be printed here."""
     if job.cluster.address not in (None, "auto"):
@@ -141,7 +195,7 @@ def prepare_job(job: PretrainJob, command: str = "pretrain") -> PretrainJob:
     return job
 
 
-def run_dir_on_cluster(job: PretrainJob) -> str:
+def run_dir_on_cluster(job: Job) -> str:
     return job.run.dir or f"{job.run.root.rstrip('/')}/{job.run.name}"
 
 
@@ -180,7 +234,7 @@ class Submission:
 
 
 def build_submission(
-    job: PretrainJob,
+    job: Job,
     working_dir: Path,
     *,
     ship_code: bool = True,
@@ -189,14 +243,14 @@ def build_submission(
     command: str = "pretrain",
 ) -> Submission:
     """Write ``config.yaml`` into ``working_dir`` and describe the job for the Job Submission API
-    (``command``: ``pretrain``, or ``tune`` for a tune config: the search runs on the cluster)."""
+    (``command``: ``pretrain``, ``simulate``, or ``tune`` for a tune config)."""
     (working_dir / CONFIG_NAME).write_text(to_yaml(job))
     dirs = {"working_dir": working_dir}
     runtime_env: dict[str, Any] = {
         "working_dir": str(working_dir),
         "excludes": list(EXCLUDES),
-        # No env_vars here: `fedray pretrain`'s ray.init sets its own, and Ray refuses a driver
-        # runtime env that repeats a key of the job's.
+        # No env_vars here: `fedray pretrain`'s ray.init and Flower's (flwr-simulation) set
+        # their own, and Ray refuses a driver runtime env that repeats a key of the job's.
     }
     if ship_code:
         code = package_dirs()
@@ -217,6 +271,8 @@ def build_submission(
 
 
 __all__ = [
+    "JOB_SCHEMAS",
+    "Job",
     "Submission",
     "Upload",
     "build_submission",
@@ -224,4 +280,5 @@ __all__ = [
     "check_upload_size",
     "prepare_job",
     "scan_upload",
+    "submit_command",
 ]

@@ -1,11 +1,14 @@
-"""``fedray submit [CONFIG] [key=value ...] --address http://HEAD:8265``: submit a pretraining job
-to a Ray cluster through its Job Submission API (:mod:`orchestrator.submit`), then follow its
-logs (``--no-wait``: print the job id and return). A config with a ``tune`` section submits the
-search instead (``fedray tune`` runs on the cluster, its trials spread over the nodes).
+"""``fedray submit [CONFIG] [key=value ...] --address http://HEAD:8265``: submit a job to a Ray
+cluster through its Job Submission API (:mod:`orchestrator.submit`), then follow its logs
+(``--no-wait``: print the job id and return). The config's top-level sections say which job
+(:func:`orchestrator.submit.submit_command`): a federated config (``federation``, ``strategy``,
+... ; e.g. the ``simulate-demo`` preset) runs ``fedray simulate`` on the cluster, its sites as
+Ray actors on the nodes; a pretraining config ``fedray pretrain``; a config with a ``tune``
+section the search (``fedray tune``, its trials spread over the nodes).
 
-The job's config is validated here exactly as ``fedray pretrain`` does (exit 2, nothing
-uploaded); exit code after following: the job's own (0 succeeded, 1 failed or stopped); 130
-after Ctrl-C detaches (the job keeps running).
+The job's config is validated here exactly as that command does (exit 2, nothing uploaded);
+exit code after following: the job's own (0 succeeded, 1 failed or stopped); 130 after Ctrl-C
+detaches (the job keeps running).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ def parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(
         prog="fedray submit",
-        description="submit a pretraining job to a Ray cluster (Job Submission API)",
+        description="submit a pretraining job, a federated simulation or a search to a Ray "
+        "cluster (Job Submission API); the config's sections say which",
     )
     p.add_argument("args", nargs="*", metavar="[CONFIG] key=value")
     p.add_argument("--address", help="the head's dashboard URL, e.g. http://HEAD:8265")
@@ -56,31 +60,46 @@ def main(argv: Sequence[str]) -> int:
         print(to_yaml(job), end="")
         return EXIT_OK
     job = prepare_job(job, command)
+    extra = _launch_plan(job, command)
     address = dashboard_address(ns.address)
     with tempfile.TemporaryDirectory(prefix="fedray-submit-") as tmp:
-        submitted = _submit(ns, job, address, Path(tmp), command)
+        submitted = _submit(ns, job, address, Path(tmp), command, extra)
     if submitted is None or ns.no_wait:
         return EXIT_OK
     return _follow(*submitted)
 
 
 def _load(source: str | None, overrides: list[str]) -> tuple[str, Any]:
-    """(command, validated config): a config with a ``tune`` section is a search (``fedray
-    tune`` runs on the cluster), anything else a pretraining job."""
+    """(command, validated config): the command told by the config's top-level sections, the
+    config loaded and checked by that command's schema."""
     from orchestrator.config.loader import load_dictconfig, source_keys, to_job
-    from orchestrator.config.schema import PretrainJob
+    from orchestrator.submit import JOB_SCHEMAS, submit_command
 
-    keys = {o.split("=", 1)[0].split(".")[0] for o in overrides}
-    if "tune" in keys | (source_keys(source) if source else set()):
+    keys = {o.split("=", 1)[0].split(".")[0].lstrip("+~") for o in overrides}
+    command = submit_command(keys | (source_keys(source) if source else set()), source)
+    if command == "tune":
         from orchestrator.tune.setup import load_tune
 
         return "tune", load_tune(source, overrides).tune_job
-    merged = load_dictconfig(PretrainJob, source, overrides, default_preset="pretrain-tiny")
-    return "pretrain", to_job(PretrainJob, merged)
+    schema, preset = JOB_SCHEMAS[command]
+    return command, to_job(
+        schema, load_dictconfig(schema, source, overrides, default_preset=preset)
+    )
+
+
+def _launch_plan(job: Any, command: str) -> dict[str, Any]:
+    """What ``fedray simulate`` checks from the config alone before it starts anything (whole
+    CPUs per site, no ``cluster.num_cpus``): checked here too, before uploading, and shown by
+    ``--dry-run``. The data is on the cluster: the partition is checked there."""
+    if command != "simulate":
+        return {}
+    from orchestrator.federated.sim_cluster import federation_config
+
+    return {"federation_config": federation_config(job)}
 
 
 def _submit(
-    ns: argparse.Namespace, job: Any, address: str, tmp: Path, command: str
+    ns: argparse.Namespace, job: Any, address: str, tmp: Path, command: str, extra: dict
 ) -> tuple[Any, str] | None:
     """Build the submission in ``tmp``; print it (``--dry-run``: None) or submit it (the client
     and the job's id)."""
@@ -93,7 +112,7 @@ def _submit(
         command=command,
     )  # fmt: skip
     if ns.dry_run:
-        print_dry_run(job, {"submission": sub.plan(address)})
+        print_dry_run(job, {"submission": sub.plan(address), **extra})
         return None
     client = connect(address)
     job_id = client.submit_job(

@@ -11,13 +11,19 @@ starts (exit 2 on a problem, naming the key):
 3. every node sees the files a site reads (the labelled data file, byte for byte the same size)
    and the run directory (sites on other nodes keep their state under ``RUN_DIR/site-state``): a
    probe task pinned to each node looks. Sites on other nodes import the same code: install
-   fedray at the same path on every node (or share it), as for ``fedray pretrain``.
+   fedray at the same path on every node (or share it), as for ``fedray pretrain`` (``fedray
+   submit`` ships it with the job).
+
+The engine's settings (:func:`federation_config`) are pure config and live here too, so that
+``fedray submit`` checks a federated job before uploading it without loading Flower.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +34,50 @@ PROBE_TIMEOUT_S = 120.0
 """How long the per-node storage probes may take (a node's first task starts a worker)."""
 
 
-def simulation_ray_address(job: FederatedJob) -> str:
+def simulation_ray_address(job: FederatedJob, environ: Mapping[str, str] | None = None) -> str:
     """``RAY_ADDRESS`` for the simulation SuperLink and what it starts: the cluster's address,
-    or ``local`` (never join a cluster named by the environment or left by ``ray start``)."""
+    or ``local`` (never join a cluster named by the environment or left by ``ray start``).
+
+    ``auto`` becomes this process's own ``RAY_ADDRESS`` when that names a cluster: Ray lets it
+    win over ``auto`` in the checks made here, and a Ray Job's driver (``fedray submit``) gets
+    its cluster's GCS address there. Passing ``auto`` on would make ``flwr-simulation`` guess
+    from ``ray_current_cluster``, which names whichever cluster ``ray start`` made last."""
+    environ = os.environ if environ is None else environ
+    here = environ.get("RAY_ADDRESS", "")
+    if job.cluster.address == "auto" and here not in ("", "auto"):
+        return here
     return job.cluster.address or "local"
+
+
+def federation_config(job: FederatedJob) -> dict[str, Any]:
+    """``flwr run --federation-config`` settings (pure config: ``fedray submit`` checks them
+    before uploading, without loading Flower): the number of simulated SuperNodes (one per
+    site, or a pool the sites take turns on: ``federation.simulation_nodes``), the resources
+    each one reserves, and the CPUs of the embedded Ray."""
+    fed = job.federation
+    if job.cluster.num_cpus is not None:
+        raise ConfigError(
+            f"cluster.num_cpus={job.cluster.num_cpus} is not used by fedray simulate: its "
+            "embedded Ray takes federation.num_cpus, and on a cluster (cluster.address) the "
+            "nodes' own CPUs count. Set federation.num_cpus instead.",
+            "cluster.num_cpus",
+        )
+    if float(fed.cpus_per_site) != int(fed.cpus_per_site):
+        raise ConfigError(
+            f"federation.cpus_per_site={fed.cpus_per_site} is not allowed: Flower's simulation "
+            "engine reserves whole CPUs per simulated site (client-resources-num-cpus is an "
+            "integer). Use 1, 2, ...; to run more sites at once, raise federation.num_cpus.",
+            "federation.cpus_per_site",
+        )
+    pool = fed.simulation_pool(job.privacy.secure_aggregation)
+    cfg: dict[str, Any] = {
+        "num-supernodes": pool or fed.num_sites,
+        "client-resources-num-cpus": int(fed.cpus_per_site),
+        "client-resources-num-gpus": float(fed.gpus_per_site),
+    }
+    if fed.num_cpus is not None and not job.cluster.address:  # a cluster brings its own CPUs
+        cfg["init-args-num-cpus"] = fed.num_cpus
+    return cfg
 
 
 def site_fit_problem(job: FederatedJob, nodes: list[tuple[float, float]], where: str) -> str | None:
@@ -125,4 +171,10 @@ def _storage_problems(node_ids: list[str], run_dir: Path, data_file: Path) -> li
     return problems
 
 
-__all__ = ["check_cluster", "simulation_ray_address", "site_fit_problem", "site_slots"]
+__all__ = [
+    "check_cluster",
+    "federation_config",
+    "simulation_ray_address",
+    "site_fit_problem",
+    "site_slots",
+]

@@ -38,11 +38,15 @@ from typing import Any
 
 from orchestrator.cluster import check_reachable
 from orchestrator.config.federated import FederatedJob
-from orchestrator.config.loader import ConfigError, to_yaml
+from orchestrator.config.loader import to_yaml
 from orchestrator.federated.report import print_partition
 from orchestrator.federated.server_app import FederatedResult
 from orchestrator.federated.setup import check_inputs, server_data_path
-from orchestrator.federated.sim_cluster import check_cluster, simulation_ray_address
+from orchestrator.federated.sim_cluster import (
+    check_cluster,
+    federation_config,
+    simulation_ray_address,
+)
 from orchestrator.processes.flwr_cli import ServerRun, submit_job
 from orchestrator.processes.launch import (
     CLIENTAPP,
@@ -77,36 +81,6 @@ FLOWER_CLI_HINTS = re.compile(
 """Lines of ``flwr-simulation`` about sizing a federation with Flower's own CLI; fedray sizes it
 from ``federation.num_sites``, so they are kept out of the terminal (``run.log`` has them).
 ``simulate`` leaves them to :mod:`orchestrator.run_log`'s filter, which lists them too."""
-
-
-def federation_config(job: FederatedJob) -> dict[str, Any]:
-    """``flwr run --federation-config`` settings: the number of simulated SuperNodes (one per
-    site, or a pool the sites take turns on: ``federation.simulation_nodes``), the resources
-    each one reserves, and the CPUs of the embedded Ray."""
-    fed = job.federation
-    if job.cluster.num_cpus is not None:
-        raise ConfigError(
-            f"cluster.num_cpus={job.cluster.num_cpus} is not used by fedray simulate: its "
-            "embedded Ray takes federation.num_cpus, and on a cluster (cluster.address) the "
-            "nodes' own CPUs count. Set federation.num_cpus instead.",
-            "cluster.num_cpus",
-        )
-    if float(fed.cpus_per_site) != int(fed.cpus_per_site):
-        raise ConfigError(
-            f"federation.cpus_per_site={fed.cpus_per_site} is not allowed: Flower's simulation "
-            "engine reserves whole CPUs per simulated site (client-resources-num-cpus is an "
-            "integer). Use 1, 2, ...; to run more sites at once, raise federation.num_cpus.",
-            "federation.cpus_per_site",
-        )
-    pool = fed.simulation_pool(job.privacy.secure_aggregation)
-    cfg: dict[str, Any] = {
-        "num-supernodes": pool or fed.num_sites,
-        "client-resources-num-cpus": int(fed.cpus_per_site),
-        "client-resources-num-gpus": float(fed.gpus_per_site),
-    }
-    if fed.num_cpus is not None and not job.cluster.address:  # a cluster brings its own CPUs
-        cfg["init-args-num-cpus"] = fed.num_cpus
-    return cfg
 
 
 def site_pool_plan(job: FederatedJob) -> str:
@@ -227,8 +201,9 @@ def simulate(job: FederatedJob) -> FederatedResult:
     check_inputs(job)
     if job.cluster.address:
         on = check_cluster(job, run_dir.absolute(), server_data_path(job).absolute())
+        where = simulation_ray_address(job)  # `auto` in a Ray Job: the address it was given
         print(
-            f"simulation on the Ray cluster at {job.cluster.address}: {on['nodes']} node(s), "
+            f"simulation on the Ray cluster at {where}: {on['nodes']} node(s), "
             f"{on['sites_at_once']} site(s) at once"
         )
     log.info("federation config: %s", format_node_config(fed_config))

@@ -6,6 +6,7 @@ blocking ``ray start`` (it takes its children with it), then by its own process 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -30,14 +31,19 @@ class RayHead:
 
 
 def _dashboard_up(url: str) -> bool:
-    """The job API answers (``/api/version`` answers earlier, before the job module is up)."""
+    """The job API answers (``/api/version`` answers earlier, before the job module is up) and
+    the dashboard has seen the head node alive: a job submitted before that is refused with a
+    dropped connection (on a loaded machine the raylet registers tens of seconds after the
+    dashboard answers). The node list is the dashboard's own route, the one whose update
+    records the head node for the job API."""
     try:
         for path in ("/api/version", "/api/jobs/"):
             with urllib.request.urlopen(f"{url}{path}", timeout=5) as r:
                 if r.status != 200:
                     return False
-        return True
-    except OSError:
+        with urllib.request.urlopen(f"{url}/nodes?view=hostNameList", timeout=5) as r:
+            return bool(json.loads(r.read()).get("data", {}).get("hostNameList"))
+    except (OSError, ValueError):
         return False
 
 

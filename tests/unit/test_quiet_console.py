@@ -202,6 +202,20 @@ def test_partial_line_waits_for_its_newline_and_detach_passes_through():
     assert log.getvalue() == "Using SuperLink: fedray (127.0.0.1:1)\nkept "
 
 
+def test_a_console_that_is_no_terminal_gets_plain_lines():
+    """A Ray Job's log (fedray submit) or a pipe: Flower's colour codes and redraws are gone
+    from what is shown, as from run.log; the same lines are shown or hidden."""
+    coloured = "\x1b[92mINFO \x1b[0m:      Starting Flower Simulation"
+    lines = [coloured, SIMULATE_NOISE[0], "rounds 1/2\rrounds 2/2", KEPT[0]]
+    for verbose in (False, True):
+        console, log = io.StringIO(), io.StringIO()
+        ConsoleFilter(console, log, verbose, plain_console=True).write(transcript(lines))
+        shown = console.getvalue().splitlines()
+        assert shown[0] == "INFO :      Starting Flower Simulation" and "rounds 2/2" in shown
+        assert "\x1b[" not in console.getvalue() and "\r" not in console.getvalue()
+        assert len(shown) == (4 if verbose else 3)
+
+
 def test_plain_strips_colours_and_keeps_the_last_redraw():
     assert plain("\x1b[92mINFO \x1b[0m: a\n") == "INFO : a\n"
     assert plain("bar 0%\rbar 50%\rbar 100%\n") == "bar 100%\n"
@@ -428,7 +442,10 @@ def test_fedray_site_console_is_quiet_and_its_state_dir_has_run_log(tmp_path, ca
     state = tmp_path / "state"
     assert site_cmd.site_main([*argv, "--state-dir", str(state)]) == 0
     out = capsys.readouterr().out
-    assert f"site log: {state / RUN_LOG}" in out and SITE_KEPT[0] in out and SITE_KEPT[1] in out
+    # capsys is no terminal: the kept lines are shown without their colour codes.
+    kept = [plain(line) for line in SITE_KEPT[:2]]
+    assert f"site log: {state / RUN_LOG}" in out and kept[0] in out and kept[1] in out
+    assert "\x1b[" not in out
     assert not [n for n in SERVER_SITE_NOISE[1:] if plain(n).strip() in out]
     log = (state / RUN_LOG).read_text()
     assert "Receiving: train message" in log and "SuperNode ID" in log

@@ -36,6 +36,18 @@ def test_embedded_by_default_the_cluster_when_given() -> None:
     assert "init-args-num-cpus" not in federation_config(remote)  # Ray refuses it on a cluster
 
 
+def test_auto_inside_a_ray_job_joins_the_address_the_job_was_given() -> None:
+    """A Ray Job's driver (fedray submit) has the cluster's GCS address in RAY_ADDRESS: the
+    simulation joins that one, not whatever ``auto`` would guess from ray_current_cluster."""
+    auto = job("cluster.address=auto")
+    assert simulation_ray_address(auto, {"RAY_ADDRESS": "10.0.0.5:6379"}) == "10.0.0.5:6379"
+    assert simulation_ray_address(auto, {"RAY_ADDRESS": "auto"}) == "auto"
+    assert simulation_ray_address(auto, {}) == "auto"
+    given = job("cluster.address=10.0.0.7:6379")  # an explicit address stays as given
+    assert simulation_ray_address(given, {"RAY_ADDRESS": "10.0.0.5:6379"}) == "10.0.0.7:6379"
+    assert simulation_ray_address(job(), {"RAY_ADDRESS": "10.0.0.5:6379"}) == "local"
+
+
 def test_cluster_num_cpus_is_refused_by_simulate() -> None:
     from orchestrator.federated.simulate import federation_config
 

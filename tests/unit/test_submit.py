@@ -1,5 +1,6 @@
 """`fedray submit` / `fedray jobs` without a cluster: address rules, what gets uploaded, the
-size check, cluster-side paths, --dry-run, and a dead dashboard (exit 2, in seconds)."""
+size check, cluster-side paths, --dry-run, a dead dashboard (exit 2, in seconds), and which
+command a config is submitted to (a federated config runs `fedray simulate`)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from orchestrator.submit import (
     check_upload_size,
     prepare_job,
     scan_upload,
+    submit_command,
 )
 
 
@@ -104,3 +106,85 @@ def test_dead_dashboard_is_exit_2_in_seconds(argv: list[str], capsys: pytest.Cap
     assert main([*argv, "--address", f"http://127.0.0.1:{free_port()}"]) == 2
     assert time.monotonic() - t0 < 10
     assert "no Ray dashboard answers" in capsys.readouterr().err
+
+
+# ---- federated configs: `fedray submit` runs `fedray simulate` on the cluster -----------------
+
+
+@pytest.mark.parametrize(
+    ("keys", "source", "command"),
+    [
+        ({"federation", "run"}, None, "simulate"),
+        ({"strategy"}, "my.yaml", "simulate"),
+        ({"task", "model", "data"}, "simulate-demo", "simulate"),
+        ({"scaling", "train"}, "my.yaml", "pretrain"),
+        ({"backend"}, None, "pretrain"),
+        ({"tune", "federation"}, "my-tune.yaml", "tune"),
+        ({"run"}, None, "pretrain"),  # no file: the pretraining default preset, as before
+        (set(), None, "pretrain"),
+    ],
+)
+def test_the_sections_tell_the_command(keys: set[str], source: str | None, command: str):
+    assert submit_command(keys, source) == command
+
+
+def test_sections_that_do_not_tell_or_contradict_are_config_errors():
+    with pytest.raises(ConfigError) as e:
+        submit_command({"model", "data", "train", "run"}, "my.yaml")
+    msg = str(e.value)
+    assert "'my.yaml'" in msg and "data, model, run, train" in msg
+    assert "`scaling: {}`" in msg and "`federation: {}`" in msg  # how to fix it
+    with pytest.raises(ConfigError) as e:
+        submit_command({"scaling", "federation", "strategy"}, None)
+    assert e.value.key == "scaling"
+    assert "(scaling)" in str(e.value) and "(federation, strategy)" in str(e.value)
+
+
+def submission_plan(out: str) -> tuple[str, dict]:
+    config, plan = out.split("# launch plan\n", 1)
+    return config, json.loads(plan)
+
+
+def test_federated_dry_run_shows_a_simulate_submission(capsys: pytest.CaptureFixture[str]):
+    address = f"http://127.0.0.1:{free_port()}"  # nothing listens: --dry-run must not ask
+    argv = ["submit", "simulate-demo", "run.root=/shared/runs", "run.name=fed", "--dry-run"]
+    assert main([*argv, "--address", address]) == 0
+    config, plan = submission_plan(capsys.readouterr().out)
+    sub = plan["submission"]
+    assert sub["entrypoint"] == "python -m orchestrator.cli simulate config.yaml"
+    assert sub["metadata"] == {"fedray_run_dir": "/shared/runs/fed", "fedray_command": "simulate"}
+    assert "federation:" in config and "address: auto" in config
+    assert "demo:tweets-gpt2" in config  # the bundled model travels with the shipped code
+    # fedray simulate's own pre-start checks ran here: on a cluster no embedded-Ray CPU count.
+    assert plan["federation_config"]["num-supernodes"] == 4
+    assert "init-args-num-cpus" not in plan["federation_config"]
+
+
+def test_overrides_alone_can_make_a_federated_submission(capsys: pytest.CaptureFixture[str]):
+    argv = ["submit", "federation.num_rounds=2", "run.root=/r", "--print-config"]
+    assert main(argv) == 0
+    assert "num_rounds: 2" in capsys.readouterr().out  # the simulate-demo preset, overridden
+
+
+@pytest.mark.parametrize(
+    ("args", "wording"),
+    [
+        (["federation.num_roundz=2", "run.root=/r"], "federation.num_roundz"),  # the schema
+        (["simulate-demo"], "run.root"),  # relative run root (runs)
+        (["simulate-demo", "run.root=/r", "data.paths=[tweets.csv]"], "data.paths"),
+        (["simulate-demo", "run.root=/r", "cluster.address=10.0.0.1:6379"], "cluster.address"),
+        (["simulate-demo", "run.root=/r", "federation.cpus_per_site=1.5"], "cpus_per_site"),
+        (["simulate-demo", "run.root=/r", "scaling.num_workers=2"], "scaling"),
+        (["SHARED_ONLY"], "cannot tell which to run"),
+    ],
+)
+def test_federated_config_errors_are_exit_2_before_any_cluster_is_asked(
+    args: list[str], wording: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    shared = tmp_path / "shared.yaml"
+    shared.write_text("model:\n  n_layer: 1\nrun:\n  root: /r\n")
+    args = [str(shared) if a == "SHARED_ONLY" else a for a in args]
+    # Nothing listens at the address: a config error must come first (no upload, no probe).
+    assert main(["submit", *args, "--address", f"http://127.0.0.1:{free_port()}"]) == 2
+    err = capsys.readouterr().err
+    assert wording in err and "no Ray dashboard answers" not in err
