@@ -12,7 +12,8 @@ A seed sets ``train.seed`` and ``federation.seed`` (the Dirichlet draw).
 
     python bench/bench_tune_quality.py [--trials 12] [--rounds 20] [--sites 20] [--alpha 0.1]
         [--space conditional|flat] [--part both|central|tune] [--central-lrs 3e-4 1e-3 3e-3]
-        [--eval-seeds 1 2] [--out bench/results/tune_dirichlet_conditional]
+        [--eval-seeds 1 2] [--central-from OLD/comparison.json]
+        [--out bench/results/tune_dirichlet_conditional]
 
 ``--part central`` and ``--part tune`` run one side each (two processes side by side); each
 writes ``<out>/central.json`` or ``<out>/federated.json``, and whichever finishes second writes
@@ -161,6 +162,20 @@ def central(args: argparse.Namespace, work: Path) -> dict:
     }
 
 
+SAME_JOB = ("rounds", "sites", "alpha", "central_lrs", "eval_seeds")
+"""Settings that make two centralized baselines the same runs (the job, the sweep, the seeds)."""
+
+
+def central_from(path: Path, args: argparse.Namespace) -> dict:
+    """An earlier run's centralized side, if it ran the same job (else SystemExit)."""
+    prev = json.loads(path.read_text())
+    then = prev.get("settings_central", prev.get("settings", {}))
+    diff = {k: (then.get(k), getattr(args, k)) for k in SAME_JOB if then.get(k) != getattr(args, k)}
+    if diff:
+        raise SystemExit(f"--central-from {path}: not the same job, settings differ: {diff}")
+    return {"settings_central": then, "centralized": prev["centralized"], "reused_from": str(path)}
+
+
 def compare(out: Path) -> None:
     """``comparison.json`` once both sides are there."""
     if not ((out / "central.json").exists() and (out / "federated.json").exists()):
@@ -188,6 +203,12 @@ def main() -> None:
     p.add_argument("--alpha", type=float, default=0.1)
     p.add_argument("--space", choices=["conditional", "flat"], default="conditional")
     p.add_argument("--part", choices=["both", "central", "tune"], default="both")
+    p.add_argument(
+        "--central-from",
+        type=Path,
+        default=None,
+        help="reuse the centralized side of an earlier comparison.json of the same job",
+    )
     p.add_argument("--central-lrs", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3])
     p.add_argument("--eval-seeds", type=int, nargs="+", default=[1, 2])
     p.add_argument(
@@ -198,7 +219,10 @@ def main() -> None:
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     with tempfile.TemporaryDirectory(prefix="fedray-bench-tuneq-") as tmp:
         work = Path(tmp)
-        if args.part in ("both", "central"):
+        if args.central_from is not None:
+            result = central_from(args.central_from, args)
+            (args.out / "central.json").write_text(json.dumps(result, indent=1))
+        elif args.part in ("both", "central"):
             result = {"settings_central": settings, "centralized": central(args, work)}
             (args.out / "central.json").write_text(json.dumps(result, indent=1))
         if args.part in ("both", "tune"):
