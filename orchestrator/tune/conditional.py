@@ -16,14 +16,16 @@ keys are checked exactly like the space's, under the choice they hang on, and ev
 config error naming ``tune.conditional.<choice key>.<value>[.<key>]``. Pure (no Ray).
 
 On Ray Tune a conditional choice is a nested search space: random and grid search draw (or
-cross) one dict per value, ``{"strategy.name": "fedadam", "strategy.server_lr": <domain>}``,
-whose own domains Tune's variant generator then resolves; Optuna defines the branch's keys by
-run (:mod:`orchestrator.tune.search`). :func:`trial_values` turns either back into the flat
+cross) one dict per value, ``{"strategy.name": "fedadam", "strategy.server_lr@strategy.name=
+fedadam": <domain>}`` (:func:`branch_dicts`), whose own domains Tune's variant generator then
+resolves; Optuna defines the branch's keys by run under the same names
+(:mod:`orchestrator.tune.search`). :func:`trial_values` turns either back into the flat
 ``key -> value`` a trial's job is built from.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -133,18 +135,68 @@ def domains(space: dict[str, Domain], cond: Conditional) -> Iterator[tuple[str, 
             yield from ((f"{WHERE}.{decider}.{value}.{k}", d) for k, d in ds.items())
 
 
+def branch_name(key: str, decider: str, value: Any) -> str:
+    """A conditional key's name in a trial config: one per branch, so no two branches of a
+    search share a parameter (Tune's variant generator refuses one path resolved to two values
+    across grid points; TPE would mix FedAdam's steps with FedAvg's)."""
+    return f"{key}{MARK}{decider}={value}"
+
+
+def branch_dicts(
+    decider: str, d: Domain, by_value: dict[Any, dict[str, Domain]], grid_search: bool
+) -> list[dict[str, Any]]:
+    """The dicts a nested search space chooses (or crosses) among for ``decider``: one per value
+    and combination of the value's own grid points (``grid`` domains, and ``choice`` ones under
+    grid search). Values are plain (a grid point) or a :class:`Domain` still to draw."""
+    out = []
+    for value in d.args:
+        domains = by_value.get(value, {})
+        crossed = ("grid", "choice") if grid_search else ("grid",)
+        grids = [k for k, bd in domains.items() if bd.kind in crossed]
+        for point in itertools.product(*(domains[k].args for k in grids)):
+            fixed = dict(zip(grids, point, strict=True))
+            drawn = {k: fixed.get(k, bd) for k, bd in domains.items()}
+            out.append(
+                {decider: value, **{branch_name(k, decider, value): v for k, v in drawn.items()}}
+            )
+    return out
+
+
+def check_crossing(grid_search: bool, space: dict[str, Domain], cond: Conditional) -> None:
+    """A ``grid`` domain in a branch runs every point, so its choice key must be crossed too (a
+    ``grid`` domain, or grid search): a random draw of the choice cannot promise every point."""
+    for decider, by_value in cond.items():
+        if grid_search or space[decider].kind == "grid":
+            continue
+        for value, ds in by_value.items():
+            if gr := [k for k, d in ds.items() if d.kind == "grid"]:
+                why = (
+                    f"a grid domain needs tune.space.{decider} crossed too: make it a grid "
+                    "domain (or use tune.search=grid), or use choice here"
+                )
+                raise space_error(gr[0], why, f"{WHERE}.{decider}.{value}")
+
+
 def trial_values(config: dict[str, Any]) -> dict[str, Any]:
-    """A trial's drawn config as flat ``key -> value``: branch dicts merged in, Optuna's branch
-    parameters under their own key."""
+    """A trial's drawn config as flat ``key -> value``: branch dicts merged in, every branch
+    parameter under its own key."""
     out: dict[str, Any] = {}
     for k, v in config.items():
-        if MARK not in k:
-            out[k] = v
-        elif isinstance(v, dict):
-            out.update(v)
+        if MARK in k and isinstance(v, dict):
+            out.update(trial_values(v))
         else:
             out[k.split(MARK)[0]] = v
     return out
 
 
-__all__ = ["MARK", "Conditional", "domains", "keys", "parse_conditional", "trial_values"]
+__all__ = [
+    "MARK",
+    "Conditional",
+    "branch_dicts",
+    "branch_name",
+    "check_crossing",
+    "domains",
+    "keys",
+    "parse_conditional",
+    "trial_values",
+]

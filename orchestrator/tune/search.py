@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.config.loader import ConfigError
-from orchestrator.tune.conditional import MARK, Conditional
+from orchestrator.tune.conditional import MARK, Conditional, branch_dicts, branch_name
 from orchestrator.tune.setup import TuneSetup
 from orchestrator.tune.space import Domain
 
@@ -44,10 +44,9 @@ def param_space(setup: TuneSetup) -> dict[str, Any]:
         if key not in setup.conditional:
             out[key] = ray_domain(d, grid)
             continue
-        by_value = setup.conditional[key]
         dicts = [
-            {key: v, **{k: ray_domain(bd, grid) for k, bd in by_value.get(v, {}).items()}}
-            for v in d.args
+            {k: ray_domain(v) if isinstance(v, Domain) else v for k, v in b.items()}
+            for b in branch_dicts(key, d, setup.conditional[key], grid)
         ]
         out[key + MARK] = ray_domain(Domain(d.kind, tuple(dicts)), grid)
     return out
@@ -65,7 +64,7 @@ class OptunaSpace:
         for key, d in self.space.items():
             value = suggest(trial, key, d)
             for k, bd in self.conditional.get(key, {}).get(value, {}).items():
-                suggest(trial, f"{k}{MARK}{key}={value}", bd)
+                suggest(trial, branch_name(k, key, value), bd)
 
 
 def suggest(trial: Any, name: str, d: Domain) -> Any:

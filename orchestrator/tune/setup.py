@@ -134,6 +134,7 @@ def load_tune(source: str | None, overrides: Sequence[str] = ()) -> TuneSetup:
     branches = cond.parse_conditional(tune_job.tune.conditional, space, job_schema, job_cfg)
     metric, mode = metric_and_mode(kind, tune_job)
     check_search(tune_job.tune.search, list(cond.domains(space, branches)))
+    cond.check_crossing(tune_job.tune.search == "grid", space, branches)
     job_yaml = to_yaml(to_job(job_schema, job_cfg))
     return TuneSetup(kind, tune_job, job_yaml, space, metric, mode, branches)
 

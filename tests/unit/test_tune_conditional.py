@@ -12,7 +12,7 @@ import yaml
 
 from orchestrator.cli import main
 from orchestrator.config import ConfigError
-from orchestrator.tune.conditional import trial_values
+from orchestrator.tune.conditional import branch_dicts, trial_values
 from orchestrator.tune.setup import dry_run_plan, load_tune
 from orchestrator.tune.space import Domain
 
@@ -160,12 +160,51 @@ def test_cli_refuses_a_bad_branch_before_anything_starts(tmp_path: Path, monkeyp
 
 
 def test_trial_values_flatten_both_searchers_draws():
-    random = {"train.lr": 0.01, "strategy.name@": {"strategy.name": "fedadam", "strategy.server_lr": 0.02}}  # fmt: skip
+    branch = {"strategy.name": "fedadam", "strategy.server_lr@strategy.name=fedadam": 0.02}
+    random = {"train.lr": 0.01, "strategy.name@": branch}
     assert trial_values(random) == {
         "train.lr": 0.01, "strategy.name": "fedadam", "strategy.server_lr": 0.02,
     }  # fmt: skip
     optuna = {"strategy.name": "fedavg", "strategy.server_lr@strategy.name=fedavg": 0.9}
     assert trial_values(optuna) == {"strategy.name": "fedavg", "strategy.server_lr": 0.9}
+
+
+def test_branches_are_crossed_with_their_own_grid_points(tmp_path: Path):
+    """Grid search: one dict per value and combination of its own points, each branch's keys
+    named apart (Tune refuses one path resolved to two values across grid points)."""
+    body = with_branches(
+        {
+            "strategy.name": {
+                "fedadam": {"strategy.server_lr": {"grid": [0.01, 0.1]}},
+                "fedavg": {"strategy.server_lr": {"choice": [0.5, 1.0]}},
+            }
+        },
+        search="grid",
+    )
+    body["tune"]["space"].pop("train.lr")
+    s = load_tune(write(tmp_path, body))
+    d = s.space["strategy.name"]
+    dicts = branch_dicts("strategy.name", d, s.conditional["strategy.name"], grid_search=True)
+    assert [trial_values(b) for b in dicts] == [
+        {"strategy.name": "fedavg", "strategy.server_lr": 0.5},
+        {"strategy.name": "fedavg", "strategy.server_lr": 1.0},
+        {"strategy.name": "fedavgm"},
+        {"strategy.name": "fedadam", "strategy.server_lr": 0.01},
+        {"strategy.name": "fedadam", "strategy.server_lr": 0.1},
+    ]
+    assert "strategy.server_lr@strategy.name=fedadam" in dicts[-1]
+    # Random search: choice domains stay to be drawn, grid ones need their choice key crossed.
+    rand = branch_dicts("strategy.name", d, s.conditional["strategy.name"], grid_search=False)
+    assert len(rand) == 4 and rand[0]["strategy.server_lr@strategy.name=fedavg"] == Domain(
+        "choice", (0.5, 1.0)
+    )
+    body["tune"]["search"] = "random"
+    with pytest.raises(ConfigError) as e:
+        load_tune(write(tmp_path, body))
+    assert e.value.key == "tune.conditional.strategy.name.fedadam.strategy.server_lr"
+    assert "crossed" in str(e.value)
+    body["tune"]["space"]["strategy.name"] = {"grid": ["fedavg", "fedavgm", "fedadam"]}
+    assert load_tune(write(tmp_path, body)).conditional
 
 
 def test_optuna_draws_each_branch_in_its_own_range(tmp_path: Path):
