@@ -37,8 +37,9 @@ from orchestrator.tune.space import Domain, flatten, parse_key, space_error
 Conditional = dict[str, dict[Any, dict[str, Domain]]]
 """choice key -> its value -> that value's own keys and domains."""
 MARK = "@"
-"""A trial-config key holding a conditional draw: ``"<choice key>@"`` (a branch dict, random and
-grid search) or ``"<key>@<choice key>=<value>"`` (an Optuna parameter). No job setting has it."""
+"""A trial-config key holding a conditional draw: ``"<choice key>@"`` (the branch dict random and
+grid search draw) or ``"<key>@<choice key>=<value>"`` (a branch's own key, under every searcher).
+No job setting has it."""
 WHERE = "tune.conditional"
 
 
