@@ -37,6 +37,12 @@ class TuneConfig:
     """Config key of the tuned job -> search domain, e.g. ``train.lr: {loguniform: [1e-4,
     1e-2]}``, ``strategy.name: {choice: [fedavg, fedadam]}``. Nested mappings work too
     (``tune.space.train.lr.loguniform=[1e-4,1e-2]`` on the command line)."""
+    conditional: dict[str, Any] = field(default_factory=dict)
+    """Domains that depend on a ``choice``/``grid`` key of ``space``: choice key -> its value ->
+    that value's own ``key: domain``, e.g. ``strategy.name: {fedadam: {strategy.server_lr:
+    {loguniform: [1e-3, 1e-1]}}, fedavg: {strategy.server_lr: {loguniform: [0.3, 1.5]}}}``.
+    A value without an entry draws nothing more; checked like ``space``
+    (:mod:`orchestrator.tune.conditional`)."""
     metric: str | None = None
     """What a trial is scored on; ``null`` = ``val_loss`` (pretraining), ``macro-f1``
     (classification federations), ``perplexity`` (causal-LM federations)."""

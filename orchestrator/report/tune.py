@@ -59,7 +59,7 @@ def key_plot(rows: list[dict[str, Any]], key: str, metric: str, best: str | None
     pts = [
         (r["config"].get(key), r["metric"], r["trial"] == best)
         for r in rows
-        if r["metric"] is not None
+        if r["metric"] is not None and key in r["config"]  # a conditional key: only its branch
     ]
     xs = [p[0] for p in pts]
     if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs):

@@ -135,7 +135,7 @@ def seed_summary(rows: list[TrialRow], keys: list[str]) -> list[dict[str, Any]]:
     """Eval-seed re-runs grouped by config (the tuned ``keys``): mean and spread per config."""
     groups: dict[str, list[TrialRow]] = {}
     for r in rows:
-        cfg = {k: r.config.get(k) for k in keys}
+        cfg = {k: r.config[k] for k in keys if k in r.config}  # conditional keys: if drawn
         groups.setdefault(json.dumps(cfg, sort_keys=True), []).append(r)
     out = []
     for cfg, members in groups.items():

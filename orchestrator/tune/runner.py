@@ -28,6 +28,7 @@ from orchestrator.processes.signals import STOP_SIGNALS, Interrupted
 from orchestrator.run_log import console_to_run_log
 from orchestrator.runs import read_metrics
 from orchestrator.tune import results
+from orchestrator.tune.conditional import trial_values
 from orchestrator.tune.results import TrialRow
 from orchestrator.tune.search import param_space, scheduler, searcher
 from orchestrator.tune.setup import TuneSetup
@@ -207,11 +208,11 @@ def collect(setup: TuneSetup, grid: Any, tune_dir: Path) -> list[TrialRow]:
     for res in grid:
         trial = Path(res.path).name
         run_dir = tune_dir / TRIALS_DIR / trial
-        config = res.config.get(EVAL_KEY, res.config)
+        config = trial_values(res.config.get(EVAL_KEY, res.config))
         rows.append(
             results.trial_row(
                 trial,
-                dict(config),
+                config,
                 trial_records(setup, res, run_dir),
                 metric=setup.metric,
                 time_attr=setup.time_attr,
@@ -296,14 +297,14 @@ def summary(setup: TuneSetup, out: TuneResult, wall_s: float) -> dict[str, Any]:
         f"{setup.time_attr}s_computed": sum(r.used for r in out.rows),
         f"{setup.time_attr}s_if_all_ran": setup.max_t * len(out.rows),
         "best": best,
-        "eval_seeds": results.seed_summary(out.eval_rows, list(setup.space)),
+        "eval_seeds": results.seed_summary(out.eval_rows, setup.keys),
         "privacy": results.privacy_spent(rows, delta),
         "wall_s": round(wall_s, 1),
     }
 
 
 def print_result(setup: TuneSetup, out: TuneResult, console: Console) -> None:
-    keys, unit = list(setup.space), f"{setup.time_attr}s"
+    keys, unit = setup.keys, f"{setup.time_attr}s"
     results.print_table(console, out.rows, keys, setup.metric, unit, out.best)
     s = out.summary
     console.print(

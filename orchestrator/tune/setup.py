@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from orchestrator.config.loader import ConfigError, load_dictconfig, source_keys, to_job, to_yaml
 from orchestrator.config.tune import JOB_KINDS, job_kind
+from orchestrator.tune import conditional as cond
 from orchestrator.tune.space import Domain, apply, parse_space
 
 MAXIMIZED = ("accuracy", "macro-f1")
@@ -41,6 +42,13 @@ class TuneSetup:
     space: dict[str, Domain]
     metric: str
     mode: str
+    conditional: cond.Conditional = field(default_factory=dict)
+    """``tune.conditional`` parsed: choice key -> value -> that value's keys and domains."""
+
+    @property
+    def keys(self) -> list[str]:
+        """Every tuned key (the space's, then the conditional ones)."""
+        return cond.keys(self.space, self.conditional)
 
     @property
     def tune(self) -> Any:
@@ -123,21 +131,27 @@ def load_tune(source: str | None, overrides: Sequence[str] = ()) -> TuneSetup:
     job_part = {k: v for k, v in OmegaConf.to_container(merged).items() if k in names}
     job_cfg = OmegaConf.merge(OmegaConf.structured(job_schema), job_part)
     space = parse_space(tune_job.tune.space, job_schema, job_cfg)
+    branches = cond.parse_conditional(tune_job.tune.conditional, space, job_schema, job_cfg)
     metric, mode = metric_and_mode(kind, tune_job)
-    if tune_job.tune.search == "grid" and (cont := [k for k, d in space.items() if d.continuous]):
+    check_search(tune_job.tune.search, list(cond.domains(space, branches)))
+    cond.check_crossing(tune_job.tune.search == "grid", space, branches)
+    job_yaml = to_yaml(to_job(job_schema, job_cfg))
+    return TuneSetup(kind, tune_job, job_yaml, space, metric, mode, branches)
+
+
+def check_search(search: str, domains: list[tuple[str, Domain]]) -> None:
+    """Domains the searcher cannot draw (``domains``: full key -> domain): ConfigError."""
+    if search == "grid" and (cont := [(k, d) for k, d in domains if d.continuous]):
         raise ConfigError(
-            f"tune.search=grid needs choice or grid domains, but tune.space.{cont[0]} is "
-            f"{space[cont[0]].kind}. Use search=random (or optuna), or list values with choice.",
+            f"tune.search=grid needs choice or grid domains, but {cont[0][0]} is "
+            f"{cont[0][1].kind}. Use search=random (or optuna), or list values with choice.",
             "tune.search",
         )
-    if tune_job.tune.search == "optuna" and (
-        gr := [k for k, d in space.items() if d.kind == "grid"]
-    ):
+    if search == "optuna" and (gr := [k for k, d in domains if d.kind == "grid"]):
         raise ConfigError(
-            f"tune.search=optuna cannot take a grid domain (tune.space.{gr[0]}); use choice.",
+            f"tune.search=optuna cannot take a grid domain ({gr[0]}); use choice.",
             "tune.search",
         )
-    return TuneSetup(kind, tune_job, to_yaml(to_job(job_schema, job_cfg)), space, metric, mode)
 
 
 def metric_and_mode(kind: str, tune_job: Any) -> tuple[str, str]:
@@ -164,6 +178,7 @@ def dry_run_plan(setup: TuneSetup, tune_dir: Path) -> dict[str, Any]:
             "directory": str(tune_dir),
             "metric": f"{setup.metric} ({setup.mode})",
             "space": {k: {d.kind: list(d.args)} for k, d in setup.space.items()},
+            **({"conditional": _shown(setup.conditional)} if setup.conditional else {}),
             "search": t.search,
             "num_samples": t.num_samples,
             "scheduler": (
@@ -186,4 +201,19 @@ def dry_run_plan(setup: TuneSetup, tune_dir: Path) -> dict[str, Any]:
     }
 
 
-__all__ = ["METRICS", "TuneSetup", "dry_run_plan", "kind_of", "load_tune", "metric_and_mode"]
+def _shown(branches: cond.Conditional) -> dict[str, Any]:
+    return {
+        key: {str(v): {k: {d.kind: list(d.args)} for k, d in ds.items()} for v, ds in by.items()}
+        for key, by in branches.items()
+    }
+
+
+__all__ = [
+    "METRICS",
+    "TuneSetup",
+    "check_search",
+    "dry_run_plan",
+    "kind_of",
+    "load_tune",
+    "metric_and_mode",
+]

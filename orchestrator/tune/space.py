@@ -52,27 +52,29 @@ def flatten(space: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def leaf_type(schema: type, key: str) -> Any:
-    """The annotated type of ``key`` (dotted) in the dataclass ``schema``; ConfigError if the
-    job has no such setting, or if it is a section."""
-    where: Any = schema
+def leaf_type(schema: type, key: str, where: str = "tune.space") -> Any:
+    """The annotated type of ``key`` (dotted) in the dataclass ``schema``; ConfigError (naming
+    ``where.key``) if the job has no such setting, or if it is a section."""
+    at: Any = schema
     for i, part in enumerate(key.split(".")):
-        hints = typing.get_type_hints(where) if dataclasses.is_dataclass(where) else {}
+        hints = typing.get_type_hints(at) if dataclasses.is_dataclass(at) else {}
         if part not in hints:
             known = ", ".join(sorted(hints)) if hints else "(none: it is not a section)"
             prefix = ".".join(key.split(".")[:i]) or "the job"
-            raise _err(key, f"the tuned job has no setting {key!r}: {prefix} has {known}")
-        where = hints[part]
-    if dataclasses.is_dataclass(where):
-        raise _err(key, f"{key!r} is a section, not a setting; tune one of its keys")
-    return where
+            why = f"the tuned job has no setting {key!r}: {prefix} has {known}"
+            raise space_error(key, why, where)
+        at = hints[part]
+    if dataclasses.is_dataclass(at):
+        raise space_error(key, f"{key!r} is a section, not a setting; tune one of its keys", where)
+    return at
 
 
-def _err(key: str, why: str) -> ConfigError:
+def space_error(key: str, why: str, where: str = "tune.space") -> ConfigError:
+    """A mistake in the space, named by its full key (``where.key``)."""
     return ConfigError(
-        f"tune.space.{key}: {why}. Fix the key or its domain in the tune section "
+        f"{where}.{key}: {why}. Fix the key or its domain in the tune section "
         "(docs/tuning.md, 'Spaces').",
-        f"tune.space.{key}",
+        f"{where}.{key}",
     )
 
 
@@ -88,38 +90,39 @@ def base_kind(t: Any) -> str:
     return {float: "float", int: "int", bool: "bool", str: "str"}.get(t, "other")
 
 
-def parse_domain(key: str, spec: Any, kind: str) -> Domain:
+def parse_domain(key: str, spec: Any, kind: str, where: str = "tune.space") -> Domain:
     """One key's domain, shape- and type-checked against the key's type ``kind``."""
     if not (isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in DOMAINS):
-        raise _err(
-            key, f"{spec!r} is not a domain; expected one of {{{': ..., '.join(DOMAINS)}: ...}}"
-        )
+        expected = f"{{{': ..., '.join(DOMAINS)}: ...}}"
+        raise space_error(key, f"{spec!r} is not a domain; expected one of {expected}", where)
     name, args = next(iter(spec.items()))
     if not isinstance(args, (list, tuple)) or not args:
-        raise _err(key, f"{name} needs a non-empty list, got {args!r}")
+        raise space_error(key, f"{name} needs a non-empty list, got {args!r}", where)
     if name in NUMERIC:
-        return _numeric(key, name, list(args), kind)
+        return _numeric(key, name, list(args), kind, where)
     return Domain(name, tuple(args))
 
 
-def _numeric(key: str, name: str, args: list[Any], kind: str) -> Domain:
+def _numeric(key: str, name: str, args: list[Any], kind: str, where: str) -> Domain:
     if len(args) != 2 or not all(_is_number(a) for a in args):
-        raise _err(key, f"{name} needs [lo, hi] (two numbers), got {args!r}")
+        raise space_error(key, f"{name} needs [lo, hi] (two numbers), got {args!r}", where)
     lo, hi = args
     if name == "randint":
         if kind not in ("int", "float") or not all(float(a).is_integer() for a in args):
-            raise _err(
+            raise space_error(
                 key,
                 f"randint needs an integer or float key and integer bounds ({kind} key, {args!r})",
+                where,
             )
         lo, hi = int(lo), int(hi)
     elif kind != "float":
         use = "randint" if kind == "int" else "choice"
-        raise _err(key, f"{name} draws floats but {key!r} is a setting of type {kind}; use {use}")
+        why = f"{name} draws floats but {key!r} is a setting of type {kind}; use {use}"
+        raise space_error(key, why, where)
     if lo >= hi:
-        raise _err(key, f"{name} needs lo < hi, got lo={lo} hi={hi}")
+        raise space_error(key, f"{name} needs lo < hi, got lo={lo} hi={hi}", where)
     if name == "loguniform" and lo <= 0:
-        raise _err(key, f"loguniform needs lo > 0, got lo={lo}")
+        raise space_error(key, f"loguniform needs lo > 0, got lo={lo}", where)
     return Domain(name, (lo, hi))
 
 
@@ -137,16 +140,27 @@ def parse_space(space: dict[str, Any], schema: type, job_cfg: DictConfig) -> dic
             "tune.space.train.lr.loguniform=[1e-4,1e-2] (docs/tuning.md).",
             "tune.space",
         )
-    out: dict[str, Domain] = {}
-    for key, spec in flat.items():
-        d = parse_domain(key, spec, base_kind(leaf_type(schema, key)))
-        for value in d.args:  # each choice, or both ends of a range: the job must accept them
-            try:
-                apply(schema, job_cfg, {key: value})
-            except ConfigError as e:
-                raise _err(key, f"value {value!r} is refused by the job: {e}") from e
-        out[key] = d
-    return out
+    return {key: parse_key(key, spec, schema, job_cfg) for key, spec in flat.items()}
+
+
+def parse_key(
+    key: str,
+    spec: Any,
+    schema: type,
+    job_cfg: DictConfig,
+    where: str = "tune.space",
+    fixed: dict[str, Any] | None = None,
+) -> Domain:
+    """One key's domain checked against the tuned job: its type, its shape, and each choice and
+    both ends of a range through the job's own validation (with the ``fixed`` values set: a
+    conditional domain is checked under the choice it hangs on)."""
+    d = parse_domain(key, spec, base_kind(leaf_type(schema, key, where)), where)
+    for value in d.args:
+        try:
+            apply(schema, job_cfg, {**(fixed or {}), key: value})
+        except ConfigError as e:
+            raise space_error(key, f"value {value!r} is refused by the job: {e}", where) from e
+    return d
 
 
 def apply(schema: type, job_cfg: DictConfig, values: dict[str, Any]) -> Any:
@@ -165,4 +179,14 @@ def _plain(v: Any) -> Any:
     return v.item() if hasattr(v, "item") and not isinstance(v, (list, dict, str)) else v
 
 
-__all__ = ["Domain", "apply", "base_kind", "flatten", "leaf_type", "parse_domain", "parse_space"]
+__all__ = [
+    "Domain",
+    "apply",
+    "base_kind",
+    "flatten",
+    "leaf_type",
+    "parse_domain",
+    "parse_key",
+    "parse_space",
+    "space_error",
+]

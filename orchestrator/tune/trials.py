@@ -19,6 +19,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+from orchestrator.tune.conditional import trial_values
 from orchestrator.tune.setup import TuneSetup
 
 TRIALS_DIR = "trials"
@@ -31,7 +32,7 @@ def trial_job(setup: TuneSetup, config: dict[str, Any], tune_dir: str) -> Any:
     """The tuned job with this trial's values, running in its own directory."""
     from ray import tune
 
-    job = setup.job(config.get(EVAL_KEY, config))
+    job = setup.job(trial_values(config.get(EVAL_KEY, config)))
     job.run.dir = str(Path(tune_dir) / TRIALS_DIR / tune.get_context().get_trial_id())
     return job
 

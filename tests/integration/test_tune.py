@@ -1,6 +1,7 @@
 """``fedray tune`` end to end, as a user runs it (the CLI in a subprocess, its own embedded Ray on
 2 CPUs): a 4-trial ASHA tune of a 2-round federation with one trial made to fail, stopped by
-SIGTERM and resumed; the best config re-run to the trial's metric; a short pretraining tune."""
+SIGTERM and resumed; the best config re-run to the trial's metric; a 2-trial tune under central
+DP with a conditional space and eval seeds; a short pretraining tune."""
 
 from __future__ import annotations
 
@@ -123,6 +124,86 @@ def test_best_yaml_reruns_to_the_trials_metric(federated_tune: tuple[Path, dict]
     quiet = RoundTable(job.task.kind, Console(file=io.StringIO()))
     res = run_federated(grid, job, d / "rerun", table=quiet)
     assert res.metric("macro-f1")[best["used"]] == pytest.approx(best["metric"], abs=1e-9)
+
+
+PRESET = ROOT / "orchestrator" / "config" / "presets" / "tune-demo.yaml"
+BRANCHES = {"fedadam": (1e-3, 1e-1), "fedavg": (0.3, 1.5)}
+
+
+@pytest.fixture(scope="module")
+def private_tune(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> tuple[Path, str]:
+    """2 trials (FIFO) of a 1-round federation under central DP, with server_lr drawn from a
+    range per strategy (tune.conditional), then the best config re-run on seeds 1 and 2."""
+    d = tmp_path_factory.mktemp("tune") / "private"
+    cfg = yaml.safe_load(PRESET.read_text())
+    cfg["tune"] = {
+        "space": {"strategy.name": {"choice": ["fedavg", "fedadam"]}},
+        "conditional": {
+            "strategy.name": {k: {"strategy.server_lr": {"loguniform": list(v)}}
+                              for k, v in BRANCHES.items()},
+        },
+        "num_samples": 2, "scheduler": "fifo", "eval_seeds": [1, 2],
+    }  # fmt: skip
+    (d.parent / "private.yaml").write_text(yaml.safe_dump(cfg))
+    dp = ["privacy.mode=central", "privacy.clip_norm=0.5", "privacy.noise_multiplier=1.0"]
+    over = ["federation.num_rounds=1", "finetune.local_steps=1", *FED[1:], *dp]
+    code, out = finish(
+        fedray(str(d.parent / "private.yaml"), *over, f"run.dir={d}", cache=cache_dir)
+    )
+    assert code == 0, out
+    return d, out
+
+
+def test_private_tune_composes_the_trials_epsilons(private_tune: tuple[Path, str]):
+    d, out = private_tune
+    r = rows(d)
+    reruns = [json.loads(x) for x in (d / "eval.jsonl").read_text().splitlines()]
+    eps = [x["epsilon"] for x in r + reruns]
+    assert len(eps) == 4 and all(e is not None and e > 0 for e in eps), eps
+    # Epsilon depends on the noise, the sampling and the rounds, not on the tuned values.
+    assert max(eps) == pytest.approx(min(eps))
+    spent = json.loads((d / "summary.json").read_text())["privacy"]
+    assert spent["trials"] == 4 and spent["epsilon"] == pytest.approx(sum(eps), abs=1e-3)
+    assert spent["delta"] == pytest.approx(4 * 1e-5)  # basic composition: deltas add up too
+    assert f"the search spent epsilon {spent['epsilon']}" in out
+
+
+def test_eval_seeds_rerun_the_best_config_on_other_seeds(private_tune: tuple[Path, str]):
+    import statistics
+
+    d, out = private_tune
+    summary = json.loads((d / "summary.json").read_text())
+    reruns = [json.loads(x) for x in (d / "eval.jsonl").read_text().splitlines()]
+    assert sorted(x["config"]["train.seed"] for x in reruns) == [1, 2]
+    for x in reruns:
+        job = yaml.safe_load((Path(x["run_dir"]) / "config.yaml").read_text())
+        seed = x["config"]["train.seed"]
+        assert job["train"]["seed"] == seed and job["federation"]["seed"] == seed  # ran on it
+        assert {k: x["config"][k] for k in summary["best"]["config"]} == summary["best"]["config"]
+    (seeds,) = summary["eval_seeds"]
+    values = [x["metric"] for x in sorted(reruns, key=lambda x: x["config"]["train.seed"])]
+    assert seeds["seeds"] == [1, 2] or seeds["seeds"] == [2, 1]
+    assert sorted(seeds["values"]) == sorted(values)
+    assert seeds["mean"] == pytest.approx(statistics.fmean(values))
+    assert seeds["stdev"] == pytest.approx(statistics.stdev(values))
+    assert f"{seeds['mean']:.4f}" in out
+
+
+def test_conditional_space_draws_each_strategy_its_own_range(private_tune: tuple[Path, str]):
+    from orchestrator.config import load_config
+    from orchestrator.config.federated import FederatedJob
+
+    d, _ = private_tune
+    for x in rows(d):
+        lo, hi = BRANCHES[x["config"]["strategy.name"]]
+        assert lo <= x["config"]["strategy.server_lr"] <= hi, x["config"]
+        job = yaml.safe_load((Path(x["run_dir"]) / "config.yaml").read_text())
+        assert job["strategy"]["server_lr"] == pytest.approx(x["config"]["strategy.server_lr"])
+    best = json.loads((d / "summary.json").read_text())["best"]["config"]
+    job = load_config(FederatedJob, str(d / "best.yaml"))  # flat and runnable
+    assert (job.strategy.name, job.strategy.server_lr) == (
+        best["strategy.name"], pytest.approx(best["strategy.server_lr"]),
+    )  # fmt: skip
 
 
 def test_pretraining_tune(tmp_path: Path, cache_dir: Path):

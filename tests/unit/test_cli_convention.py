@@ -50,6 +50,7 @@ FAST_PATHS = [
     (["tune", "tune-demo", "tune.space.train.lr.uniform=[0.1,0.01]"], 2),
     (["tune", "tune-demo", "tune.space.train.nope.choice=[1]", "--dry-run"], 2),
     (["tune", "--resume", "RUN_DIR_MISSING"], 2),
+    (["tune", "tune-demo", "tune.conditional.strategy.name.fedyogi.train.lr.choice=[0.1]"], 2),
     (["tune", "tune-demo", "--print-config"], 0),
     (["tune", "tune-demo", "--dry-run"], 0),
 ]  # fmt: skip
