@@ -56,6 +56,10 @@ def ray_cluster(
         yield
 
 
+DASHBOARD_READY_ENV = "RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT"
+DASHBOARD_READY_S = "180"
+
+
 @contextlib.contextmanager
 def local_ray(
     num_cpus: int | None, runtime_env: dict | None = None, **init_kwargs: Any
@@ -82,6 +86,10 @@ def local_ray(
     # processes started later. RAY_ADDRESS must not redirect us to another cluster.
     saved = {k: os.environ.pop(k, None) for k in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
     os.environ["RAY_API_SERVER_ADDRESS"] = api
+    # The dashboard starts its modules as subprocesses and gives up on one that is not ready in
+    # 30 s (Ray's default): on a busy laptop their imports alone can take longer, and then the
+    # state API that Ray Train's cleaner polls is gone. A user's own value wins.
+    os.environ.setdefault(DASHBOARD_READY_ENV, DASHBOARD_READY_S)
     try:
         ray.init(
             address="local",

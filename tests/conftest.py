@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cluster import local_ray
+from orchestrator.cluster import DASHBOARD_READY_ENV, DASHBOARD_READY_S, local_ray
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
@@ -43,6 +43,9 @@ def pytest_configure(config: pytest.Config) -> None:
     Everything started from here on inherits ``FEDRAY_TEST_RUN``; a nested pytest (a test that
     runs pytest) gets a token of its own."""
     _second_ctrl_c_exits()
+    # Every Ray a test starts (`ray start`, ray.cluster_utils, the embedded one) waits as long as
+    # `fedray pretrain`'s does for its dashboard's modules on a loaded machine.
+    os.environ.setdefault(DASHBOARD_READY_ENV, DASHBOARD_READY_S)
     if hasattr(config, "workerinput"):
         return
     token = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"

@@ -320,3 +320,25 @@ def test_flower_reads_the_superexec_poll_interval_from_that_variable(
 
     monkeypatch.setenv(SUPEREXEC_POLL_ENV, SUPEREXEC_POLL_S)
     assert run_superexec._get_task_poll_interval() == float(SUPEREXEC_POLL_S)
+
+
+def test_ray_reads_its_dashboard_module_wait_from_that_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pins the Ray setting local_ray relies on: the dashboard reads this variable at import
+    (Ray 2.55: 30 s by default) as its wait for each module subprocess."""
+    import importlib
+
+    import ray.dashboard.consts as consts
+
+    from orchestrator.cluster import DASHBOARD_READY_ENV, DASHBOARD_READY_S
+
+    monkeypatch.setenv(DASHBOARD_READY_ENV, DASHBOARD_READY_S)
+    try:
+        assert (
+            float(DASHBOARD_READY_S)
+            == importlib.reload(consts).SUBPROCESS_MODULE_WAIT_READY_TIMEOUT
+        )
+    finally:
+        monkeypatch.undo()
+        importlib.reload(consts)
