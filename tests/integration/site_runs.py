@@ -10,8 +10,9 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,56 +133,56 @@ class Reference:
     superlink_log: str
 
 
-def run_reference(fed: Fed) -> Reference:
-    """An uninterrupted 2-round run: 3 registered sites + 1 site whose key is not registered."""
-    run_dir = fed.root / "reference"
+@contextmanager
+def served(fed: Fed, name: str) -> Iterator[tuple[server_session.ServerSession, Path, list]]:
+    """A server session (SuperLink with TLS, the three sites' keys registered) for the run
+    ``fed.root / name``; the site processes the caller adds to the list are stopped with it."""
+    run_dir = fed.root / name
     opts = server_session.ServerOptions(port=free_port(), certs=fed.pki.ca_cert.parent)
     procs: list[ManagedProcess] = []
     with server_session.ServerSession(opts, run_dir / "server", run_dir / "tls") as session:
         session.open()
         session.register([fed.keys[n].public for n in SITES])
         try:
-            procs += [start_site(fed, n, session.address, run_dir / "sites") for n in SITES]
-            intruder = start_site(fed, "intruder", session.address, run_dir / "sites")
-            procs.append(intruder)
-            run = session.run(to_yaml(job(fed)), run_dir)
-            superlink_log = session.superlink.proc.log_path.read_text()  # type: ignore[union-attr]
+            yield session, run_dir, procs
         finally:
             stop_all(procs)
+
+
+def run_reference(fed: Fed) -> Reference:
+    """An uninterrupted 2-round run: 3 registered sites + 1 site whose key is not registered."""
+    with served(fed, "reference") as (session, run_dir, procs):
+        procs += [start_site(fed, n, session.address, run_dir / "sites") for n in SITES]
+        intruder = start_site(fed, "intruder", session.address, run_dir / "sites")
+        procs.append(intruder)
+        run = session.run(to_yaml(job(fed)), run_dir)
+        superlink_log = session.superlink.proc.log_path.read_text()  # type: ignore[union-attr]
     return Reference(run, intruder, superlink_log)
 
 
 def run_rejoin(fed: Fed) -> server_session.ServerRun:
     """s2 is killed (SuperNode and its ClientApp) as soon as its round-1 training starts, and
     comes back at once as `fedray site`; the server refuses it until the dead session expires."""
-    run_dir = fed.root / "dropout"
-    opts = server_session.ServerOptions(port=free_port(), certs=fed.pki.ca_cert.parent)
-    procs: list[ManagedProcess] = []
-    with server_session.ServerSession(opts, run_dir / "server", run_dir / "tls") as session:
-        session.open()
-        session.register([fed.keys[n].public for n in SITES])
-        try:
-            procs += [start_site(fed, n, session.address, run_dir / "sites") for n in SITES[:2]]
-            victim = start_site(fed, "s2", session.address, run_dir / "sites")
-            procs.append(victim)
-            box: dict[str, server_session.ServerRun] = {}
-            # Round 2 follows round 1's training at once (no evaluation between them) and waits
-            # for s2 to rejoin: give that wait room (it ends as soon as all three are online).
-            cfg = to_yaml(job(fed, "federation.round_timeout_s=60", "federation.rejoin_wait_s=120"))
-            server = threading.Thread(target=lambda: box.update(run=session.run(cfg, run_dir)))
-            server.start()
-            wait_until(
-                lambda: "Receiving: train message" in victim.log_path.read_text(),
-                300,
-                "s2 to receive its round-1 train message",
-                watch=[victim],
-            )
-            victim.kill_tree()
-            procs.append(fedray_site(fed, "s2", session.address, run_dir / "sites"))
-            server.join(timeout=540)
-            assert not server.is_alive(), "server run did not finish"
-        finally:
-            stop_all(procs)
+    with served(fed, "dropout") as (session, run_dir, procs):
+        procs += [start_site(fed, n, session.address, run_dir / "sites") for n in SITES[:2]]
+        victim = start_site(fed, "s2", session.address, run_dir / "sites")
+        procs.append(victim)
+        box: dict[str, server_session.ServerRun] = {}
+        # Round 2 follows round 1's training at once (no evaluation between them) and waits
+        # for s2 to rejoin: give that wait room (it ends as soon as all three are online).
+        cfg = to_yaml(job(fed, "federation.round_timeout_s=60", "federation.rejoin_wait_s=120"))
+        server = threading.Thread(target=lambda: box.update(run=session.run(cfg, run_dir)))
+        server.start()
+        wait_until(
+            lambda: "Receiving: train message" in victim.log_path.read_text(),
+            300,
+            "s2 to receive its round-1 train message",
+            watch=[victim],
+        )
+        victim.kill_tree()
+        procs.append(fedray_site(fed, "s2", session.address, run_dir / "sites"))
+        server.join(timeout=540)
+        assert not server.is_alive(), "server run did not finish"
     return box["run"]
 
 
@@ -261,33 +262,25 @@ def run_malformed(fed: Fed) -> server_session.ServerRun:
     """Sites s0, s1 run fedray's ClientApp; the third, named mallory, replaces one array's payload
     with garbage bytes (tests/integration/malformed_site_app.py, sent to every site as the app's
     ClientApp component)."""
-    run_dir = fed.root / "malformed"
-    opts = server_session.ServerOptions(port=free_port(), certs=fed.pki.ca_cert.parent)
-    procs: list[ManagedProcess] = []
-    with server_session.ServerSession(opts, run_dir / "server", run_dir / "tls") as session:
-        session.open()
-        session.register([fed.keys[n].public for n in SITES])
-        try:
-            procs += [start_site(fed, n, session.address, run_dir / "sites") for n in SITES[:2]]
-            mallory = site.SiteOptions(
-                server=session.address,
-                data=fed.data["s2"],
-                name=MALFORMED_SITE,
-                key=fed.keys["s2"].private,
-                root_cert=fed.pki.ca_cert,
-                num_threads=1,
-            )
-            log_dir = run_dir / "sites"
-            procs.append(
-                site.site_process(mallory, log_dir / "mallory.log", log_dir / "mallory").start()
-            )
-            return session.run(
-                to_yaml(job(fed, "finetune.local_steps=2")),
-                run_dir,
-                clientapp="tests.integration.malformed_site_app:app",
-            )
-        finally:
-            stop_all(procs)
+    with served(fed, "malformed") as (session, run_dir, procs):
+        procs += [start_site(fed, n, session.address, run_dir / "sites") for n in SITES[:2]]
+        mallory = site.SiteOptions(
+            server=session.address,
+            data=fed.data["s2"],
+            name=MALFORMED_SITE,
+            key=fed.keys["s2"].private,
+            root_cert=fed.pki.ca_cert,
+            num_threads=1,
+        )
+        log_dir = run_dir / "sites"
+        procs.append(
+            site.site_process(mallory, log_dir / "mallory.log", log_dir / "mallory").start()
+        )
+        return session.run(
+            to_yaml(job(fed, "finetune.local_steps=2")),
+            run_dir,
+            clientapp="tests.integration.malformed_site_app:app",
+        )
 
 
 SECAGG_ROUND = ("federation.num_rounds=1", "strategy.weighting=uniform", "federation.min_sites=3")
@@ -296,18 +289,10 @@ SECAGG_ROUND = ("federation.num_rounds=1", "strategy.weighting=uniform", "federa
 def run_secagg(fed: Fed) -> server_session.ServerRun:
     """One round with ``privacy.secure_aggregation=true`` (four exchanges per site: each a fresh
     ClientApp process, secrets kept in the node's Context.state)."""
-    run_dir = fed.root / "secagg"
     secure = job(fed, *SECAGG_ROUND, "privacy.secure_aggregation=true")
-    opts = server_session.ServerOptions(port=free_port(), certs=fed.pki.ca_cert.parent)
-    procs: list[ManagedProcess] = []
-    with server_session.ServerSession(opts, run_dir / "server", run_dir / "tls") as session:
-        session.open()
-        session.register([fed.keys[n].public for n in SITES])
-        try:
-            procs += [start_site(fed, n, session.address, run_dir / "sites") for n in SITES]
-            return session.run(to_yaml(secure), run_dir)
-        finally:
-            stop_all(procs)
+    with served(fed, "secagg") as (session, run_dir, procs):
+        procs += [start_site(fed, n, session.address, run_dir / "sites") for n in SITES]
+        return session.run(to_yaml(secure), run_dir)
 
 
 RUNS: dict[str, Callable[[Fed], object]] = {

@@ -1,7 +1,8 @@
 """`fedray submit` and `fedray jobs` against a real `ray start --head` with its dashboard, through
 the CLI a user types: a job that runs to completion (logs streamed, export on the run dir), then
-`jobs list`, `jobs logs`, and `jobs stop` of a long job; and a federated config, which runs as
-`fedray simulate` on the cluster (its round table streamed, its round records on the run dir)."""
+`jobs list`, `jobs logs`, and `jobs stop` of a long job; a federated config, which runs as
+`fedray simulate` on the cluster (its round table streamed, its round records on the run dir);
+and a tune config, which runs `fedray tune` on the cluster (its trials as the cluster's tasks)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.integration.ray_head import RayHead, ray_head
 
@@ -116,3 +118,40 @@ def test_submit_a_federated_config_runs_the_simulation_on_the_cluster(
     logs = fedray(head, "jobs", "logs", job_id)
     assert logs.returncode == 0
     assert [m.group(1) for m in map(ROUND_ROW.match, logs.stdout.splitlines()) if m] == ["0", "1"]
+
+
+def test_submit_a_tune_config_runs_the_search_on_the_cluster(
+    head: RayHead, tmp_path: Path, cache_dir: Path
+):
+    """A 2-trial search of a tiny pretraining job: `fedray tune` is the job's entrypoint, joined
+    to the cluster it was submitted to; its trial table streams back and its files land on the
+    run dir."""
+    cfg = tmp_path / "tune.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"family": "gpt2", "n_layer": 1, "n_head": 2, "d_model": 32},
+                "data": {"block_size": 32, "cache_dir": str(cache_dir), "tokenizer": {"vocab_size": 512}},
+                "train": {
+                    "max_steps": 2, "global_batch_size": 4, "micro_batch_size": 4,
+                    "warmup_steps": 1, "eval_every": 2, "log_every": 100,
+                },
+                "scaling": {"num_workers": 1},
+                "checkpoint": {"every_steps": 2},
+                "run": {"dir": str(tmp_path / "searched")},
+                "tune": {"space": {"train.lr": {"choice": [1e-3, 3e-3]}}, "num_samples": 2},
+            }
+        )
+    )  # fmt: skip
+    r = fedray(head, "submit", str(cfg), timeout=400)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    job_id = re.search(r"submitted (\S+) to", r.stdout).group(1)
+    assert f"{job_id}: SUCCEEDED" in r.stdout, out[-4000:]
+    d = tmp_path / "searched"
+    assert f"[fedray] tune {d} | pretrain" in r.stdout  # streamed from the cluster
+    trials = [json.loads(x) for x in (d / "trials.jsonl").read_text().splitlines()]
+    assert len(trials) == 2 and all(t["status"] == "complete" for t in trials), trials
+    assert {t["config"]["train.lr"] for t in trials} <= {1e-3, 3e-3}
+    assert yaml.safe_load((d / "tune.yaml").read_text())["cluster"]["address"] == "auto"
+    assert (d / "best.yaml").is_file()
