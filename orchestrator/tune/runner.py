@@ -81,7 +81,7 @@ def run_tune(
 ) -> TuneResult:
     """Run the search (``resume``: continue the one in ``tune_dir``), write its files, print its
     table; raises :class:`TuneFailed` when every trial failed."""
-    console = console or Console(highlight=False)
+    console = console or Console(highlight=False, soft_wrap=True)
     tune_env()
     t0 = time.monotonic()
     tune_dir.mkdir(parents=True, exist_ok=True)
