@@ -187,8 +187,9 @@ class ConsoleFilter(io.TextIOBase):
 
     def _line(self, line: str) -> None:
         assert self.log is not None
-        self.log.write(plain(line))
-        shown = plain(line) if self.plain_console else line
+        stripped = plain(line)
+        self.log.write(stripped)
+        shown = stripped if self.plain_console else line
         if self.verbose:
             self.console.write(shown)
             return

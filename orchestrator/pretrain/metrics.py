@@ -88,7 +88,7 @@ class ProgressPrinter:
 
     def __init__(self, path: Path, max_steps: int, log_every: int, console: Console | None = None):
         self.path, self.max_steps, self.log_every = path, max_steps, log_every
-        self.console = console or Console(highlight=False, soft_wrap=True)
+        self.console = console or Console(highlight=False)
         self._stop = threading.Event()
         self._offset = path.stat().st_size if path.exists() else 0
         self._thread = threading.Thread(target=self._run, daemon=True)

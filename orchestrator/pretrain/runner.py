@@ -139,7 +139,7 @@ def pretrain(
     The console shows fedray's lines and progress; Ray, DeepSpeed and transformers start-up
     lines go to ``RUN_DIR/run.log`` only, unless ``logging.verbose`` (see
     :mod:`orchestrator.run_log`)."""
-    console = console or Console(highlight=False, soft_wrap=True)
+    console = console or Console(highlight=False)
     run_dir = resolve_run_dir(job.run, "pretrain")
     t_start = time.time()
     check_available(job.logging)  # MLflow configured but not installed: exit 2, nothing started
